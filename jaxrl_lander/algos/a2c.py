@@ -1,0 +1,63 @@
+"""A2C: one gradient step of the advantage actor-critic loss per rollout, RMSprop as in PyTorch."""
+
+import chex
+import flax.struct
+import jax
+import optax
+
+from jaxrl_lander.algos.common import Batch, TrainState, explained_variance, make_batch, normalize
+from jaxrl_lander.policy import ActorCritic, entropy, log_prob
+from jaxrl_lander.rollout import Rollout
+
+
+@flax.struct.dataclass
+class HParams:
+    """Float hyperparameters are traced leaves; normalize_advantage changes the graph, so it is static."""
+
+    gamma: float
+    gae_lambda: float
+    ent_coef: float
+    vf_coef: float
+    normalize_advantage: bool = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def from_config(cls, config) -> "HParams":
+        return cls(
+            gamma=config.gamma, gae_lambda=config.gae_lambda, ent_coef=config.ent_coef,
+            vf_coef=config.vf_coef, normalize_advantage=config.normalize_advantage,
+        )
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    # PyTorch's RMSprop: nu starts at 0, and eps is added to sqrt(nu), not inside it.
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        optax.rmsprop(config.learning_rate, decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False),
+    )
+
+
+def static_args(config) -> dict:
+    return {}
+
+
+def loss(params, policy: ActorCritic, batch: Batch, hp: HParams) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L = -E[A log pi(a|s)] + vf_coef * E[(R - V)^2] - ent_coef * E[H[pi]], A standardised if asked."""
+    chex.assert_rank([batch.actions, batch.advantages, batch.returns], 1)
+    logits, values = policy.apply(params, batch.obs)
+    advantages = normalize(batch.advantages, hp.normalize_advantage)
+    policy_loss = -(advantages * log_prob(logits, batch.actions)).mean()
+    value_loss = ((batch.returns - values) ** 2).mean()
+    entropy_mean = entropy(logits).mean()
+    total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy_mean
+    return total, {"loss": total, "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean}
+
+
+def update(
+    state: TrainState, rollout: Rollout, hp: HParams, *, policy: ActorCritic, tx: optax.GradientTransformation
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One gradient step on the whole rollout."""
+    batch = make_batch(policy, state.params, rollout, hp.gamma, hp.gae_lambda)
+    (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params, policy, batch, hp)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns)
+    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), metrics

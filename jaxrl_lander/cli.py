@@ -1,0 +1,124 @@
+"""Command line: `python -m jaxrl_lander train|evaluate ...`.
+
+Usage and configuration errors print one line and exit with status 2 before anything is written.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from jaxrl_lander.config import CONFIG_CLASSES, ConfigError, load_config
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+PROG = "jaxrl_lander"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _int_arg(name: str, minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got '{text}'") from None
+        if value < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description="PPO and A2C on gymnasium's LunarLander-v3, in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    train = sub.add_parser("train", help="train an agent, checkpointing and recording as it goes", formatter_class=defaults)
+    train.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
+    train.add_argument("--seed", type=_int_arg("seed", 0), default=42, help="the run's one seed")
+    train.add_argument("--steps", type=_int_arg("steps", 1), default=None,
+                       help="total environment steps (default: the config's total_timesteps, 50000)")
+    train.add_argument("--config", type=Path, default=None,
+                       help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
+    train.add_argument("--results-dir", type=Path, default=Path("results"), help="where experiments are written")
+    train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    train.add_argument("--verbose", action="store_true", help="DEBUG logging (per-update losses)")
+
+    evaluate = sub.add_parser("evaluate", help="play deterministic episodes with a trained agent",
+                              formatter_class=defaults)
+    evaluate.add_argument("experiment", type=Path, help="an experiment directory, e.g. results/experiments/ppo_seed42")
+    evaluate.add_argument("--episodes", type=_int_arg("episodes", 1), default=10, help="episodes to play")
+    evaluate.add_argument("--seed", type=_int_arg("seed", 0), default=None,
+                          help="seed of the first episode (default: the experiment's evaluation seeds)")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        level=logging.WARNING)
+    logging.getLogger("jaxrl_lander").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("absl", "orbax", "jax"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _train(args) -> int:
+    overrides = {"seed": args.seed}
+    if args.steps is not None:
+        overrides["total_timesteps"] = args.steps
+    config = load_config(args.algo, args.config, overrides)
+    _check_writable(args.results_dir)
+
+    from jaxrl_lander.train import Trainer  # heavy imports only once the input is known to be good
+
+    results = Trainer(config, args.results_dir).train(resume=args.resume)
+    ev = results["evaluation"]
+    print(
+        f"{results['experiment_id']}: {results['total_timesteps']} steps in {results['training_time_seconds']:.1f} s"
+        f" ({results['steps_per_second'] or 0:.0f} steps/s) | evaluation over {ev['episodes']} episodes:"
+        f" {ev['mean']:.1f} +/- {ev['std']:.1f} | artifacts in {results['artifacts']['experiment_dir']}"
+    )
+    return 0
+
+
+def _check_writable(results_dir: Path) -> None:
+    probe = results_dir
+    while not probe.exists():
+        probe = probe.parent
+    import os
+
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"results directory {results_dir} is not writable")
+
+
+def _evaluate(args) -> int:
+    from jaxrl_lander.evaluate import evaluate_experiment
+
+    summary = evaluate_experiment(args.experiment, args.episodes, args.seed)
+    print(json.dumps({k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "verbose", False))
+    try:
+        return _train(args) if args.command == "train" else _evaluate(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except FileNotFoundError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except FloatingPointError as exc:
+        sys.stderr.write(f"{PROG}: training failed: {exc}\n")
+        return EXIT_RUNTIME

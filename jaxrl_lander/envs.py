@@ -1,0 +1,96 @@
+"""Gymnasium vector env construction, seed derivation and the time-limit bootstrap.
+
+The vector env resets a finished sub-env within the same step (AutoresetMode.SAME_STEP): the observation it
+returns is the first of the next episode, and the true last observation is in info["final_obs"]. So every
+transition in a rollout is a real (obs, action, reward) step; no reset-only transition exists to be masked.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import gymnasium as gym
+import jax
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+# Training env seeds lie below EVAL_SEED_OFFSET and evaluation seeds at or above it, so they never meet.
+TRAIN_SEED_RANGE = 2**30
+EVAL_SEED_OFFSET = 2**31
+
+
+def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+    """A synchronous vector env with same-step autoreset and per-episode return/length statistics."""
+    envs = gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+    )
+    return gym.wrappers.vector.RecordEpisodeStatistics(envs)
+
+
+def train_env_seed(env_key: jax.Array, timestep: int) -> int:
+    """Base seed for the training envs when (re)starting at `timestep`; sub-env i gets base + i."""
+    key = jax.random.fold_in(env_key, timestep)
+    return int(jax.random.randint(key, (), 0, TRAIN_SEED_RANGE))
+
+
+def eval_env_seed(eval_key: jax.Array) -> int:
+    """Base seed for evaluation episodes; episode j gets base + j, disjoint from every training seed."""
+    return EVAL_SEED_OFFSET + int(jax.random.randint(eval_key, (), 0, TRAIN_SEED_RANGE))
+
+
+def finished_episodes(info: dict) -> list[tuple[int, float, int]]:
+    """(sub-env index, return, length) of each episode that ended in this vector step."""
+    if "episode" not in info:
+        return []
+    done = info["_episode"]
+    stats = info["episode"]
+    return [(int(i), float(stats["r"][i]), int(stats["l"][i])) for i in np.flatnonzero(done)]
+
+
+def bootstrap_truncated(
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    info: dict,
+    value_fn: Callable[[np.ndarray], np.ndarray],
+    gamma: float,
+) -> np.ndarray:
+    """Rewards with gamma * V(final obs) added where an episode was cut by the time limit.
+
+    A truncated episode did not end in the MDP, so its return continues past the cut: the value of the true
+    final observation stands in for it. A terminated episode gets nothing added (its future return is zero).
+    value_fn takes a full (num_envs, obs_dim) batch so its compiled shape never changes.
+    """
+    cut = np.logical_and(truncated, np.logical_not(terminated))
+    if not cut.any():
+        return rewards
+    final_obs = np.zeros((len(rewards), *info["final_obs"][np.flatnonzero(cut)[0]].shape), dtype=np.float32)
+    for i in np.flatnonzero(cut):
+        final_obs[i] = info["final_obs"][i]
+    values = np.asarray(value_fn(final_obs), dtype=np.float64)
+    return rewards + gamma * values * cut
+
+
+class VectorStep(NamedTuple):
+    """What the learner keeps of one vector-env step."""
+
+    obs: np.ndarray  # (B, obs_dim) next observations; the first of a new episode where one ended
+    rewards: np.ndarray  # (B,) float32, time-limit bootstrap added
+    dones: np.ndarray  # (B,) bool, the episode ended (terminated or truncated) with this step
+    episodes: list[tuple[int, float, int]]  # (sub-env, return, length) of episodes that ended
+
+
+def step_envs(
+    envs: gym.vector.VectorEnv, actions: np.ndarray, value_fn: Callable[[np.ndarray], np.ndarray], gamma: float
+) -> VectorStep:
+    """Step every sub-env once and turn the outcome into learning targets."""
+    obs, rewards, terminated, truncated, info = envs.step(actions)
+    rewards = bootstrap_truncated(rewards, terminated, truncated, info, value_fn, gamma)
+    return VectorStep(
+        obs=obs,
+        rewards=rewards.astype(np.float32),
+        dones=np.logical_or(terminated, truncated),
+        episodes=finished_episodes(info),
+    )

@@ -1,0 +1,83 @@
+"""Deterministic evaluation episodes, and load_policy: the public way to use a trained agent."""
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxrl_lander.checkpoint import load_model
+from jaxrl_lander.envs import finished_episodes, make_vector_env
+from jaxrl_lander.policy import ActorCritic, greedy_action
+
+MAX_PARALLEL_EPISODES = 64
+
+
+def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, num_episodes: int, seed: int) -> list[dict]:
+    """Play `num_episodes` episodes with `act`; episode j is seeded `seed + j`. Returns [{seed, return, length}]."""
+    results = []
+    for start in range(0, num_episodes, MAX_PARALLEL_EPISODES):
+        n = min(MAX_PARALLEL_EPISODES, num_episodes - start)
+        envs = make_vector_env(env_id, n)
+        try:
+            obs, _ = envs.reset(seed=seed + start)
+            first = [None] * n
+            while any(f is None for f in first):
+                obs, _, _, _, info = envs.step(act(obs))
+                for i, ret, length in finished_episodes(info):
+                    if first[i] is None:
+                        first[i] = {"seed": seed + start + i, "return": ret, "length": length}
+        finally:
+            envs.close()
+        results.extend(first)
+    return results
+
+
+def summarize(episodes: list[dict]) -> dict:
+    returns = np.array([e["return"] for e in episodes], dtype=np.float64)
+    return {
+        "episodes": len(episodes),
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "min": float(returns.min()),
+        "max": float(returns.max()),
+        "returns": [float(r) for r in returns],
+        "seeds": [e["seed"] for e in episodes],
+    }
+
+
+def greedy_policy(policy: ActorCritic, params) -> Callable[[np.ndarray], np.ndarray]:
+    """Host callable: observations (N, obs_dim) -> argmax actions (N,) as numpy int32."""
+    act = jax.jit(partial(greedy_action, policy))
+    return lambda obs: np.asarray(act(params, np.asarray(obs, dtype=np.float32)))
+
+
+def model_path(path: str | Path) -> Path:
+    """Accept either a model directory or an experiment directory holding exactly one *_model."""
+    path = Path(path)
+    if path.name.endswith("_model"):
+        return path
+    candidates = sorted(path.glob("*_model"))
+    if len(candidates) != 1:
+        raise FileNotFoundError(f"no trained model found in {path}")
+    return candidates[0]
+
+
+def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Load a trained agent: returns a callable mapping obs (N, 8) float32 to deterministic actions (N,) int."""
+    params, spec = load_model(model_path(path))
+    policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
+    return greedy_policy(policy, params)
+
+
+def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = None) -> dict:
+    """Evaluate an experiment's final model; by default on the seeds its training run evaluated on."""
+    from jaxrl_lander.envs import eval_env_seed
+    from jaxrl_lander.train import RunKeys
+
+    params, spec = load_model(model_path(path))
+    policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
+    if seed is None:
+        seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
+    return summarize(run_episodes(greedy_policy(policy, params), spec["env_id"], num_episodes, seed))

@@ -1,0 +1,345 @@
+"""The training loop: vector env <-> jitted act <-> host buffer <-> jitted update, plus checkpoints and records."""
+
+import dataclasses
+import json
+import logging
+import platform
+import shutil
+import time
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrl_lander.algos.common import TrainState, init_state, make_learner
+from jaxrl_lander.checkpoint import CheckpointStore, save_model
+from jaxrl_lander.config import ConfigError, RunConfig
+from jaxrl_lander.envs import eval_env_seed, make_vector_env, step_envs, train_env_seed
+from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
+from jaxrl_lander.policy import sample_action, state_value
+from jaxrl_lander.recording import MetricsRecorder, now_iso, write_json_atomic
+from jaxrl_lander.rollout import RolloutBuffer
+
+log = logging.getLogger("jaxrl_lander")
+
+PACKAGES = ["jax", "jaxlib", "flax", "optax", "gymnasium", "box2d", "numpy", "orbax-checkpoint", "chex"]
+# Config keys that may differ between a checkpoint and the run resuming from it.
+RESUMABLE_CHANGES = {"total_timesteps", "eval_episodes"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentPaths:
+    """Where one experiment's artifacts live: results/experiments/{algo}_seed{seed}/..."""
+
+    root: Path
+    name: str
+
+    @classmethod
+    def of(cls, results_dir: str | Path, config: RunConfig) -> "ExperimentPaths":
+        name = f"{config.algo}_seed{config.seed}"
+        return cls(root=Path(results_dir) / "experiments" / name, name=name)
+
+    @property
+    def model(self) -> Path:
+        return self.root / f"{self.name}_model"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / f"{self.name}_metrics.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / f"{self.name}_results.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunKeys:
+    """The named keys one integer seed is split into."""
+
+    state: jax.Array  # network init, then acting and minibatch shuffling (lives in TrainState)
+    env: jax.Array  # training env seeds
+    eval: jax.Array  # evaluation env seeds
+
+    @classmethod
+    def from_seed(cls, seed: int) -> "RunKeys":
+        state, env, eval_ = jax.random.split(jax.random.key(seed), 3)
+        return cls(state=state, env=env, eval=eval_)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def device_info() -> dict[str, str]:
+    device = jax.devices()[0]
+    return {"platform": device.platform, "device_kind": device.device_kind, "device": str(device)}
+
+
+def crossed(before: int, after: int, interval: int) -> bool:
+    """Whether a multiple of `interval` lies in (before, after]."""
+    return after // interval > before // interval
+
+
+class Trainer:
+    """One experiment: builds env, learner and state, trains, evaluates and writes every artifact."""
+
+    def __init__(self, config: RunConfig, results_dir: str | Path = "results"):
+        self.config = config
+        self.paths = ExperimentPaths.of(results_dir, config)
+        self.keys = RunKeys.from_seed(config.seed)
+        self.envs = make_vector_env(config.env_id, config.num_envs)
+        self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
+        self.learner = make_learner(config, int(self.envs.single_action_space.n))
+        self.act = jax.jit(partial(sample_action, self.learner.policy))
+        self.value = jax.jit(partial(state_value, self.learner.policy))
+
+    def initial_state(self) -> TrainState:
+        return init_state(policy=self.learner.policy, tx=self.learner.tx, key=self.keys.state, obs_dim=self.obs_dim)
+
+    # ---------------------------------------------------------------- start or resume
+    def _fresh_start(self) -> tuple[TrainState, MetricsRecorder, dict[str, Any]]:
+        if self.paths.root.exists():
+            log.info("replacing the previous experiment at %s", self.paths.root)
+            shutil.rmtree(self.paths.root)
+        recorder = MetricsRecorder(
+            self.paths.name, self.config.algo, self.config.env_id, self.config.seed, self.config.recording_interval
+        )
+        progress = {"timestep": 0, "updates": 0, "wall_time": 0.0, "loss": None}
+        return self.initial_state(), recorder, progress
+
+    def _resume(self, store: CheckpointStore) -> tuple[TrainState, MetricsRecorder, dict[str, Any]]:
+        step = store.latest_step()
+        state, meta = store.restore(step, self.initial_state())
+        saved = meta["config"]
+        differing = sorted(
+            k for k in set(saved) | set(self.config.to_dict())
+            if k not in RESUMABLE_CHANGES and saved.get(k) != self.config.to_dict().get(k)
+        )
+        if differing:
+            raise ConfigError(
+                f"cannot resume {self.paths.root}: config differs from the checkpoint in {', '.join(differing)}"
+            )
+        recorder = MetricsRecorder.load(self.paths.metrics)
+        recorder.truncate(step)
+        log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
+        return state, recorder, {k: meta[k] for k in ("timestep", "updates", "wall_time", "loss")}
+
+    def previous_results(self) -> dict[str, Any] | None:
+        if not self.paths.results.is_file():
+            return None
+        with open(self.paths.results) as f:
+            return json.load(f)
+
+    # ---------------------------------------------------------------- the loop
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        config = self.config
+        done = self.previous_results() if resume else None
+        if done and done["status"] == "completed" and done["total_timesteps"] >= config.total_timesteps:
+            log.info("%s already finished %d steps; nothing to do", self.paths.name, done["total_timesteps"])
+            return done
+        store = None
+        if resume and self.paths.checkpoints.is_dir():
+            store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
+            if store.latest_step() is None:
+                store.close()
+                store = None
+        if store is not None:
+            state, recorder, progress = self._resume(store)
+        else:
+            if resume:
+                log.info("no checkpoint to resume from in %s; starting afresh", self.paths.root)
+            state, recorder, progress = self._fresh_start()
+            store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
+
+        start_iso = now_iso()
+        t_start = time.perf_counter()
+        start_step = timestep = progress["timestep"]
+        updates, loss = progress["updates"], progress["loss"]
+        buffer = RolloutBuffer(config.n_steps, config.num_envs, self.obs_dim)
+        obs, _ = self.envs.reset(seed=train_env_seed(self.keys.env, timestep))
+        key = state.key
+        first_update_seconds = None
+        value_fn = lambda o: self.value(state.params, o)  # noqa: E731  (reads the current state)
+
+        def checkpoint(step: int) -> None:
+            recorder.save(self.paths.metrics)  # metrics first: they always reach at least the latest checkpoint
+            meta = {
+                "timestep": step,
+                "updates": updates,
+                "episodes": len(recorder.episodes),
+                "recent_reward_mean": recorder.recent_reward_mean,
+                "loss": loss,
+                "wall_time": progress["wall_time"] + time.perf_counter() - t_start,
+                "saved_at": now_iso(),
+                "config": config.to_dict(),
+            }
+            store.save(step, state.replace(key=key), meta)
+
+        next_log = timestep + max(config.total_timesteps // 10, 1)
+        while timestep < config.total_timesteps:
+            actions, key = self.act(state.params, obs, key)
+            actions = np.asarray(actions)
+            outcome = step_envs(self.envs, actions, value_fn, config.gamma)
+            buffer.add(obs, actions, outcome.rewards, outcome.dones)
+            obs = outcome.obs
+            before, timestep = timestep, timestep + config.num_envs
+            for _, episode_return, length in outcome.episodes:
+                recorder.add_episode(timestep, episode_return, length)
+
+            if buffer.full:
+                t_update = time.perf_counter()
+                state, metrics = self.learner.update(state.replace(key=key), buffer.rollout(obs))
+                key = state.key
+                loss = float(metrics["loss"])  # the one host sync of a rollout
+                updates += 1
+                if first_update_seconds is None:
+                    first_update_seconds = time.perf_counter() - t_update
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss} at update {updates} (step {timestep})")
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("update %d at step %d: %s", updates, timestep, {k: float(v) for k, v in metrics.items()})
+            if crossed(before, timestep, config.recording_interval):
+                recorder.record(timestep, loss)
+            if crossed(before, timestep, config.checkpoint_interval) or timestep >= config.total_timesteps:
+                checkpoint(timestep)
+            if timestep >= next_log:
+                next_log += max(config.total_timesteps // 10, 1)
+                elapsed = time.perf_counter() - t_start
+                recent = recorder.recent_reward_mean
+                log.info(
+                    "step %d/%d | %.0f steps/s | %d episodes | recent return %s",
+                    timestep, config.total_timesteps, (timestep - start_step) / elapsed,
+                    len(recorder.episodes), "n/a" if recent is None else f"{recent:.1f}",
+                )
+        store.close()
+        loop_seconds = time.perf_counter() - t_start
+        self.envs.close()
+        state = state.replace(key=key)
+
+        policy_spec = {
+            "num_actions": self.learner.policy.num_actions,
+            "hidden_size": self.learner.policy.hidden_size,
+            "obs_dim": self.obs_dim,
+            "env_id": config.env_id,
+            "algo": config.algo,
+            "seed": config.seed,
+            "timestep": timestep,
+        }
+        save_model(self.paths.model, state.params, policy_spec)
+
+        t_eval = time.perf_counter()
+        eval_episodes = run_episodes(
+            greedy_policy(self.learner.policy, state.params), config.env_id, config.eval_episodes,
+            eval_env_seed(self.keys.eval),
+        )
+        evaluation = summarize(eval_episodes)
+        evaluation["seconds"] = time.perf_counter() - t_eval
+
+        recorder.save(self.paths.metrics)
+        results = build_results(
+            config, self.paths, recorder, store, evaluation,
+            start_iso=start_iso, end_iso=now_iso(),
+            training_time=progress["wall_time"] + loop_seconds,
+            steps_this_run=timestep - start_step, loop_seconds=loop_seconds,
+            first_update_seconds=first_update_seconds, updates=updates, resumed_from=start_step or None,
+        )
+        write_json_atomic(self.paths.results, results)
+        self.final_state = state
+        return results
+
+
+def build_results(
+    config: RunConfig,
+    paths: ExperimentPaths,
+    recorder: MetricsRecorder,
+    store: CheckpointStore,
+    evaluation: dict[str, Any],
+    *,
+    start_iso: str,
+    end_iso: str,
+    training_time: float,
+    steps_this_run: int,
+    loop_seconds: float,
+    first_update_seconds: float | None,
+    updates: int,
+    resumed_from: int | None,
+) -> dict[str, Any]:
+    """The ExperimentResults entity, success criteria included."""
+    checkpoint_steps = store.all_steps()
+    progression = [{"timestep": s, "reward": recorder.reward_at(s)} for s in checkpoint_steps]
+    with_reward = [p["reward"] for p in progression if p["reward"] is not None]
+    expected_checkpoints = -(-config.total_timesteps // config.checkpoint_interval)
+    if config.keep_checkpoints:
+        expected_checkpoints = min(expected_checkpoints, config.keep_checkpoints)
+    artifacts = {
+        "experiment_dir": str(paths.root),
+        "model": paths.model.name,
+        "metrics": paths.metrics.name,
+        "results": paths.results.name,
+        "checkpoints": [f"{paths.checkpoints.name}/{s}" for s in checkpoint_steps],
+    }
+    missing = [name for name in (artifacts["model"], artifacts["metrics"]) if not (paths.root / name).exists()]
+    steps_per_second = steps_this_run / loop_seconds if loop_seconds > 0 else None
+    return {
+        "experiment_id": paths.name,
+        "status": "completed",
+        "algorithm": config.algo,
+        "environment": config.env_id,
+        "seed": config.seed,
+        "total_timesteps": config.total_timesteps,
+        "updates": updates,
+        "hyperparameters": config.to_dict(),
+        "start_time": start_iso,
+        "end_time": end_iso,
+        "training_time_seconds": training_time,
+        "steps_per_second": steps_per_second,
+        "first_update_seconds": first_update_seconds,
+        "resumed_from_timestep": resumed_from,
+        "final_metrics": {**recorder.statistics(), "recent_reward_mean": recorder.recent_reward_mean},
+        "evaluation": evaluation,
+        "learning_progression": progression,
+        "artifacts": artifacts,
+        "package_versions": package_versions(),
+        "device": device_info(),
+        "success_criteria": {
+            "SC-003": {
+                "description": "training finishes in under 30 minutes",
+                "value": training_time, "threshold": 1800.0, "passed": training_time < 1800.0,
+            },
+            "SC-004": {
+                "description": "reproducible: std of the final reward between two runs of the same seed < 0.01",
+                "value": None, "threshold": 0.01, "passed": None,
+            },
+            "SC-005": {
+                "description": "every artifact present: model, metrics, results and one checkpoint per interval",
+                "value": {"checkpoints": len(checkpoint_steps), "expected_checkpoints": expected_checkpoints,
+                          "missing": missing},
+                "threshold": None,
+                "passed": not missing and len(checkpoint_steps) == expected_checkpoints,
+            },
+            "SC-006": {
+                "description": "mean deterministic evaluation return > 200",
+                "value": evaluation["mean"], "threshold": 200.0, "passed": evaluation["mean"] > 200.0,
+            },
+            "SC-008": {
+                "description": "learning progression: recent return at the last checkpoint above that at the first",
+                "value": {"first": with_reward[0] if with_reward else None,
+                          "last": with_reward[-1] if with_reward else None},
+                "threshold": None,
+                "passed": len(with_reward) >= 2 and with_reward[-1] > with_reward[0],
+            },
+        },
+    }

@@ -1,0 +1,66 @@
+"""Config defaults, TOML files and validation errors."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from jaxrl_lander.config import A2CConfig, ConfigError, PPOConfig, load_config, make_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("algo,cls", [("ppo", PPOConfig), ("a2c", A2CConfig)])
+def test_shipped_toml_equals_defaults(algo, cls):
+    assert load_config(algo, CONFIGS / f"{algo}.toml") == cls()
+
+
+def test_seed_hyperparameters():
+    ppo, a2c = PPOConfig(), A2CConfig()
+    assert (ppo.learning_rate, ppo.rollout_size, ppo.batch_size, ppo.n_epochs) == (3e-4, 2048, 64, 10)
+    assert (ppo.gamma, ppo.gae_lambda, ppo.clip_range, ppo.ent_coef) == (0.99, 0.95, 0.2, 0.01)
+    assert (ppo.vf_coef, ppo.max_grad_norm, ppo.adam_eps, ppo.num_minibatches) == (0.5, 0.5, 1e-5, 32)
+    assert (a2c.learning_rate, a2c.n_steps, a2c.gamma, a2c.gae_lambda, a2c.normalize_advantage) == (
+        7e-4, 5, 0.99, 1.0, True)
+    assert (a2c.rms_decay, a2c.rms_eps, a2c.ent_coef, a2c.vf_coef) == (0.99, 1e-5, 0.0, 0.5)
+    assert ppo.total_timesteps == a2c.total_timesteps == 50_000 and ppo.checkpoint_interval == 1000
+
+
+def test_overrides_and_int_to_float():
+    config = make_config("ppo", {"learning_rate": 1, "total_timesteps": 10})
+    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
+    assert dataclasses.replace(config).total_timesteps == 10
+
+
+@pytest.mark.parametrize(
+    "toml,message",
+    [
+        ("foo = 1", "unknown config key 'foo'"),
+        ("clip_range = 0.1", None),  # valid for ppo, not for a2c: tested below
+        ("total_timesteps = 'many'", "must be int"),
+        ("normalize_advantage = 1", "must be bool"),
+        ("gamma = 1.5", "gamma must lie in [0, 1]"),
+        ("checkpoint_interval = 0", "checkpoint_interval must be a positive integer"),
+        ("batch_size = 100", "batch_size 100 must divide"),
+        ('algo = "a2c"', "config for 'a2c', not for 'ppo'"),
+        ("total_timesteps = [", "is not valid TOML"),
+    ],
+)
+def test_bad_files_give_one_named_error(tmp_path, toml, message):
+    path = tmp_path / "c.toml"
+    path.write_text(toml + "\n")
+    if message is None:
+        assert load_config("ppo", path).clip_range == 0.1
+        with pytest.raises(ConfigError, match="unknown config key 'clip_range'"):
+            load_config("a2c", path)
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config("ppo", path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file_and_unknown_algo():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("ppo", "does/not/exist.toml")
+    with pytest.raises(ConfigError, match="unknown algorithm 'dqn'"):
+        make_config("dqn")

@@ -1,0 +1,84 @@
+"""Autoreset, termination and time-limit truncation on a hand-built env, and the real LunarLander vector env."""
+
+import gymnasium as gym
+import jax
+import numpy as np
+import pytest
+
+from jaxrl_lander.envs import EVAL_SEED_OFFSET, TRAIN_SEED_RANGE, eval_env_seed, make_vector_env, step_envs, train_env_seed
+from jaxrl_lander.rollout import RolloutBuffer
+
+GAMMA = 0.9
+
+
+class Countdown(gym.Env):
+    """obs = [steps taken in this episode]; reward 1 per step; action 1 terminates the episode."""
+
+    observation_space = gym.spaces.Box(0.0, 100.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), 1.0, bool(action == 1), False, {}
+
+
+gym.register(id="JaxrlLanderTest/Countdown-v0", entry_point=Countdown, max_episode_steps=3)
+
+
+def value_of(obs: np.ndarray) -> np.ndarray:
+    """A stand-in critic: V(s) = 10 * steps taken."""
+    return 10.0 * obs[:, 0]
+
+
+def test_termination_truncation_and_autoreset_on_hand_built_episodes():
+    envs = make_vector_env("JaxrlLanderTest/Countdown-v0", 2)
+    obs, _ = envs.reset(seed=0)
+    buffer = RolloutBuffer(n_steps=4, num_envs=2, obs_dim=1)
+    # env 0 terminates at its 2nd step; env 1 never acts 1, so the time limit cuts it at its 3rd step.
+    episodes = []
+    for actions in ([0, 0], [1, 0], [0, 0], [0, 0]):
+        out = step_envs(envs, np.array(actions), value_of, GAMMA)
+        buffer.add(obs, np.array(actions), out.rewards, out.dones)
+        episodes += out.episodes
+        obs = out.obs
+    envs.close()
+
+    # Every stored transition is a real step: the observation sequences restart at 0 right after an end,
+    # with no reset-only transition in between.
+    np.testing.assert_array_equal(buffer.obs[:, 0, 0], [0, 1, 0, 1])
+    np.testing.assert_array_equal(buffer.obs[:, 1, 0], [0, 1, 2, 0])
+    np.testing.assert_array_equal(buffer.dones[:, 0], [0, 1, 0, 0])
+    np.testing.assert_array_equal(buffer.dones[:, 1], [0, 0, 1, 0])
+    # Termination (env 0, t = 1): reward 1, nothing bootstrapped.
+    assert buffer.rewards[1, 0] == pytest.approx(1.0)
+    # Truncation (env 1, t = 2): reward 1 + gamma * V(true final obs [3]) = 1 + 0.9 * 30.
+    assert buffer.rewards[2, 1] == pytest.approx(1.0 + GAMMA * 30.0)
+    # Elsewhere plain rewards.
+    assert np.count_nonzero(buffer.rewards != 1.0) == 1
+    # Episode statistics come from the real episodes (return excludes the bootstrap).
+    assert sorted(episodes) == [(0, 2.0, 2), (1, 3.0, 3)]
+
+
+def test_lunar_lander_vector_env_shapes_and_seeding():
+    envs = make_vector_env("LunarLander-v3", 4)
+    obs_a, _ = envs.reset(seed=123)
+    assert obs_a.shape == (4, 8) and obs_a.dtype == np.float32
+    assert envs.single_action_space.n == 4
+    # Sub-envs get distinct seeds (base + i): their first observations differ.
+    assert len({tuple(o) for o in obs_a}) == 4
+    obs_b, _ = envs.reset(seed=123)
+    np.testing.assert_array_equal(obs_a, obs_b)
+    envs.close()
+
+
+def test_training_and_evaluation_seeds_are_disjoint():
+    keys = jax.random.split(jax.random.key(42), 2)
+    train_bases = [train_env_seed(keys[0], t) for t in (0, 1000, 49_000)]
+    assert all(0 <= b < TRAIN_SEED_RANGE for b in train_bases)
+    assert len(set(train_bases)) == 3  # a resume at another step gets other env seeds
+    assert eval_env_seed(keys[1]) >= EVAL_SEED_OFFSET > TRAIN_SEED_RANGE + 1024

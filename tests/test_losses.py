@@ -1,0 +1,146 @@
+"""PPO and A2C losses against independent numpy arithmetic, and the optimisers' PyTorch semantics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl_lander.algos import a2c, ppo
+from jaxrl_lander.algos.common import Batch, init_state
+from jaxrl_lander.config import make_config
+from jaxrl_lander.policy import ActorCritic
+
+N, OBS_DIM, ACTIONS = 16, 8, 4
+
+
+@pytest.fixture
+def setup():
+    policy = ActorCritic(num_actions=ACTIONS)
+    rng = np.random.default_rng(0)
+    params = policy.init(jax.random.key(0), jnp.zeros((1, OBS_DIM)))
+    batch = Batch(
+        obs=jnp.asarray(rng.normal(size=(N, OBS_DIM)), jnp.float32),
+        actions=jnp.asarray(rng.integers(0, ACTIONS, size=N), jnp.int32),
+        old_log_probs=jnp.asarray(np.log(rng.uniform(0.1, 0.5, size=N)), jnp.float32),
+        old_values=jnp.zeros(N),
+        advantages=jnp.asarray(rng.normal(size=N), jnp.float32),
+        returns=jnp.asarray(rng.normal(size=N), jnp.float32),
+    )
+    logits, values = (np.asarray(x, np.float64) for x in policy.apply(params, batch.obs))
+    return policy, params, batch, logits, values
+
+
+def _np_log_softmax(logits):
+    z = logits - logits.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _np_reference(logits, values, batch, normalize):
+    log_p = _np_log_softmax(logits)
+    new_logp = log_p[np.arange(N), np.asarray(batch.actions)]
+    adv = np.asarray(batch.advantages, np.float64)
+    if normalize:
+        adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+    ent = -(np.exp(log_p) * log_p).sum(-1).mean()
+    value_loss = ((np.asarray(batch.returns) - values) ** 2).mean()
+    return new_logp, adv, ent, value_loss
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_ppo_loss_matches_numpy(setup, normalize):
+    policy, params, batch, logits, values = setup
+    hp = ppo.HParams(gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5,
+                     normalize_advantage=normalize)
+    new_logp, adv, ent, value_loss = _np_reference(logits, values, batch, normalize)
+    ratio = np.exp(new_logp - np.asarray(batch.old_log_probs))
+    pg = -np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv).mean()
+    expected = pg + 0.5 * value_loss - 0.01 * ent
+
+    for fn in (ppo.loss, jax.jit(ppo.loss, static_argnums=1)):
+        total, info = fn(params, policy, batch, hp)
+        np.testing.assert_allclose(total, expected, rtol=1e-5)
+        np.testing.assert_allclose(info["policy_loss"], pg, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(info["value_loss"], value_loss, rtol=1e-5)
+        np.testing.assert_allclose(info["entropy"], ent, rtol=1e-5)
+        np.testing.assert_allclose(info["clip_fraction"], np.mean(np.abs(ratio - 1) > 0.2), rtol=1e-6)
+        assert info["clip_fraction"] > 0  # the random old log-probs make some ratios clip: the test sees clipping
+
+
+def test_ppo_at_ratio_one_has_zero_kl_and_no_clipping(setup):
+    policy, params, batch, logits, _ = setup
+    logp = _np_log_softmax(logits)[np.arange(N), np.asarray(batch.actions)]
+    batch = batch._replace(old_log_probs=jnp.asarray(logp, jnp.float32))
+    hp = ppo.HParams(gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=0.0,
+                     normalize_advantage=True)
+    total, info = ppo.loss(params, policy, batch, hp)
+    np.testing.assert_allclose(info["approx_kl"], 0.0, atol=1e-6)
+    assert float(info["clip_fraction"]) == 0.0
+    np.testing.assert_allclose(total, 0.0, atol=1e-5)  # -mean of standardised advantages
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_a2c_loss_matches_numpy(setup, normalize):
+    policy, params, batch, logits, values = setup
+    hp = a2c.HParams(gamma=0.99, gae_lambda=1.0, ent_coef=0.05, vf_coef=0.5, normalize_advantage=normalize)
+    new_logp, adv, ent, value_loss = _np_reference(logits, values, batch, normalize)
+    pg = -(adv * new_logp).mean()
+    total, info = jax.jit(a2c.loss, static_argnums=1)(params, policy, batch, hp)
+    np.testing.assert_allclose(total, pg + 0.5 * value_loss - 0.05 * ent, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(info["policy_loss"], pg, rtol=1e-5, atol=1e-6)
+
+
+def test_a2c_rmsprop_matches_pytorch_update_rule():
+    """PyTorch RMSprop: v = a v + (1 - a) g^2 (v0 = 0); p -= lr g / (sqrt(v) + eps)."""
+    config = make_config("a2c", {"max_grad_norm": 1e9})
+    tx = a2c.make_optimizer(config)
+    params = {"w": jnp.array([1.0, -2.0])}
+    state = tx.init(params)
+    v = np.zeros(2)
+    p = np.array([1.0, -2.0])
+    for g in ([0.5, -1.0], [0.1, 0.3], [-0.2, 0.0]):
+        g = np.array(g)
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = jax.tree.map(lambda a, u: a + u, params, updates)
+        v = 0.99 * v + 0.01 * g**2
+        p = p - 7e-4 * g / (np.sqrt(v) + 1e-5)
+    np.testing.assert_allclose(params["w"], p, rtol=1e-5)
+
+
+def test_gradient_clipping_is_by_global_norm():
+    # Gradient (3, 4) has global norm 5: scaled as a whole to (0.6, 0.8), not clipped leaf by leaf to (1, 1).
+    # With RMSprop eps = 1 the first update is -lr * g / (sqrt(0.01 g^2) + 1), which shows the clipped g.
+    config = make_config("a2c", {"max_grad_norm": 1.0, "learning_rate": 1.0, "rms_eps": 1.0})
+    tx = a2c.make_optimizer(config)
+    params = {"a": jnp.zeros(1), "b": jnp.zeros(1)}
+    updates, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(params), params)
+    g = np.array([0.6, 0.8])
+    expected = -g / (0.1 * g + 1.0)
+    chex.assert_trees_all_close(updates, {"a": expected[:1], "b": expected[1:]}, rtol=1e-5)
+
+
+def test_update_changes_params_and_threads_key():
+    config = make_config("ppo")
+    policy = ActorCritic(num_actions=ACTIONS)
+    tx = ppo.make_optimizer(config)
+    state = init_state(policy=policy, tx=tx, key=jax.random.key(1), obs_dim=OBS_DIM)
+    from jaxrl_lander.rollout import Rollout
+
+    rng = np.random.default_rng(1)
+    rollout = Rollout(
+        obs=jnp.asarray(rng.normal(size=(256, 8, OBS_DIM)), jnp.float32),
+        actions=jnp.asarray(rng.integers(0, ACTIONS, size=(256, 8)), jnp.int32),
+        rewards=jnp.asarray(rng.normal(size=(256, 8)), jnp.float32),
+        dones=jnp.asarray(rng.uniform(size=(256, 8)) < 0.01, jnp.float32),
+        last_obs=jnp.zeros((8, OBS_DIM)),
+    )
+    hp = ppo.HParams.from_config(config)
+    new_state, metrics = jax.jit(
+        lambda s, r, h: ppo.update(s, r, h, policy=policy, tx=tx, n_epochs=2, num_minibatches=32)
+    )(state, rollout, hp)
+    assert not jax.random.key_data(new_state.key).tolist() == jax.random.key_data(state.key).tolist()
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_state.params, state.params)
+    assert all(m > 0 for m in jax.tree.leaves(moved))
+    assert set(metrics) >= {"loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                            "explained_variance"}
+    assert all(np.isfinite(float(v)) for v in metrics.values())

@@ -1,0 +1,69 @@
+"""Metrics recorder: values, JSON round trip, truncation on resume, atomic writes."""
+
+import json
+import os
+
+import pytest
+
+from jaxrl_lander.recording import MetricsRecorder, write_json_atomic
+
+
+def _recorder():
+    rec = MetricsRecorder("ppo_seed42", "ppo", "LunarLander-v3", 42, 100)
+    rec.record(100, None)
+    rec.add_episode(150, -100.0, 80)
+    rec.add_episode(180, -50.0, 120)
+    rec.record(200, 1.5)
+    rec.add_episode(260, 30.0, 100)
+    rec.record(300, 0.25)
+    return rec
+
+
+def test_records_and_statistics_values():
+    rec = _recorder()
+    assert [r["timestep"] for r in rec.records] == [100, 200, 300]
+    assert rec.records[0]["reward"] is None and rec.records[0]["episode"] == 0 and rec.records[0]["loss"] is None
+    assert rec.records[1]["reward"] == pytest.approx(-75.0)
+    assert rec.records[1]["episode_length"] == pytest.approx(100.0)
+    assert rec.records[2]["episode"] == 3 and rec.records[2]["loss"] == 0.25
+    stats = rec.statistics()
+    assert stats["reward_mean"] == pytest.approx(-40.0)
+    assert stats["reward_std"] == pytest.approx((((60**2) + (10**2) + (70**2)) / 3) ** 0.5)
+    assert (stats["reward_min"], stats["reward_max"], stats["total_episodes"]) == (-100.0, 30.0, 3)
+    assert stats["episode_length_mean"] == pytest.approx(100.0)
+    assert rec.reward_at(200) == pytest.approx(-75.0) and rec.reward_at(120) is None
+
+
+def test_rolling_mean_uses_the_last_100_episodes():
+    rec = MetricsRecorder("a2c_seed1", "a2c", "LunarLander-v3", 1, 100)
+    for i in range(150):
+        rec.add_episode(i + 1, float(i), 10)
+    assert rec.recent_reward_mean == pytest.approx(sum(range(50, 150)) / 100)
+
+
+def test_json_round_trip(tmp_path):
+    rec = _recorder()
+    path = tmp_path / "m.json"
+    rec.save(path)
+    loaded = MetricsRecorder.load(path)
+    assert loaded.to_dict() == rec.to_dict()
+    assert loaded.recent_reward_mean == rec.recent_reward_mean
+    loaded.add_episode(400, 0.0, 5)  # the loaded recorder keeps working
+    assert loaded.statistics()["total_episodes"] == 4
+
+
+def test_truncate_drops_what_came_after_a_checkpoint():
+    rec = _recorder()
+    rec.truncate(200)
+    assert [r["timestep"] for r in rec.records] == [100, 200]
+    assert rec.statistics()["total_episodes"] == 2
+    assert rec.recent_reward_mean == pytest.approx(-75.0)
+
+
+def test_atomic_write_leaves_old_file_when_serialisation_fails(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"ok": 1})
+    with pytest.raises(ValueError):
+        write_json_atomic(path, {"bad": float("nan")})  # NaN is not JSON
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert os.listdir(tmp_path) == ["r.json"]  # no temporary file left behind

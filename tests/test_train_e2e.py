@@ -1,0 +1,164 @@
+"""Short real training runs (PPO and A2C on LunarLander-v3): the artifact set, schemas, resume and reproducibility."""
+
+import shutil
+
+import jax
+import jsonschema
+import numpy as np
+import pytest
+from conftest import SHORT_STEPS, load_json, short_config
+
+from jaxrl_lander import load_policy
+from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.envs import EVAL_SEED_OFFSET
+from jaxrl_lander.evaluate import evaluate_experiment
+from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS, load_schema
+from jaxrl_lander.train import Trainer
+
+ALGOS = ["ppo", "a2c"]
+
+
+def _validate(instance, schema_name):
+    jsonschema.Draft202012Validator(load_schema(schema_name),
+                                    format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(instance)
+
+
+def _without_times(metrics):
+    metrics = dict(metrics, metadata={k: v for k, v in metrics["metadata"].items() if k != "created_at"})
+    metrics["records"] = [{k: v for k, v in r.items() if k != "timestamp"} for r in metrics["records"]]
+    return metrics
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_full_artifact_set(short_runs, algo):
+    trainer, results, _ = short_runs[algo]
+    root = trainer.paths.root
+    assert root.name == f"{algo}_seed42"
+    for name in (f"{algo}_seed42_model", f"{algo}_seed42_metrics.json", f"{algo}_seed42_results.json"):
+        assert (root / name).exists(), name
+    steps = CheckpointStore(root / "checkpoints").all_steps()
+    assert steps == [1000, 2000, 3000, 4000, SHORT_STEPS]  # every 1,000 env steps, and the end of the run
+    assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in steps]
+    assert results["success_criteria"]["SC-005"]["passed"] is True
+    assert not list(root.rglob("*.tmp"))  # no temporary JSON left behind
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_outputs_match_their_schemas_and_values(short_runs, algo):
+    trainer, results, _ = short_runs[algo]
+    metrics = load_json(trainer.paths.metrics)
+    _validate(metrics, TRAINING_METRICS)
+    on_disk = load_json(trainer.paths.results)
+    _validate(on_disk, EXPERIMENT_RESULTS)
+    assert on_disk == results
+
+    config = trainer.config
+    assert results["total_timesteps"] == SHORT_STEPS and results["status"] == "completed"
+    assert results["updates"] == SHORT_STEPS // config.rollout_size
+    assert results["hyperparameters"] == config.to_dict()
+    assert results["device"]["platform"] == jax.devices()[0].platform
+    assert results["steps_per_second"] > 0 and results["training_time_seconds"] > 0
+    # A record each time the step count crosses a multiple of 100; the reward is the rolling mean.
+    assert len(metrics["records"]) == SHORT_STEPS // 100
+    assert [r["timestep"] for r in metrics["records"]] == sorted({r["timestep"] for r in metrics["records"]})
+    assert metrics["statistics"]["total_episodes"] == len(metrics["episodes"]) > 0
+    returns = [e["return"] for e in metrics["episodes"]]
+    assert metrics["statistics"]["reward_mean"] == pytest.approx(np.mean(returns))
+    assert results["final_metrics"]["total_episodes"] == len(returns)
+    # Episodes of LunarLander end by crash, landing or the 1,000-step limit; a random-ish policy crashes early.
+    assert all(1 <= e["length"] <= 1000 for e in metrics["episodes"])
+    assert [p["timestep"] for p in results["learning_progression"]] == [1000, 2000, 3000, 4000, SHORT_STEPS]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_evaluation_is_deterministic_on_fresh_seeds(short_runs, algo):
+    trainer, results, _ = short_runs[algo]
+    ev = results["evaluation"]
+    assert ev["episodes"] == 3 and len(ev["returns"]) == 3
+    assert all(s >= EVAL_SEED_OFFSET for s in ev["seeds"]) and ev["seeds"] == list(range(ev["seeds"][0], ev["seeds"][0] + 3))
+    assert ev["mean"] == pytest.approx(np.mean(ev["returns"]))
+    again = evaluate_experiment(trainer.paths.root, 3)
+    assert again["returns"] == ev["returns"]  # the same greedy policy on the same seeds
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_final_model_and_last_checkpoint_hold_the_final_params(short_runs, algo):
+    trainer, _, _ = short_runs[algo]
+    final = trainer.final_state
+    store = CheckpointStore(trainer.paths.checkpoints)
+    restored, meta = store.restore(store.latest_step(), trainer.initial_state())
+    store.close()
+    assert meta["timestep"] == SHORT_STEPS and meta["config"] == trainer.config.to_dict()
+    jax.tree.map(np.testing.assert_array_equal, restored.params, final.params)
+    obs = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    policy = load_policy(trainer.paths.root)
+    from jaxrl_lander.evaluate import greedy_policy
+
+    np.testing.assert_array_equal(policy(obs), greedy_policy(trainer.learner.policy, final.params)(obs))
+
+
+def test_act_compiled_once_over_the_whole_run(short_runs):
+    for algo in ALGOS:
+        assert short_runs[algo][0].act._cache_size() == 1
+
+
+def test_same_seed_same_run(short_runs, tmp_path):
+    """SC-004 on a short run: identical metrics (timestamps aside) and identical final parameters."""
+    first, first_results, _ = short_runs["ppo"]
+    second = Trainer(short_config("ppo"), tmp_path)
+    second_results = second.train()
+    assert _without_times(load_json(second.paths.metrics)) == _without_times(load_json(first.paths.metrics))
+    jax.tree.map(np.testing.assert_array_equal, second.final_state.params, first.final_state.params)
+    assert second_results["evaluation"]["returns"] == first_results["evaluation"]["returns"]
+
+    other = Trainer(short_config("ppo", seed=7), tmp_path)  # and another seed gives another run
+    other.train()
+    assert load_json(other.paths.metrics)["episodes"] != load_json(first.paths.metrics)["episodes"]
+
+
+def _interrupted_copy(src, dst, keep_up_to):
+    """A copy of a finished experiment as a run killed after its checkpoint at `keep_up_to` would leave it."""
+    shutil.copytree(src, dst)
+    for step_dir in (dst / "checkpoints").iterdir():
+        if step_dir.name.isdigit() and int(step_dir.name) > keep_up_to:
+            shutil.rmtree(step_dir)
+    (dst / f"{dst.name}_results.json").unlink()
+    shutil.rmtree(dst / f"{dst.name}_model")
+
+
+def test_resume_is_deterministic_and_leaves_no_gaps(short_runs, tmp_path):
+    trainer, _, _ = short_runs["a2c"]
+    outcomes = []
+    for name in ("a", "b"):
+        results_dir = tmp_path / name / "results"
+        _interrupted_copy(trainer.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
+        resumed = Trainer(short_config("a2c"), results_dir)
+        results = resumed.train(resume=True)
+        assert results["resumed_from_timestep"] == 2000
+        metrics = load_json(resumed.paths.metrics)
+        _validate(metrics, TRAINING_METRICS)
+        _validate(results, EXPERIMENT_RESULTS)
+        steps = [r["timestep"] for r in metrics["records"]]
+        assert steps == sorted(set(steps)) and len(steps) == SHORT_STEPS // 100  # no gap, no duplicate
+        assert CheckpointStore(resumed.paths.checkpoints).all_steps() == [1000, 2000, 3000, 4000, SHORT_STEPS]
+        outcomes.append((_without_times(metrics), resumed.final_state.params))
+    assert outcomes[0][0] == outcomes[1][0]
+    jax.tree.map(np.testing.assert_array_equal, outcomes[0][1], outcomes[1][1])
+
+
+def test_resume_of_a_finished_run_does_nothing(short_runs):
+    trainer, results, results_dir = short_runs["ppo"]
+    before = trainer.paths.results.stat().st_mtime_ns
+    again = Trainer(short_config("ppo"), results_dir).train(resume=True)
+    assert again == results and trainer.paths.results.stat().st_mtime_ns == before
+
+
+def test_fresh_rerun_replaces_the_old_experiment(tmp_path):
+    config = short_config("a2c", total_timesteps=400, checkpoint_interval=200, eval_episodes=1)
+    Trainer(config, tmp_path).train()
+    stale = tmp_path / "experiments" / "a2c_seed42" / "checkpoints" / "999999"
+    stale.mkdir()
+    trainer = Trainer(config, tmp_path)
+    trainer.train()
+    assert not stale.exists()
+    assert CheckpointStore(trainer.paths.checkpoints).all_steps() == [200, 400]
