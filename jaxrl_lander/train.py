@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -71,6 +72,21 @@ class RunKeys:
     def from_seed(cls, seed: int) -> "RunKeys":
         state, env, eval_ = jax.random.split(jax.random.key(seed), 3)
         return cls(state=state, env=env, eval=eval_)
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Keep compiled XLA programs on disk so a second run with the same shapes skips compilation.
+
+    The directory is `path`, else $JAXRL_LANDER_JAX_CACHE, else ~/.cache/jaxrl_lander/jax; an empty
+    $JAXRL_LANDER_JAX_CACHE turns the cache off. Returns the directory in use, or None.
+    """
+    if path is None:
+        path = os.environ.get("JAXRL_LANDER_JAX_CACHE", str(Path.home() / ".cache" / "jaxrl_lander" / "jax"))
+    if not path:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    return path
 
 
 def package_versions() -> dict[str, str]:

@@ -23,6 +23,15 @@ def load_json(path: Path) -> dict:
         return json.load(f)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A session-wide persistent compilation cache: each program compiles once for the whole suite."""
+    from jaxrl_lander.train import enable_compilation_cache
+
+    os.environ["JAXRL_LANDER_JAX_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))  # for CLI subprocesses too
+    enable_compilation_cache()
+
+
 @pytest.fixture(scope="session")
 def short_runs(tmp_path_factory):
     """One short real training run per algorithm: {algo: (trainer, results, results_dir)}."""

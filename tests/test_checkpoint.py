@@ -5,6 +5,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrl_lander import load_policy
 from jaxrl_lander.algos.common import init_state, make_learner
@@ -69,3 +70,14 @@ def test_model_round_trip_and_load_policy(tmp_path):
         assert actions.shape == (64,) and actions.dtype == np.int32
         np.testing.assert_array_equal(actions, expected)
     assert len(set(expected.tolist())) > 1  # perturbed params: not a constant policy
+
+
+def test_restore_into_another_architecture_is_refused(tmp_path):
+    _, state = _state()
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.save(1000, state, {"timestep": 1000})
+    store.close()
+    wider = make_learner(make_config("ppo", {"hidden_size": 32}), num_actions=4)
+    template = init_state(policy=wider.policy, tx=wider.tx, key=jax.random.key(0), obs_dim=8)
+    with pytest.raises(ValueError, match="does not match the structure"):
+        CheckpointStore(tmp_path / "ckpt").restore(1000, template)
