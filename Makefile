@@ -13,7 +13,13 @@ EPISODES ?= 10
 
 TRAIN_ARGS := --algo $(ALGO) --seed $(SEED) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(RESUME)),--resume)
 
-.PHONY: setup train eval test clean
+RUNS ?= 3
+BENCH_VENV := .venv-bench
+# The benchmark's own environment for Stable-Baselines3 (PyTorch, CPU build); not a dependency of the package.
+TORCH_SPEC ?= torch==2.13.0
+SB3_SPEC ?= stable-baselines3==2.9.2
+
+.PHONY: setup train eval test bench clean
 
 setup: $(STAMP)
 
@@ -32,5 +38,13 @@ eval: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+$(BENCH_VENV)/.installed:
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet '$(TORCH_SPEC)' '$(SB3_SPEC)' 'gymnasium[box2d]>=1.1'
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed
+	$(PY) bench/run.py --runs $(RUNS)
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) *.egg-info .pytest_cache

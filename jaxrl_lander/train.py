@@ -27,6 +27,22 @@ from jaxrl_lander.rollout import RolloutBuffer
 log = logging.getLogger("jaxrl_lander")
 
 PACKAGES = ["jax", "jaxlib", "flax", "optax", "gymnasium", "box2d", "numpy", "orbax-checkpoint", "chex"]
+# JAX reports the time it spends tracing, lowering and compiling; summing them gives the JIT cost of a run.
+_JIT_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+}
+_jit_seconds = [0.0]
+
+
+def _count_jit_time(event: str, duration: float, **_) -> None:
+    if event in _JIT_EVENTS:
+        _jit_seconds[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_jit_time)
+
 # Config keys that may differ between a checkpoint and the run resuming from it.
 RESUMABLE_CHANGES = {"total_timesteps", "eval_episodes"}
 
@@ -181,6 +197,7 @@ class Trainer:
             store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
 
         start_iso = now_iso()
+        jit_seconds_before = _jit_seconds[0]
         t_start = time.perf_counter()
         start_step = timestep = progress["timestep"]
         updates, loss = progress["updates"], progress["loss"]
@@ -242,6 +259,7 @@ class Trainer:
                 )
         store.close()
         loop_seconds = time.perf_counter() - t_start
+        compile_seconds = _jit_seconds[0] - jit_seconds_before
         self.envs.close()
         state = state.replace(key=key)
 
@@ -270,7 +288,7 @@ class Trainer:
             start_iso=start_iso, end_iso=now_iso(),
             training_time=progress["wall_time"] + loop_seconds,
             steps_this_run=timestep - start_step, loop_seconds=loop_seconds,
-            first_update_seconds=first_update_seconds, updates=updates, resumed_from=start_step or None,
+            first_update_seconds=first_update_seconds, compile_seconds=compile_seconds, updates=updates, resumed_from=start_step or None,
         )
         write_json_atomic(self.paths.results, results)
         self.final_state = state
@@ -290,6 +308,7 @@ def build_results(
     steps_this_run: int,
     loop_seconds: float,
     first_update_seconds: float | None,
+    compile_seconds: float,
     updates: int,
     resumed_from: int | None,
 ) -> dict[str, Any]:
@@ -323,6 +342,7 @@ def build_results(
         "training_time_seconds": training_time,
         "steps_per_second": steps_per_second,
         "first_update_seconds": first_update_seconds,
+        "compile_seconds": compile_seconds,
         "resumed_from_timestep": resumed_from,
         "final_metrics": {**recorder.statistics(), "recent_reward_mean": recorder.recent_reward_mean},
         "evaluation": evaluation,

@@ -1,0 +1,51 @@
+"""Stable-Baselines3 side of the benchmark: the same experiment, timed. Runs in the benchmark's own venv.
+
+Prints one JSON line: {"algo", "steps", "learn_seconds", "steps_per_second", "checkpoints"}.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+# The seed document's hyperparameters; the rollout layout matches jaxrl_lander's defaults (8 envs).
+HYPERPARAMETERS = {
+    "ppo": dict(learning_rate=3e-4, n_steps=256, batch_size=64, n_epochs=10, gamma=0.99, gae_lambda=0.95,
+                clip_range=0.2, ent_coef=0.01),
+    "a2c": dict(learning_rate=7e-4, n_steps=5, gamma=0.99, gae_lambda=1.0, normalize_advantage=True),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--algo", choices=sorted(HYPERPARAMETERS), required=True)
+    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--checkpoint-interval", type=int, default=1_000, help="env steps; 0 turns checkpoints off")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    env = make_vec_env("LunarLander-v3", n_envs=args.num_envs, seed=args.seed)
+    cls = {"ppo": PPO, "a2c": A2C}[args.algo]
+    model = cls("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0, **HYPERPARAMETERS[args.algo])
+    callbacks = []
+    if args.checkpoint_interval:
+        # save_freq counts vector steps, each of num_envs env steps.
+        callbacks.append(CheckpointCallback(save_freq=max(args.checkpoint_interval // args.num_envs, 1),
+                                            save_path=str(args.out / "checkpoints")))
+    start = time.perf_counter()
+    model.learn(total_timesteps=args.steps, callback=callbacks)
+    learn_seconds = time.perf_counter() - start
+    model.save(args.out / "model")
+    checkpoints = len(list((args.out / "checkpoints").glob("*.zip"))) if args.checkpoint_interval else 0
+    print(json.dumps({"algo": args.algo, "steps": model.num_timesteps, "learn_seconds": learn_seconds,
+                      "steps_per_second": model.num_timesteps / learn_seconds, "checkpoints": checkpoints}))
+
+
+if __name__ == "__main__":
+    main()
