@@ -1,33 +1,21 @@
 """Autoreset, termination and time-limit truncation on a hand-built env, and the real LunarLander vector env."""
 
-import gymnasium as gym
 import jax
 import numpy as np
+import probe_envs  # noqa: F401  (registers the hand-built envs)
 import pytest
 
-from jaxrl_lander.envs import EVAL_SEED_OFFSET, TRAIN_SEED_RANGE, eval_env_seed, make_vector_env, step_envs, train_env_seed
+from jaxrl_lander.envs import (
+    EVAL_SEED_OFFSET,
+    TRAIN_SEED_RANGE,
+    eval_env_seed,
+    make_vector_env,
+    step_envs,
+    train_env_seed,
+)
 from jaxrl_lander.rollout import RolloutBuffer
 
 GAMMA = 0.9
-
-
-class Countdown(gym.Env):
-    """obs = [steps taken in this episode]; reward 1 per step; action 1 terminates the episode."""
-
-    observation_space = gym.spaces.Box(0.0, 100.0, (1,), np.float32)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([0.0], np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        return np.array([self.t], np.float32), 1.0, bool(action == 1), False, {}
-
-
-gym.register(id="JaxrlLanderTest/Countdown-v0", entry_point=Countdown, max_episode_steps=3)
 
 
 def value_of(obs: np.ndarray) -> np.ndarray:
