@@ -19,7 +19,7 @@ BENCH_VENV := .venv-bench
 TORCH_SPEC ?= torch==2.13.0
 SB3_SPEC ?= stable-baselines3==2.9.2
 
-.PHONY: setup train eval test bench clean
+.PHONY: setup train reproduce eval test bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)
 	$(PY) -m jaxrl_lander train $(TRAIN_ARGS)
+
+reproduce: $(STAMP)
+	$(PY) -m jaxrl_lander reproduce $(filter-out --resume,$(TRAIN_ARGS))
 
 eval: $(STAMP)
 	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES)

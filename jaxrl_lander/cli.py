@@ -43,16 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    train = sub.add_parser("train", help="train an agent, checkpointing and recording as it goes", formatter_class=defaults)
-    train.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
-    train.add_argument("--seed", type=_int_arg("seed", 0), default=42, help="the run's one seed")
-    train.add_argument("--steps", type=_int_arg("steps", 1), default=None,
-                       help="total environment steps (default: the config's total_timesteps, 50000)")
-    train.add_argument("--config", type=Path, default=None,
-                       help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
-    train.add_argument("--results-dir", type=Path, default=Path("results"), help="where experiments are written")
+    run_options = OneLineParser(add_help=False)
+    run_options.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
+    run_options.add_argument("--seed", type=_int_arg("seed", 0), default=42, help="the run's one seed")
+    run_options.add_argument("--steps", type=_int_arg("steps", 1), default=None,
+                             help="total environment steps (default: the config's total_timesteps, 50000)")
+    run_options.add_argument("--config", type=Path, default=None,
+                             help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
+    run_options.add_argument("--results-dir", type=Path, default=Path("results"),
+                             help="where experiments are written")
+    run_options.add_argument("--verbose", action="store_true", help="DEBUG logging (per-update losses)")
+
+    train = sub.add_parser("train", parents=[run_options], formatter_class=defaults,
+                           help="train an agent, checkpointing and recording as it goes")
     train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
-    train.add_argument("--verbose", action="store_true", help="DEBUG logging (per-update losses)")
+    sub.add_parser("reproduce", parents=[run_options], formatter_class=defaults,
+                   help="train the same experiment twice and record SC-004 (reproducibility) in its results")
 
     evaluate = sub.add_parser("evaluate", help="play deterministic episodes with a trained agent",
                               formatter_class=defaults)
@@ -71,16 +77,23 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def _train(args) -> int:
+def _run_config(args):
+    """The validated config of a train/reproduce command; raises ConfigError before anything is written."""
     overrides = {"seed": args.seed}
     if args.steps is not None:
         overrides["total_timesteps"] = args.steps
     config = load_config(args.algo, args.config, overrides)
     _check_writable(args.results_dir)
-
-    from jaxrl_lander.train import Trainer, enable_compilation_cache  # heavy imports once the input is good
+    from jaxrl_lander.train import enable_compilation_cache  # heavy imports once the input is good
 
     enable_compilation_cache()
+    return config
+
+
+def _train(args) -> int:
+    config = _run_config(args)
+    from jaxrl_lander.train import Trainer
+
     results = Trainer(config, args.results_dir).train(resume=args.resume)
     ev = results["evaluation"]
     print(
@@ -101,6 +114,20 @@ def _check_writable(results_dir: Path) -> None:
         raise ConfigError(f"results directory {results_dir} is not writable")
 
 
+def _reproduce(args) -> int:
+    config = _run_config(args)
+    from jaxrl_lander.reproduce import reproduce
+
+    verdict = reproduce(config, args.results_dir)["reproducibility"]
+    sc004 = "PASS" if verdict["evaluation_mean_std"] < 0.01 else "FAIL"
+    print(
+        f"{config.algo}_seed{config.seed}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
+        f" {verdict['evaluation_mean_std']:.6f} | parameters identical: {verdict['params_identical']}"
+        f" | metrics identical: {verdict['metrics_identical']}"
+    )
+    return 0 if sc004 == "PASS" else 1
+
+
 def _evaluate(args) -> int:
     from jaxrl_lander.evaluate import evaluate_experiment
 
@@ -113,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
     try:
-        return _train(args) if args.command == "train" else _evaluate(args)
+        command = {"train": _train, "reproduce": _reproduce, "evaluate": _evaluate}[args.command]
+        return command(args)
     except ConfigError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_USAGE

@@ -57,3 +57,20 @@ def test_tiny_run_through_the_cli(tmp_path):
     proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"episodes": 2' in proc.stdout
+
+
+def test_reproduce_records_sc004(tmp_path):
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
+    proc = run_cli("reproduce", "--algo", "ppo", "--steps", "600", "--config", "tiny.toml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "SC-004 PASS" in proc.stdout and "parameters identical: True" in proc.stdout
+    results = load_json(tmp_path / "results/experiments/ppo_seed42/ppo_seed42_results.json")
+    assert results["success_criteria"]["SC-004"]["value"] == 0.0
+    assert results["success_criteria"]["SC-004"]["passed"] is True
+    assert results["reproducibility"]["metrics_identical"] is True
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["experiments"]  # the scratch run is gone
+    from test_train_e2e import _validate
+
+    from jaxrl_lander.schemas import EXPERIMENT_RESULTS
+
+    _validate(results, EXPERIMENT_RESULTS)
