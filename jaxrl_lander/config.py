@@ -55,6 +55,12 @@ class RunConfig:
     """Add a record to the metrics time series every this many environment steps."""
     eval_episodes: int = 10
     """Deterministic evaluation episodes after training, on seeds disjoint from training."""
+    eval_interval: int = 0
+    """Also evaluate every this many env steps during training (0: only at the end); time excluded from training."""
+    eval_interval_episodes: int = 10
+    """Deterministic episodes of each evaluation during training."""
+    solve_threshold: float = 200.0
+    """Mean evaluation return that counts as solving the task (SC-006)."""
 
     @property
     def rollout_size(self) -> int:
@@ -68,7 +74,7 @@ class RunConfig:
         """Raise ConfigError naming the first unusable value."""
         positive_ints = [
             "total_timesteps", "num_envs", "n_steps", "hidden_size",
-            "checkpoint_interval", "recording_interval", "eval_episodes",
+            "checkpoint_interval", "recording_interval", "eval_episodes", "eval_interval_episodes",
         ]
         for name in positive_ints:
             if getattr(self, name) <= 0:
@@ -77,6 +83,8 @@ class RunConfig:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed}")
         if self.seed >= 2**32:
             raise ConfigError(f"seed must be below 2**32, got {self.seed}")
+        if self.eval_interval < 0:
+            raise ConfigError(f"eval_interval must be >= 0 (0 evaluates only at the end), got {self.eval_interval}")
         if self.keep_checkpoints < 0:
             raise ConfigError(f"keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         if not 0.0 < self.learning_rate:

@@ -1,5 +1,6 @@
 """Deterministic evaluation episodes, and load_policy: the public way to use a trained agent."""
 
+import functools
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -47,9 +48,15 @@ def summarize(episodes: list[dict]) -> dict:
     }
 
 
+@functools.cache
+def _compiled_greedy(policy: ActorCritic):
+    # One jitted function per network, so repeated evaluations during training never retrace.
+    return jax.jit(partial(greedy_action, policy))
+
+
 def greedy_policy(policy: ActorCritic, params) -> Callable[[np.ndarray], np.ndarray]:
     """Host callable: observations (N, obs_dim) -> argmax actions (N,) as numpy int32."""
-    act = jax.jit(partial(greedy_action, policy))
+    act = _compiled_greedy(policy)
     return lambda obs: np.asarray(act(params, np.asarray(obs, dtype=np.float32)))
 
 

@@ -162,3 +162,17 @@ def test_fresh_rerun_replaces_the_old_experiment(tmp_path):
     trainer.train()
     assert not stale.exists()
     assert CheckpointStore(trainer.paths.checkpoints).all_steps() == [200, 400]
+
+
+def test_evaluations_during_training_and_time_to_solve(tmp_path):
+    config = short_config("a2c", total_timesteps=600, checkpoint_interval=600, eval_interval=200,
+                          eval_interval_episodes=2, eval_episodes=2, solve_threshold=-1e9)
+    results = Trainer(config, tmp_path).train()
+    _validate(results, EXPERIMENT_RESULTS)
+    evals = results["evaluations_during_training"]
+    assert [e["timestep"] for e in evals] == [200, 400, 600] and all(e["episodes"] == 2 for e in evals)
+    times = [e["training_seconds"] for e in evals]
+    assert times == sorted(times) and times[-1] <= results["training_time_seconds"]
+    # Any return beats a threshold of -1e9: solved at the first evaluation.
+    assert results["solved"] == {"threshold": -1e9, "timestep": 200, "training_seconds": times[0]}
+    assert results["success_criteria"]["SC-006"]["passed"] is True
