@@ -32,7 +32,9 @@ class RunConfig:
     n_steps: int = 256
     """Steps per sub-environment in one rollout; a rollout holds num_envs * n_steps transitions."""
     learning_rate: float = 3e-4
-    """Optimiser step size (constant)."""
+    """Optimiser step size."""
+    anneal_lr: bool = False
+    """Decay the step size linearly to 0 over total_timesteps (rl-zoo3's "lin_" schedules)."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 0.95

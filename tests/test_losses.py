@@ -144,3 +144,16 @@ def test_update_changes_params_and_threads_key():
     assert set(metrics) >= {"loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
                             "explained_variance"}
     assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_annealed_learning_rate_decays_linearly_to_zero():
+    config = make_config("a2c", {"anneal_lr": True, "total_timesteps": 400, "learning_rate": 1.0,
+                                 "max_grad_norm": 1e9, "rms_eps": 1e6})  # eps >> sqrt(v): update = -lr * g / eps
+    tx = a2c.make_optimizer(config)  # 400 / 40 = 10 updates: lr = 1 - k / 10 at update k
+    params = {"w": jnp.zeros(1)}
+    state = tx.init(params)
+    steps = []
+    for _ in range(11):
+        updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+        steps.append(-float(updates["w"][0]) * 1e6)
+    np.testing.assert_allclose(steps, [1 - k / 10 for k in range(11)], atol=1e-3)

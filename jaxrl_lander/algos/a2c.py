@@ -5,7 +5,14 @@ import flax.struct
 import jax
 import optax
 
-from jaxrl_lander.algos.common import Batch, TrainState, explained_variance, make_batch, normalize
+from jaxrl_lander.algos.common import (
+    Batch,
+    TrainState,
+    explained_variance,
+    learning_rate,
+    make_batch,
+    normalize,
+)
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
 from jaxrl_lander.rollout import Rollout
 
@@ -32,7 +39,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
     # PyTorch's RMSprop: nu starts at 0, and eps is added to sqrt(nu), not inside it.
     return optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm),
-        optax.rmsprop(config.learning_rate, decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False),
+        optax.rmsprop(learning_rate(config, 1), decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False),
     )
 
 

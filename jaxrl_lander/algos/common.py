@@ -68,6 +68,14 @@ def explained_variance(values: jax.Array, returns: jax.Array) -> jax.Array:
     return jnp.where(var_returns == 0, jnp.nan, 1.0 - jnp.var(returns - values) / var_returns)
 
 
+def learning_rate(config, gradient_steps_per_update: int) -> float | optax.Schedule:
+    """The config's step size: constant, or decaying linearly to 0 over the updates of total_timesteps."""
+    if not config.anneal_lr:
+        return config.learning_rate
+    total_updates = max(config.total_timesteps // config.rollout_size, 1)
+    return optax.linear_schedule(config.learning_rate, 0.0, total_updates * gradient_steps_per_update)
+
+
 @partial(jax.jit, static_argnames=("policy", "tx", "obs_dim"))
 def init_state(policy: ActorCritic, tx: optax.GradientTransformation, key: jax.Array, obs_dim: int) -> TrainState:
     """Fresh parameters and optimiser state; compiled as one program rather than dozens of small ones."""

@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrl_lander.algos.common import Batch, TrainState, explained_variance, make_batch, normalize
+from jaxrl_lander.algos.common import (
+    Batch,
+    TrainState,
+    explained_variance,
+    learning_rate,
+    make_batch,
+    normalize,
+)
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
 from jaxrl_lander.rollout import Rollout
 
@@ -33,7 +40,7 @@ class HParams:
 def make_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adam(config.learning_rate, eps=config.adam_eps),
+        optax.adam(learning_rate(config, config.n_epochs * config.num_minibatches), eps=config.adam_eps),
     )
 
 
