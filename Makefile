@@ -19,14 +19,16 @@ BENCH_VENV := .venv-bench
 TORCH_SPEC ?= torch==2.13.0
 SB3_SPEC ?= stable-baselines3==2.9.2
 
-.PHONY: setup train reproduce eval test bench clean
+SEEDS ?= 0 1 2 3 4
+
+.PHONY: setup train reproduce sweep eval test bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,plot]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -34,6 +36,9 @@ train: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m jaxrl_lander reproduce $(filter-out --resume,$(TRAIN_ARGS))
+
+sweep: $(STAMP)
+	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG))
 
 eval: $(STAMP)
 	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES)

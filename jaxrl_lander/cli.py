@@ -6,6 +6,7 @@ Usage and configuration errors print one line and exit with status 2 before anyt
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reproduce", parents=[run_options], formatter_class=defaults,
                    help="train the same experiment twice and record SC-004 (reproducibility) in its results")
 
+    sweep = sub.add_parser("sweep", formatter_class=defaults,
+                           help="train several seeds in parallel processes, then statistics over seeds and a plot")
+    sweep.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
+    sweep.add_argument("--seeds", type=_int_arg("seed", 0), nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
+    sweep.add_argument("--steps", type=_int_arg("steps", 1), default=None, help="total env steps per seed")
+    sweep.add_argument("--config", type=Path, default=None, help="TOML file of hyperparameters")
+    sweep.add_argument("--jobs", type=_int_arg("jobs", 1), default=os.cpu_count() or 1,
+                       help="training processes at once")
+    sweep.add_argument("--name", default=None,
+                       help="sweep name (default: the config file's stem, or the algorithm)")
+    sweep.add_argument("--results-dir", type=Path, default=Path("results"), help="sweeps go to RESULTS_DIR/sweeps")
+    sweep.add_argument("--verbose", action="store_true", help="DEBUG logging")
+
     evaluate = sub.add_parser("evaluate", help="play deterministic episodes with a trained agent",
                               formatter_class=defaults)
     evaluate.add_argument("experiment", type=Path, help="an experiment directory, e.g. results/experiments/ppo_seed42")
@@ -108,8 +122,6 @@ def _check_writable(results_dir: Path) -> None:
     probe = results_dir
     while not probe.exists():
         probe = probe.parent
-    import os
-
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"results directory {results_dir} is not writable")
 
@@ -128,6 +140,29 @@ def _reproduce(args) -> int:
     return 0 if sc004 == "PASS" else 1
 
 
+def _sweep(args) -> int:
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
+    for seed in args.seeds:  # every seed's config must be valid before any process starts
+        overrides = {"seed": seed, **({"total_timesteps": args.steps} if args.steps else {})}
+        load_config(args.algo, args.config, overrides)
+    _check_writable(args.results_dir)
+    from jaxrl_lander.sweep import run_sweep
+
+    name = args.name or (args.config.stem if args.config else args.algo)
+    out_dir = args.results_dir / "sweeps" / name
+    summary = run_sweep(args.algo, args.seeds, args.config, args.steps, out_dir, min(args.jobs, len(args.seeds)))
+    final = summary["final_evaluation"]
+    print(
+        f"{name}: {len(args.seeds)} seeds | final evaluation mean {final['mean']:.1f}"
+        f" [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM {final['iqm']:.1f}"
+        f" [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
+        f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
+        f" | {out_dir / 'summary.json'}"
+    )
+    return 0
+
+
 def _evaluate(args) -> int:
     from jaxrl_lander.evaluate import evaluate_experiment
 
@@ -140,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
     try:
-        command = {"train": _train, "reproduce": _reproduce, "evaluate": _evaluate}[args.command]
+        command = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "evaluate": _evaluate}[args.command]
         return command(args)
     except ConfigError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")

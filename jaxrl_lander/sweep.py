@@ -1,0 +1,150 @@
+"""Multi-seed sweeps: one training process per seed, then honest statistics over seeds.
+
+Final evaluation returns are summarised as mean and interquartile mean (IQM), each with a 95% percentile
+bootstrap confidence interval over seeds (the practice of rliable, Agarwal et al. 2021); learning curves as
+the mean over seeds with a 95% bootstrap band.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from jaxrl_lander.recording import write_json_atomic
+
+log = logging.getLogger("jaxrl_lander")
+BOOTSTRAP_SAMPLES = 2_000
+CONFIDENCE = 0.95
+
+
+def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Interquartile mean: the mean of the middle 50% (25% trimmed from each end)."""
+    return stats.trim_mean(x, 0.25, axis=axis)
+
+
+def bootstrap_ci(values: list[float], statistic, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of `statistic` over the values (one per seed)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2 or np.all(x == x[0]):
+        return float(statistic(x)), float(statistic(x))
+    result = stats.bootstrap((x,), statistic, n_resamples=BOOTSTRAP_SAMPLES, confidence_level=CONFIDENCE,
+                             method="percentile", vectorized=True, axis=-1, rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def summarize_returns(values: list[float]) -> dict[str, Any]:
+    x = np.asarray(values, dtype=np.float64)
+    return {
+        "n": len(x),
+        "values": [float(v) for v in x],
+        "mean": float(x.mean()),
+        "mean_ci95": bootstrap_ci(values, lambda a, axis=-1: np.mean(a, axis=axis)),
+        "iqm": float(iqm(x)),
+        "iqm_ci95": bootstrap_ci(values, iqm),
+        "median": float(np.median(x)),
+    }
+
+
+def learning_curves(metrics: list[dict[str, Any]], seed: int = 0) -> dict[str, list]:
+    """Rolling training return per seed on the shared record grid: mean and 95% bootstrap band over seeds."""
+    grids = [[r["timestep"] for r in m["records"]] for m in metrics]
+    steps = sorted(set(grids[0]).intersection(*grids[1:]))
+    curves = np.array([[{r["timestep"]: r["reward"] for r in m["records"]}.get(t) for t in steps]
+                       for m in metrics], dtype=np.float64)  # (seeds, steps); NaN before the first episode
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(metrics), size=(BOOTSTRAP_SAMPLES, len(metrics)))
+    with warnings.catch_warnings():  # all-NaN columns (no episode finished yet) stay NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(curves[picks], axis=1)  # (samples, steps)
+        low, high = np.nanpercentile(means, [2.5, 97.5], axis=0)
+        mean = np.nanmean(curves, axis=0)
+    clean = lambda a: [None if np.isnan(v) else float(v) for v in a]  # noqa: E731
+    return {"timestep": steps, "mean": clean(mean), "ci95_low": clean(low), "ci95_high": clean(high)}
+
+
+def plot_curves(curves: dict[str, list], title: str, path: Path, threshold: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array(curves["timestep"])
+    as_array = lambda k: np.array([np.nan if v is None else v for v in curves[k]])  # noqa: E731
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.fill_between(steps, as_array("ci95_low"), as_array("ci95_high"), alpha=0.25, label="95% bootstrap CI")
+    ax.plot(steps, as_array("mean"), label="mean over seeds")
+    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"solved ({threshold:g})")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("training return (last 100 episodes)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_sweep(algo: str, seeds: list[int], config_path: Path | None, steps: int | None, out_dir: Path,
+              jobs: int) -> dict[str, Any]:
+    """Train every seed (up to `jobs` processes at once) into out_dir, then write summary.json and the plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def train(seed: int) -> float:
+        cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed),
+               "--results-dir", str(out_dir)]
+        if config_path is not None:
+            cmd += ["--config", str(config_path)]
+        if steps is not None:
+            cmd += ["--steps", str(steps)]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"seed {seed} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        log.info("seed %d done in %.0f s: %s", seed, time.perf_counter() - start, proc.stdout.strip())
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(train, seeds))
+    return summarize_sweep(algo, seeds, out_dir)
+
+
+def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any]:
+    results, metrics = [], []
+    for seed in seeds:
+        exp = out_dir / "experiments" / f"{algo}_seed{seed}"
+        with open(exp / f"{algo}_seed{seed}_results.json") as f:
+            results.append(json.load(f))
+        with open(exp / f"{algo}_seed{seed}_metrics.json") as f:
+            metrics.append(json.load(f))
+    threshold = results[0]["hyperparameters"]["solve_threshold"]
+    final = [r["evaluation"]["mean"] for r in results]
+    solved_at = [r["solved"]["timestep"] for r in results]
+    curves = learning_curves(metrics)
+    summary = {
+        "algorithm": algo,
+        "seeds": seeds,
+        "total_timesteps": results[0]["total_timesteps"],
+        "hyperparameters": {k: v for k, v in results[0]["hyperparameters"].items() if k != "seed"},
+        "evaluation_episodes": results[0]["evaluation"]["episodes"],
+        "final_evaluation": summarize_returns(final),
+        "seeds_solved_at_end": sum(v >= threshold for v in final),
+        "solve_threshold": threshold,
+        "first_solved_timestep": solved_at,
+        "first_solved_training_seconds": [r["solved"]["training_seconds"] for r in results],
+        "training_time_seconds": [r["training_time_seconds"] for r in results],
+        "learning_curves": curves,
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    plot_curves(curves, f"{algo.upper()} on {results[0]['environment']}, {len(seeds)} seeds",
+                out_dir / "learning_curves.png", threshold)
+    return summary

@@ -1,0 +1,53 @@
+"""Sweep statistics (IQM, bootstrap intervals, learning-curve bands) and a tiny real two-seed sweep."""
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import run_cli
+
+from jaxrl_lander.sweep import bootstrap_ci, iqm, learning_curves, summarize_returns
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert iqm(np.arange(1.0, 9.0)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert iqm(np.array([-1000.0, 1.0, 2.0, 1000.0])) == pytest.approx(1.5)  # outliers trimmed
+
+
+def test_bootstrap_interval_brackets_the_statistic_and_is_reproducible():
+    values = [10.0, 12.0, 9.0, 30.0, 11.0]
+    low, high = bootstrap_ci(values, lambda a, axis=-1: np.mean(a, axis=axis))
+    assert min(values) <= low < np.mean(values) < high <= max(values)
+    assert bootstrap_ci(values, iqm) == bootstrap_ci(values, iqm)  # fixed resampling seed
+    assert bootstrap_ci([5.0, 5.0, 5.0], iqm) == (5.0, 5.0)
+    summary = summarize_returns(values)
+    assert summary["mean"] == pytest.approx(14.4) and summary["n"] == 5
+
+
+def test_learning_curve_band_on_a_shared_grid():
+    metrics = [{"records": [{"timestep": t, "reward": r} for t, r in zip((100, 200, 300), rewards)]}
+               for rewards in ([None, 1.0, 2.0], [None, 3.0, 4.0], [None, 5.0, 9.0])]
+    curves = learning_curves(metrics)
+    assert curves["timestep"] == [100, 200, 300]
+    assert curves["mean"] == [None, 3.0, 5.0]
+    assert curves["ci95_low"][2] >= 2.0 and curves["ci95_high"][2] <= 9.0
+    assert curves["ci95_low"][2] < 5.0 < curves["ci95_high"][2]
+
+
+def test_tiny_real_sweep(tmp_path):
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 2\n")
+    proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
+                   "--jobs", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "results" / "sweeps" / "tiny"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
+    per_seed = [json.loads((out / "experiments" / f"a2c_seed{s}" / f"a2c_seed{s}_results.json").read_text())
+                for s in (0, 1)]
+    assert summary["final_evaluation"]["values"] == [r["evaluation"]["mean"] for r in per_seed]
+    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_refuses_duplicate_seeds(tmp_path):
+    proc = run_cli("sweep", "--algo", "ppo", "--seeds", "1", "1", cwd=tmp_path)
+    assert proc.returncode == 2 and "duplicates" in proc.stderr
