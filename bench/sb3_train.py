@@ -1,6 +1,7 @@
 """Stable-Baselines3 side of the benchmark: the same experiment, timed. Runs in the benchmark's own venv.
 
-Prints one JSON line: {"algo", "steps", "learn_seconds", "steps_per_second", "checkpoints"}.
+Prints one JSON line: {"algo", "steps", "learn_seconds", "steps_per_second", "checkpoints"}, and with
+--eval-episodes N also "evaluation": the returns of N deterministic episodes, episode j seeded eval_seed + j.
 """
 
 import argparse
@@ -8,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import gymnasium as gym
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -28,6 +30,8 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--checkpoint-interval", type=int, default=1_000, help="env steps; 0 turns checkpoints off")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--eval-episodes", type=int, default=0)
+    parser.add_argument("--eval-seed", type=int, default=2**31)
     args = parser.parse_args()
 
     env = make_vec_env("LunarLander-v3", n_envs=args.num_envs, seed=args.seed)
@@ -43,8 +47,27 @@ def main() -> None:
     learn_seconds = time.perf_counter() - start
     model.save(args.out / "model")
     checkpoints = len(list((args.out / "checkpoints").glob("*.zip"))) if args.checkpoint_interval else 0
-    print(json.dumps({"algo": args.algo, "steps": model.num_timesteps, "learn_seconds": learn_seconds,
-                      "steps_per_second": model.num_timesteps / learn_seconds, "checkpoints": checkpoints}))
+    report = {"algo": args.algo, "steps": model.num_timesteps, "learn_seconds": learn_seconds,
+              "steps_per_second": model.num_timesteps / learn_seconds, "checkpoints": checkpoints}
+    if args.eval_episodes:
+        report["evaluation"] = evaluate(model, args.eval_episodes, args.eval_seed)
+    print(json.dumps(report))
+
+
+def evaluate(model, episodes: int, seed: int) -> list[float]:
+    env = gym.make("LunarLander-v3")
+    returns = []
+    for j in range(episodes):
+        obs, _ = env.reset(seed=seed + j)
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(int(action))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
 
 
 if __name__ == "__main__":

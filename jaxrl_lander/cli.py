@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", parents=[run_options], formatter_class=defaults,
                            help="train an agent, checkpointing and recording as it goes")
     train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
+                       help="where the update runs (auto: JAX's default device)")
+    train.add_argument("--act-device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
+                       help="where the per-step action sampling runs (auto: the same as --device)")
     sub.add_parser("reproduce", parents=[run_options], formatter_class=defaults,
                    help="train the same experiment twice and record SC-004 (reproducibility) in its results")
 
@@ -108,7 +112,9 @@ def _train(args) -> int:
     config = _run_config(args)
     from jaxrl_lander.train import Trainer
 
-    results = Trainer(config, args.results_dir).train(resume=args.resume)
+    results = Trainer(config, args.results_dir, device=args.device, act_device=args.act_device).train(
+        resume=args.resume
+    )
     ev = results["evaluation"]
     print(
         f"{results['experiment_id']}: {results['total_timesteps']} steps in {results['training_time_seconds']:.1f} s"

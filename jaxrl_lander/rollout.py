@@ -41,11 +41,11 @@ class RolloutBuffer:
     def full(self) -> bool:
         return self.pos == self.n_steps
 
-    def rollout(self, last_obs: np.ndarray) -> Rollout:
-        """The filled rollout as device arrays (one transfer per update); empties the buffer."""
+    def rollout(self, last_obs: np.ndarray, device: jax.Device | None = None) -> Rollout:
+        """The filled rollout as arrays on `device` (one transfer per update); empties the buffer."""
         assert self.full, "rollout requested before the buffer is full"
         self.pos = 0
-        return Rollout(*jax.device_put((self.obs, self.actions, self.rewards, self.dones, last_obs)))
+        return Rollout(*jax.device_put((self.obs, self.actions, self.rewards, self.dones, last_obs), device))
 
 
 @jax.jit

@@ -115,9 +115,28 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def device_info() -> dict[str, str]:
-    device = jax.devices()[0]
-    return {"platform": device.platform, "device_kind": device.device_kind, "device": str(device)}
+DEVICE_CHOICES = ("auto", "cpu", "gpu", "tpu")
+
+
+def resolve_device(name: str) -> jax.Device:
+    """'auto' is JAX's default device (the GPU when JAX's CUDA build is installed); else the first of a kind."""
+    if name == "auto":
+        return jax.devices()[0]
+    if name not in DEVICE_CHOICES:
+        raise ConfigError(f"unknown device '{name}' (choose from {', '.join(DEVICE_CHOICES)})")
+    try:
+        return jax.devices(name)[0]
+    except RuntimeError:
+        raise ConfigError(f"no {name.upper()} is visible to JAX on this machine") from None
+
+
+def device_info(update_device: jax.Device, act_device: jax.Device) -> dict[str, str]:
+    return {
+        "platform": update_device.platform,
+        "device_kind": update_device.device_kind,
+        "device": str(update_device),
+        "act_device": str(act_device),
+    }
 
 
 def crossed(before: int, after: int, interval: int) -> bool:
@@ -128,8 +147,13 @@ def crossed(before: int, after: int, interval: int) -> bool:
 class Trainer:
     """One experiment: builds env, learner and state, trains, evaluates and writes every artifact."""
 
-    def __init__(self, config: RunConfig, results_dir: str | Path = "results"):
+    def __init__(
+        self, config: RunConfig, results_dir: str | Path = "results", device: str = "auto", act_device: str = "auto"
+    ):
+        """`device` runs the update (and, by default, everything); `act_device` the per-step action sampling."""
         self.config = config
+        self.device = resolve_device(device)
+        self.act_device = self.device if act_device == "auto" else resolve_device(act_device)
         self.paths = ExperimentPaths.of(results_dir, config)
         self.keys = RunKeys.from_seed(config.seed)
         self.envs = make_vector_env(config.env_id, config.num_envs)
@@ -139,7 +163,10 @@ class Trainer:
         self.value = jax.jit(partial(state_value, self.learner.policy))
 
     def initial_state(self) -> TrainState:
-        return init_state(policy=self.learner.policy, tx=self.learner.tx, key=self.keys.state, obs_dim=self.obs_dim)
+        with jax.default_device(self.device):
+            return init_state(
+                policy=self.learner.policy, tx=self.learner.tx, key=self.keys.state, obs_dim=self.obs_dim
+            )
 
     # ---------------------------------------------------------------- start or resume
     def _fresh_start(self) -> tuple[TrainState, MetricsRecorder, dict[str, Any]]:
@@ -186,6 +213,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def train(self, resume: bool = False) -> dict[str, Any]:
+        """Train (or resume), evaluate and write every artifact; returns the ExperimentResults dict."""
+        with jax.default_device(self.device):
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> dict[str, Any]:
         config = self.config
         done = self.previous_results() if resume else None
         if done and done["status"] == "completed" and done["total_timesteps"] >= config.total_timesteps:
@@ -217,9 +249,10 @@ class Trainer:
             return progress["wall_time"] + time.perf_counter() - t_start - eval_seconds
         buffer = RolloutBuffer(config.n_steps, config.num_envs, self.obs_dim)
         obs, _ = self.envs.reset(seed=train_env_seed(self.keys.env, timestep))
-        key = state.key
+        # The acting copy of the parameters and the key live on act_device (the same arrays when it is `device`).
+        act_params, key = jax.device_put((state.params, state.key), self.act_device)
         first_update_seconds = None
-        value_fn = lambda o: self.value(state.params, o)  # noqa: E731  (reads the current state)
+        value_fn = lambda o: self.value(act_params, o)  # noqa: E731  (reads the current parameters)
 
         def checkpoint(step: int) -> None:
             recorder.save(self.paths.metrics)  # metrics first: they always reach at least the latest checkpoint
@@ -238,7 +271,7 @@ class Trainer:
 
         next_log = timestep + max(config.total_timesteps // 10, 1)
         while timestep < config.total_timesteps:
-            actions, key = self.act(state.params, obs, key)
+            actions, key = self.act(act_params, obs, key)
             actions = np.asarray(actions)
             outcome = step_envs(self.envs, actions, value_fn, config.gamma)
             buffer.add(obs, actions, outcome.rewards, outcome.dones)
@@ -249,8 +282,9 @@ class Trainer:
 
             if buffer.full:
                 t_update = time.perf_counter()
-                state, metrics = self.learner.update(state.replace(key=key), buffer.rollout(obs))
-                key = state.key
+                rollout = buffer.rollout(obs, self.device)
+                state, metrics = self.learner.update(state.replace(key=jax.device_put(key, self.device)), rollout)
+                act_params, key = jax.device_put((state.params, state.key), self.act_device)
                 loss = float(metrics["loss"])  # the one host sync of a rollout
                 updates += 1
                 if first_update_seconds is None:
@@ -283,7 +317,7 @@ class Trainer:
         loop_seconds = time.perf_counter() - t_start - eval_seconds
         compile_seconds = _jit_seconds[0] - jit_seconds_before
         self.envs.close()
-        state = state.replace(key=key)
+        state = state.replace(key=jax.device_put(key, self.device))
 
         policy_spec = {
             "num_actions": self.learner.policy.num_actions,
@@ -307,7 +341,7 @@ class Trainer:
             training_time=progress["wall_time"] + loop_seconds,
             steps_this_run=timestep - start_step, loop_seconds=loop_seconds,
             first_update_seconds=first_update_seconds, compile_seconds=compile_seconds, updates=updates,
-            evaluations=evaluations, resumed_from=start_step or None,
+            evaluations=evaluations, device=device_info(self.device, self.act_device), resumed_from=start_step or None,
         )
         write_json_atomic(self.paths.results, results)
         self.final_state = state
@@ -330,6 +364,7 @@ def build_results(
     compile_seconds: float,
     updates: int,
     evaluations: list[dict[str, Any]],
+    device: dict[str, str],
     resumed_from: int | None,
 ) -> dict[str, Any]:
     """The ExperimentResults entity, success criteria included."""
@@ -378,7 +413,7 @@ def build_results(
         "learning_progression": progression,
         "artifacts": artifacts,
         "package_versions": package_versions(),
-        "device": device_info(),
+        "device": device,
         "success_criteria": {
             "SC-003": {
                 "description": "training finishes in under 30 minutes",

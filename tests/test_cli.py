@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 from conftest import load_json
 
@@ -29,6 +30,7 @@ BAD = [
     (["train", "--algo", "a2c", "--config", "ppo_only.toml"], "config for 'ppo', not for 'a2c'"),
     (["train"], "the following arguments are required: --algo"),
     (["evaluate", "nowhere"], "no trained model found"),
+    (["train", "--algo", "ppo", "--device", "quantum"], "invalid choice: 'quantum'"),
 ]
 
 
@@ -57,6 +59,14 @@ def test_tiny_run_through_the_cli(tmp_path):
     proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"episodes": 2' in proc.stdout
+
+
+@pytest.mark.skipif(any(d.platform == "gpu" for d in jax.devices()), reason="a GPU is present")
+def test_missing_gpu_is_a_usage_error(tmp_path):
+    proc = run_cli("train", "--algo", "ppo", "--device", "gpu", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "jaxrl_lander: error: no GPU is visible to JAX on this machine"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reproduce_records_sc004(tmp_path):
