@@ -9,6 +9,7 @@ from jaxrl_lander.algos.common import (
     Batch,
     TrainState,
     explained_variance,
+    hparams_from_config,
     learning_rate,
     make_batch,
     normalize,
@@ -29,10 +30,7 @@ class HParams:
 
     @classmethod
     def from_config(cls, config) -> "HParams":
-        return cls(
-            gamma=config.gamma, gae_lambda=config.gae_lambda, ent_coef=config.ent_coef,
-            vf_coef=config.vf_coef, normalize_advantage=config.normalize_advantage,
-        )
+        return hparams_from_config(cls, config)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

@@ -1,5 +1,6 @@
 """What PPO and A2C share: the train state, the batch they learn from, and building an algorithm's update."""
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -66,6 +67,11 @@ def explained_variance(values: jax.Array, returns: jax.Array) -> jax.Array:
     """1 - Var[returns - values] / Var[returns]; 1 is a perfect critic, <= 0 no better than a constant."""
     var_returns = jnp.var(returns)
     return jnp.where(var_returns == 0, jnp.nan, 1.0 - jnp.var(returns - values) / var_returns)
+
+
+def hparams_from_config(cls, config):
+    """An algorithm's HParams dataclass filled from the config fields of the same names."""
+    return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
 def learning_rate(config, gradient_steps_per_update: int) -> float | optax.Schedule:
