@@ -10,6 +10,7 @@ import json
 import time
 
 import gymnasium as gym
+import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=1_500_000)
     parser.add_argument("--threshold", type=float, default=200.0)
     args = parser.parse_args()
+    torch.set_num_threads(1)
     env = make_vec_env("LunarLander-v3", n_envs=ZOO_ENVS, seed=args.seed)
     model = PPO("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0, **ZOO_PPO)
     callback = StopWhenSolved(50_000, 10, args.threshold, 2**31 + 1000 * args.seed)
