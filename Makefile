@@ -21,7 +21,7 @@ SB3_SPEC ?= stable-baselines3==2.9.2
 
 SEEDS ?= 0 1 2 3 4
 
-.PHONY: setup train reproduce sweep eval test bench parity clean
+.PHONY: setup train reproduce sweep eval test bench bench-solve parity clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,9 @@ $(BENCH_VENV)/.installed:
 
 bench: $(STAMP) $(BENCH_VENV)/.installed
 	$(PY) bench/run.py --runs $(RUNS)
+
+bench-solve: $(STAMP) $(BENCH_VENV)/.installed
+	$(PY) bench/solve.py
 
 parity: $(STAMP) $(BENCH_VENV)/.installed
 	$(PY) bench/parity.py --seeds $(SEEDS)
