@@ -183,9 +183,12 @@ class Trainer:
         step = store.latest_step()
         state, meta = store.restore(step, self.initial_state())
         saved = meta["config"]
+        current = self.config.to_dict()
+        # A key the checkpoint predates counts as its default, so checkpoints of older versions stay resumable.
+        defaults = type(self.config)().to_dict()
         differing = sorted(
-            k for k in set(saved) | set(self.config.to_dict())
-            if k not in RESUMABLE_CHANGES and saved.get(k) != self.config.to_dict().get(k)
+            k for k in set(saved) | set(current)
+            if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != current.get(k)
         )
         if differing:
             raise ConfigError(
@@ -194,7 +197,9 @@ class Trainer:
         recorder = MetricsRecorder.load(self.paths.metrics)
         recorder.truncate(step)
         log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
-        return state, recorder, {k: meta[k] for k in ("timestep", "updates", "wall_time", "loss", "evaluations")}
+        progress = {k: meta[k] for k in ("timestep", "updates", "wall_time", "loss")}
+        progress["evaluations"] = meta.get("evaluations", [])  # absent from checkpoints of older versions
+        return state, recorder, progress
 
     def evaluate(self, params, episodes: int, keep_episodes: bool = False) -> dict[str, Any]:
         """Deterministic episodes on the evaluation seeds (the same seeds at every evaluation)."""

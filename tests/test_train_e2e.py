@@ -1,5 +1,6 @@
 """Short real training runs (PPO and A2C on LunarLander-v3): the artifact set, schemas, resume and reproducibility."""
 
+import json
 import shutil
 
 import jax
@@ -10,6 +11,7 @@ from conftest import SHORT_STEPS, load_json, short_config
 
 from jaxrl_lander import load_policy
 from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.config import ConfigError
 from jaxrl_lander.envs import EVAL_SEED_OFFSET
 from jaxrl_lander.evaluate import evaluate_experiment
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS, load_schema
@@ -176,3 +178,24 @@ def test_evaluations_during_training_and_time_to_solve(tmp_path):
     # Any return beats a threshold of -1e9: solved at the first evaluation.
     assert results["solved"] == {"threshold": -1e9, "timestep": 200, "training_seconds": times[0]}
     assert results["success_criteria"]["SC-006"]["passed"] is True
+
+
+def test_resume_accepts_a_checkpoint_that_predates_a_config_key(short_runs, tmp_path):
+    """A key added to the config later counts as its default when the checkpoint lacks it."""
+    trainer, _, _ = short_runs["a2c"]
+    results_dir = tmp_path / "results"
+    root = results_dir / "experiments" / "a2c_seed42"
+    _interrupted_copy(trainer.paths.root, root, keep_up_to=4000)
+    meta_path = root / "checkpoints" / "4000" / "metadata" / "metadata"
+    meta = load_json(meta_path)
+    del meta["config"]["solve_threshold"], meta["evaluations"]
+    meta_path.write_text(json.dumps(meta))
+    results = Trainer(short_config("a2c"), results_dir).train(resume=True)
+    assert results["resumed_from_timestep"] == 4000 and results["status"] == "completed"
+
+    meta["config"]["gamma"] = 0.5  # a real difference is still refused, naming the key
+    meta_path.write_text(json.dumps(meta))
+    shutil.rmtree(root / "checkpoints" / str(SHORT_STEPS))
+    (root / "a2c_seed42_results.json").unlink()
+    with pytest.raises(ConfigError, match="differs from the checkpoint in gamma$"):
+        Trainer(short_config("a2c"), results_dir).train(resume=True)
