@@ -41,7 +41,8 @@ def main() -> int:
         else:
             print(f"{label}: did not reach 200")
     if ours["solved"]["timestep"] and sb3["solved"]:
-        print(f"time to solve, ours / SB3: {ours['solved']['training_seconds'] / sb3['solved']['training_seconds']:.2f}")
+        ratio = ours["solved"]["training_seconds"] / sb3["solved"]["training_seconds"]
+        print(f"time to solve, ours / SB3: {ratio:.2f}")
     return 0
 
 

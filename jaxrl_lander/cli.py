@@ -7,10 +7,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from jaxrl_lander.config import CONFIG_CLASSES, ConfigError, load_config
+from jaxrl_lander.errors import TrainingFailed
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -115,6 +117,10 @@ def _train(args) -> int:
     results = Trainer(config, args.results_dir, device=args.device, act_device=args.act_device).train(
         resume=args.resume
     )
+    if results["status"] == "interrupted":
+        print(f"{results['experiment_id']}: {results['reason']}; checkpoint, metrics and results saved."
+              " Continue with --resume.")
+        return 128 + (signal.SIGTERM if "SIGTERM" in results["reason"] else signal.SIGINT)
     ev = results["evaluation"]
     print(
         f"{results['experiment_id']}: {results['total_timesteps']} steps in {results['training_time_seconds']:.1f} s"
@@ -189,6 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_USAGE
-    except FloatingPointError as exc:
+    except TrainingFailed as exc:
         sys.stderr.write(f"{PROG}: training failed: {exc}\n")
         return EXIT_RUNTIME

@@ -6,6 +6,8 @@ import logging
 import os
 import platform
 import shutil
+import signal
+import threading
 import time
 from functools import partial
 from importlib import metadata
@@ -18,6 +20,7 @@ import numpy as np
 from jaxrl_lander.algos.common import TrainState, init_state, make_learner
 from jaxrl_lander.checkpoint import CheckpointStore, save_model
 from jaxrl_lander.config import ConfigError, RunConfig
+from jaxrl_lander.errors import TrainingFailed
 from jaxrl_lander.envs import eval_env_seed, make_vector_env, step_envs, train_env_seed
 from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
 from jaxrl_lander.policy import sample_action, state_value
@@ -137,6 +140,34 @@ def device_info(update_device: jax.Device, act_device: jax.Device) -> dict[str, 
         "device": str(update_device),
         "act_device": str(act_device),
     }
+
+
+class StopOnSignal:
+    """While active, SIGINT and SIGTERM ask the loop to stop at the next step instead of killing it.
+
+    A second signal gets the previous behaviour back (Ctrl-C twice still interrupts at once).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> "StopOnSignal":
+        self.signum: int | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def crossed(before: int, after: int, interval: int) -> bool:
@@ -259,7 +290,12 @@ class Trainer:
         first_update_seconds = None
         value_fn = lambda o: self.value(act_params, o)  # noqa: E731  (reads the current parameters)
 
+        last_checkpoint = None
+        failure = None
+
         def checkpoint(step: int) -> None:
+            nonlocal last_checkpoint
+            last_checkpoint = step
             recorder.save(self.paths.metrics)  # metrics first: they always reach at least the latest checkpoint
             meta = {
                 "timestep": step,
@@ -275,54 +311,66 @@ class Trainer:
             store.save(step, state.replace(key=key), meta)
 
         next_log = timestep + max(config.total_timesteps // 10, 1)
-        while timestep < config.total_timesteps:
-            actions, key = self.act(act_params, obs, key)
-            actions = np.asarray(actions)
-            outcome = step_envs(self.envs, actions, value_fn, config.gamma)
-            buffer.add(obs, actions, outcome.rewards, outcome.dones)
-            obs = outcome.obs
-            before, timestep = timestep, timestep + config.num_envs
-            for _, episode_return, length in outcome.episodes:
-                recorder.add_episode(timestep, episode_return, length)
+        with StopOnSignal() as stop:  # SIGINT/SIGTERM end the loop at the next step
+            while timestep < config.total_timesteps and stop.signum is None:
+                actions, key = self.act(act_params, obs, key)
+                actions = np.asarray(actions)
+                outcome = step_envs(self.envs, actions, value_fn, config.gamma)
+                buffer.add(obs, actions, outcome.rewards, outcome.dones)
+                obs = outcome.obs
+                before, timestep = timestep, timestep + config.num_envs
+                for _, episode_return, length in outcome.episodes:
+                    recorder.add_episode(timestep, episode_return, length)
 
-            if buffer.full:
-                t_update = time.perf_counter()
-                rollout = buffer.rollout(obs, self.device)
-                state, metrics = self.learner.update(state.replace(key=jax.device_put(key, self.device)), rollout)
-                act_params, key = jax.device_put((state.params, state.key), self.act_device)
-                loss = float(metrics["loss"])  # the one host sync of a rollout
-                updates += 1
-                if first_update_seconds is None:
-                    first_update_seconds = time.perf_counter() - t_update
-                if not np.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss} at update {updates} (step {timestep})")
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("update %d at step %d: %s", updates, timestep, {k: float(v) for k, v in metrics.items()})
-            if crossed(before, timestep, config.recording_interval):
-                recorder.record(timestep, loss)
-            if config.eval_interval and crossed(before, timestep, config.eval_interval):
-                t_eval = time.perf_counter()
-                evaluations.append({"timestep": timestep, "training_seconds": training_seconds(),
-                                    **self.evaluate(state.params, config.eval_interval_episodes)})
-                eval_seconds += time.perf_counter() - t_eval
-                log.info("evaluation at step %d: %.1f over %d episodes", timestep, evaluations[-1]["mean"],
-                         config.eval_interval_episodes)
-            if crossed(before, timestep, config.checkpoint_interval) or timestep >= config.total_timesteps:
+                if buffer.full:
+                    t_update = time.perf_counter()
+                    rollout = buffer.rollout(obs, self.device)
+                    state, metrics = self.learner.update(state.replace(key=jax.device_put(key, self.device)), rollout)
+                    act_params, key = jax.device_put((state.params, state.key), self.act_device)
+                    loss = float(metrics["loss"])  # the one host sync of a rollout
+                    updates += 1
+                    if first_update_seconds is None:
+                        first_update_seconds = time.perf_counter() - t_update
+                    if not np.isfinite(loss):  # the new state is unusable: stop before it reaches a checkpoint
+                        failure = f"non-finite loss {loss} at update {updates} (step {timestep})"
+                        break
+                    if log.isEnabledFor(logging.DEBUG):
+                        values = {k: float(v) for k, v in metrics.items()}
+                        log.debug("update %d at step %d: %s", updates, timestep, values)
+                if crossed(before, timestep, config.recording_interval):
+                    recorder.record(timestep, loss)
+                if config.eval_interval and crossed(before, timestep, config.eval_interval):
+                    t_eval = time.perf_counter()
+                    evaluations.append({"timestep": timestep, "training_seconds": training_seconds(),
+                                        **self.evaluate(state.params, config.eval_interval_episodes)})
+                    eval_seconds += time.perf_counter() - t_eval
+                    log.info("evaluation at step %d: %.1f over %d episodes", timestep, evaluations[-1]["mean"],
+                             config.eval_interval_episodes)
+                if crossed(before, timestep, config.checkpoint_interval) or timestep >= config.total_timesteps:
+                    checkpoint(timestep)
+                if timestep >= next_log:
+                    next_log += max(config.total_timesteps // 10, 1)
+                    elapsed = time.perf_counter() - t_start
+                    recent = recorder.recent_reward_mean
+                    log.info(
+                        "step %d/%d | %.0f steps/s | %d episodes | recent return %s",
+                        timestep, config.total_timesteps, (timestep - start_step) / elapsed,
+                        len(recorder.episodes), "n/a" if recent is None else f"{recent:.1f}",
+                    )
+        status, reason = "completed", None
+        if failure is not None:
+            status, reason = "failed", failure
+        elif stop.signum is not None:
+            status, reason = "interrupted", f"stopped by {signal.Signals(stop.signum).name} at step {timestep}"
+            if last_checkpoint != timestep:
                 checkpoint(timestep)
-            if timestep >= next_log:
-                next_log += max(config.total_timesteps // 10, 1)
-                elapsed = time.perf_counter() - t_start
-                recent = recorder.recent_reward_mean
-                log.info(
-                    "step %d/%d | %.0f steps/s | %d episodes | recent return %s",
-                    timestep, config.total_timesteps, (timestep - start_step) / elapsed,
-                    len(recorder.episodes), "n/a" if recent is None else f"{recent:.1f}",
-                )
         store.close()
         loop_seconds = time.perf_counter() - t_start - eval_seconds
         compile_seconds = _jit_seconds[0] - jit_seconds_before
         self.envs.close()
         state = state.replace(key=jax.device_put(key, self.device))
+        if reason:
+            log.warning("%s: %s", self.paths.name, reason)
 
         policy_spec = {
             "num_actions": self.learner.policy.num_actions,
@@ -333,11 +381,13 @@ class Trainer:
             "seed": config.seed,
             "timestep": timestep,
         }
-        save_model(self.paths.model, state.params, policy_spec)
-
-        t_eval = time.perf_counter()
-        evaluation = self.evaluate(state.params, config.eval_episodes, keep_episodes=True)
-        evaluation["seconds"] = time.perf_counter() - t_eval
+        evaluation = None
+        if status != "failed":
+            save_model(self.paths.model, state.params, policy_spec)
+        if status == "completed":
+            t_eval = time.perf_counter()
+            evaluation = self.evaluate(state.params, config.eval_episodes, keep_episodes=True)
+            evaluation["seconds"] = time.perf_counter() - t_eval
 
         recorder.save(self.paths.metrics)
         results = build_results(
@@ -347,9 +397,12 @@ class Trainer:
             steps_this_run=timestep - start_step, loop_seconds=loop_seconds,
             first_update_seconds=first_update_seconds, compile_seconds=compile_seconds, updates=updates,
             evaluations=evaluations, device=device_info(self.device, self.act_device), resumed_from=start_step or None,
+            status=status, reason=reason, timestep=timestep,
         )
         write_json_atomic(self.paths.results, results)
         self.final_state = state
+        if status == "failed":
+            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}")
         return results
 
 
@@ -358,7 +411,7 @@ def build_results(
     paths: ExperimentPaths,
     recorder: MetricsRecorder,
     store: CheckpointStore,
-    evaluation: dict[str, Any],
+    evaluation: dict[str, Any] | None,
     *,
     start_iso: str,
     end_iso: str,
@@ -371,6 +424,9 @@ def build_results(
     evaluations: list[dict[str, Any]],
     device: dict[str, str],
     resumed_from: int | None,
+    status: str = "completed",
+    reason: str | None = None,
+    timestep: int | None = None,
 ) -> dict[str, Any]:
     """The ExperimentResults entity, success criteria included."""
     checkpoint_steps = store.all_steps()
@@ -387,6 +443,7 @@ def build_results(
         "checkpoints": [f"{paths.checkpoints.name}/{s}" for s in checkpoint_steps],
     }
     missing = [name for name in (artifacts["model"], artifacts["metrics"]) if not (paths.root / name).exists()]
+    eval_mean = evaluation["mean"] if evaluation else None
     steps_per_second = steps_this_run / loop_seconds if loop_seconds > 0 else None
     threshold = config.solve_threshold
     first_solve = next((e for e in evaluations if e["mean"] >= threshold), None)
@@ -397,7 +454,9 @@ def build_results(
     }
     return {
         "experiment_id": paths.name,
-        "status": "completed",
+        "status": status,
+        "reason": reason,
+        "timestep": timestep if timestep is not None else config.total_timesteps,
         "algorithm": config.algo,
         "environment": config.env_id,
         "seed": config.seed,
@@ -437,7 +496,8 @@ def build_results(
             },
             "SC-006": {
                 "description": f"mean deterministic evaluation return > {threshold:g}",
-                "value": evaluation["mean"], "threshold": threshold, "passed": evaluation["mean"] > threshold,
+                "value": eval_mean, "threshold": threshold,
+                "passed": None if eval_mean is None else eval_mean > threshold,
             },
             "SC-008": {
                 "description": "learning progression: recent return at the last checkpoint above that at the first",

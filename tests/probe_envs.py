@@ -72,3 +72,21 @@ for _cls, _limit in ((Countdown, 3), (OneStep, None), (TwoStep, None), (MatchSig
     _id = f"JaxrlLanderTest/{_cls.__name__}-v0"
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls, max_episode_steps=_limit)
+
+
+class NanReward(gym.Env):
+    """Never ends and pays NaN: the first update's loss is not finite."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), float("nan"), False, False, {}
+
+
+if "JaxrlLanderTest/NanReward-v0" not in gym.registry:
+    gym.register(id="JaxrlLanderTest/NanReward-v0", entry_point=NanReward)

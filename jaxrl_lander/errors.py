@@ -1,0 +1,5 @@
+"""Errors the command line turns into exit codes (kept free of heavy imports)."""
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped on a numerical fault; the results JSON says why and the last good checkpoint is kept."""

@@ -1,0 +1,66 @@
+"""A run stopped by SIGTERM, or failing on a non-finite loss, leaves complete, valid artifacts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import probe_envs  # noqa: F401  (registers the probe envs)
+import pytest
+from conftest import load_json
+from test_train_e2e import _validate
+
+from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.config import make_config
+from jaxrl_lander.errors import TrainingFailed
+from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
+from jaxrl_lander.train import Trainer
+
+
+def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path):
+    exp = tmp_path / "results" / "experiments" / "a2c_seed5"
+    cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--seed", "5", "--steps", "1000000"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (exp / "checkpoints" / "2000").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not reach step 2000"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in out and "--resume" in out
+
+    results = load_json(exp / "a2c_seed5_results.json")
+    _validate(results, EXPERIMENT_RESULTS)
+    _validate(load_json(exp / "a2c_seed5_metrics.json"), TRAINING_METRICS)
+    stopped_at = results["timestep"]
+    assert results["status"] == "interrupted" and results["evaluation"] is None
+    assert 2000 <= stopped_at < 1_000_000
+    assert CheckpointStore(exp / "checkpoints").latest_step() == stopped_at  # a checkpoint at the stop
+    assert (exp / "a2c_seed5_model").is_dir()
+
+    finish = stopped_at + 400
+    proc = subprocess.run(cmd[:-1] + [str(finish), "--resume"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    results = load_json(exp / "a2c_seed5_results.json")
+    assert results["status"] == "completed" and results["resumed_from_timestep"] == stopped_at
+    assert results["timestep"] == finish and results["evaluation"]["episodes"] == 10
+
+
+def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
+    config = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
+                                 "batch_size": 32, "total_timesteps": 1024, "checkpoint_interval": 64})
+    trainer = Trainer(config, tmp_path)
+    with pytest.raises(TrainingFailed, match="non-finite loss nan at update 1 \\(step 128\\)"):
+        trainer.train()
+    results = load_json(trainer.paths.results)
+    _validate(results, EXPERIMENT_RESULTS)
+    assert results["status"] == "failed" and "non-finite loss" in results["reason"]
+    assert results["evaluation"] is None and not trainer.paths.model.exists()
+    # Only checkpoints taken before the bad update exist, and they restore.
+    store = CheckpointStore(trainer.paths.checkpoints)
+    assert store.all_steps() == [64]
+    restored, meta = store.restore(64, trainer.initial_state())
+    assert meta["timestep"] == 64 and meta["updates"] == 0
