@@ -49,6 +49,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path):
     assert results["timestep"] == finish and results["evaluation"]["episodes"] == 10
 
 
+@pytest.mark.filterwarnings("ignore:.*reward is a NaN")
 def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     config = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
                                  "batch_size": 32, "total_timesteps": 1024, "checkpoint_interval": 64})
