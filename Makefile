@@ -21,7 +21,7 @@ SB3_SPEC ?= stable-baselines3==2.9.2
 
 SEEDS ?= 0 1 2 3 4
 
-.PHONY: setup train reproduce sweep eval test bench bench-solve parity clean
+.PHONY: setup train reproduce sweep plot eval test bench bench-solve parity clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,9 @@ reproduce: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG))
+
+plot: $(STAMP)
+	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)
 
 eval: $(STAMP)
 	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES)

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_options.add_argument("--results-dir", type=Path, default=Path("results"),
                              help="where experiments are written")
     run_options.add_argument("--verbose", action="store_true", help="DEBUG logging (per-update losses)")
+    run_options.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
 
     train = sub.add_parser("train", parents=[run_options], formatter_class=defaults,
                            help="train an agent, checkpointing and recording as it goes")
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--results-dir", type=Path, default=Path("results"), help="sweeps go to RESULTS_DIR/sweeps")
     sweep.add_argument("--verbose", action="store_true", help="DEBUG logging")
 
+    plot = sub.add_parser("plot", formatter_class=defaults,
+                          help="learning-curve PNG of one experiment, or several side by side")
+    plot.add_argument("experiments", type=Path, nargs="+", help="experiment directories")
+    plot.add_argument("--out", type=Path, default=None,
+                      help="PNG path (default: beside the results of one experiment, else results/plots/)")
+
     evaluate = sub.add_parser("evaluate", help="play deterministic episodes with a trained agent",
                               formatter_class=defaults)
     evaluate.add_argument("experiment", type=Path, help="an experiment directory, e.g. results/experiments/ppo_seed42")
@@ -89,10 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                         level=logging.WARNING)
-    logging.getLogger("jaxrl_lander").setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("jaxrl_lander").setLevel(level)
     for noisy in ("absl", "orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -114,9 +122,10 @@ def _train(args) -> int:
     config = _run_config(args)
     from jaxrl_lander.train import Trainer
 
-    results = Trainer(config, args.results_dir, device=args.device, act_device=args.act_device).train(
-        resume=args.resume
-    )
+    trainer = Trainer(config, args.results_dir, device=args.device, act_device=args.act_device,
+                      progress_bar=sys.stderr.isatty() and not args.quiet)
+    results = trainer.train(resume=args.resume)
+    _plot_quietly(trainer.paths.root)
     if results["status"] == "interrupted":
         print(f"{results['experiment_id']}: {results['reason']}; checkpoint, metrics and results saved."
               " Continue with --resume.")
@@ -127,6 +136,26 @@ def _train(args) -> int:
         f" ({results['steps_per_second'] or 0:.0f} steps/s) | evaluation over {ev['episodes']} episodes:"
         f" {ev['mean']:.1f} +/- {ev['std']:.1f} | artifacts in {results['artifacts']['experiment_dir']}"
     )
+    return 0
+
+
+def _plot_quietly(experiment: Path) -> None:
+    """The learning curve beside the results, when matplotlib (the `plot` extra) is installed."""
+    try:
+        from jaxrl_lander.plotting import plot_experiments
+
+        plot_experiments([experiment])
+    except ImportError:
+        logging.getLogger("jaxrl_lander").debug("matplotlib not installed; no learning-curve PNG")
+
+
+def _plot(args) -> int:
+    from jaxrl_lander.plotting import plot_experiments
+
+    for exp in args.experiments:
+        if not exp.is_dir():
+            raise ConfigError(f"no experiment directory {exp}")
+    print(plot_experiments(args.experiments, args.out))
     return 0
 
 
@@ -185,9 +214,10 @@ def _evaluate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(getattr(args, "verbose", False))
+    _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
     try:
-        command = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "evaluate": _evaluate}[args.command]
+        commands = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "plot": _plot, "evaluate": _evaluate}
+        command = commands[args.command]
         return command(args)
     except ConfigError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")

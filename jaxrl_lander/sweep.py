@@ -7,7 +7,6 @@ the mean over seeds with a 95% bootstrap band.
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from jaxrl_lander.plotting import plot_sweep_curves
 from jaxrl_lander.recording import write_json_atomic
 
 log = logging.getLogger("jaxrl_lander")
@@ -69,29 +69,6 @@ def learning_curves(metrics: list[dict[str, Any]], seed: int = 0) -> dict[str, l
         mean = np.nanmean(curves, axis=0)
     clean = lambda a: [None if np.isnan(v) else float(v) for v in a]  # noqa: E731
     return {"timestep": steps, "mean": clean(mean), "ci95_low": clean(low), "ci95_high": clean(high)}
-
-
-def plot_curves(curves: dict[str, list], title: str, path: Path, threshold: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array(curves["timestep"])
-    as_array = lambda k: np.array([np.nan if v is None else v for v in curves[k]])  # noqa: E731
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.fill_between(steps, as_array("ci95_low"), as_array("ci95_high"), alpha=0.25, label="95% bootstrap CI")
-    ax.plot(steps, as_array("mean"), label="mean over seeds")
-    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"solved ({threshold:g})")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("training return (last 100 episodes)")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run_sweep(algo: str, seeds: list[int], config_path: Path | None, steps: int | None, out_dir: Path,
@@ -145,6 +122,6 @@ def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any
         "learning_curves": curves,
     }
     write_json_atomic(out_dir / "summary.json", summary)
-    plot_curves(curves, f"{algo.upper()} on {results[0]['environment']}, {len(seeds)} seeds",
-                out_dir / "learning_curves.png", threshold)
+    plot_sweep_curves(curves, f"{algo.upper()} on {results[0]['environment']}, {len(seeds)} seeds",
+                      out_dir / "learning_curves.png", threshold)
     return summary

@@ -170,6 +170,30 @@ class StopOnSignal:
         self._restore()
 
 
+class ProgressBar:
+    """Steps, steps/s, episodes, recent mean return and ETA on the terminal (rich)."""
+
+    def __init__(self, total: int, start: int):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+            TextColumn("{task.fields[rate]} steps/s"), TextColumn("{task.fields[episodes]} episodes"),
+            TextColumn("return {task.fields[recent]}"), TimeRemainingColumn(), transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=start, rate="-", episodes=0, recent="-")
+        self.start, self.t0 = start, time.perf_counter()
+
+    def update(self, timestep: int, episodes: int, recent: float | None) -> None:
+        rate = (timestep - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(self.task, completed=timestep, rate=f"{rate:,.0f}", episodes=episodes,
+                             recent="-" if recent is None else f"{recent:.1f}")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
 def crossed(before: int, after: int, interval: int) -> bool:
     """Whether a multiple of `interval` lies in (before, after]."""
     return after // interval > before // interval
@@ -179,10 +203,19 @@ class Trainer:
     """One experiment: builds env, learner and state, trains, evaluates and writes every artifact."""
 
     def __init__(
-        self, config: RunConfig, results_dir: str | Path = "results", device: str = "auto", act_device: str = "auto"
+        self,
+        config: RunConfig,
+        results_dir: str | Path = "results",
+        device: str = "auto",
+        act_device: str = "auto",
+        progress_bar: bool = False,
     ):
-        """`device` runs the update (and, by default, everything); `act_device` the per-step action sampling."""
+        """`device` runs the update (and, by default, everything); `act_device` the per-step action sampling.
+
+        With `progress_bar`, a live bar (rich) replaces the periodic progress log lines.
+        """
         self.config = config
+        self.progress_bar = progress_bar
         self.device = resolve_device(device)
         self.act_device = self.device if act_device == "auto" else resolve_device(act_device)
         self.paths = ExperimentPaths.of(results_dir, config)
@@ -311,6 +344,7 @@ class Trainer:
             store.save(step, state.replace(key=key), meta)
 
         next_log = timestep + max(config.total_timesteps // 10, 1)
+        bar = ProgressBar(config.total_timesteps, timestep) if self.progress_bar else None
         with StopOnSignal() as stop:  # SIGINT/SIGTERM end the loop at the next step
             while timestep < config.total_timesteps and stop.signum is None:
                 actions, key = self.act(act_params, obs, key)
@@ -339,6 +373,8 @@ class Trainer:
                         log.debug("update %d at step %d: %s", updates, timestep, values)
                 if crossed(before, timestep, config.recording_interval):
                     recorder.record(timestep, loss)
+                    if bar:
+                        bar.update(timestep, len(recorder.episodes), recorder.recent_reward_mean)
                 if config.eval_interval and crossed(before, timestep, config.eval_interval):
                     t_eval = time.perf_counter()
                     evaluations.append({"timestep": timestep, "training_seconds": training_seconds(),
@@ -348,7 +384,7 @@ class Trainer:
                              config.eval_interval_episodes)
                 if crossed(before, timestep, config.checkpoint_interval) or timestep >= config.total_timesteps:
                     checkpoint(timestep)
-                if timestep >= next_log:
+                if timestep >= next_log and not bar:
                     next_log += max(config.total_timesteps // 10, 1)
                     elapsed = time.perf_counter() - t_start
                     recent = recorder.recent_reward_mean
@@ -357,6 +393,8 @@ class Trainer:
                         timestep, config.total_timesteps, (timestep - start_step) / elapsed,
                         len(recorder.episodes), "n/a" if recent is None else f"{recent:.1f}",
                     )
+        if bar:
+            bar.close()
         status, reason = "completed", None
         if failure is not None:
             status, reason = "failed", failure

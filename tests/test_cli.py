@@ -50,15 +50,24 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, message):
 
 def test_tiny_run_through_the_cli(tmp_path):
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
-    proc = run_cli("train", "--algo", "a2c", "--seed", "3", "--steps", "400", "--config", "tiny.toml", cwd=tmp_path)
+    proc = run_cli("train", "--algo", "a2c", "--seed", "3", "--steps", "400", "--config", "tiny.toml", "--quiet",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "INFO" not in proc.stderr  # --quiet: no progress lines
     assert "a2c_seed3: 400 steps" in proc.stdout and "evaluation over 2 episodes" in proc.stdout
     results = load_json(tmp_path / "results/experiments/a2c_seed3/a2c_seed3_results.json")
     assert results["seed"] == 3 and results["total_timesteps"] == 400
     assert results["artifacts"]["checkpoints"] == ["checkpoints/200", "checkpoints/400"]
+    png = tmp_path / "results/experiments/a2c_seed3/a2c_seed3_learning_curve.png"  # plotted after training
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"episodes": 2' in proc.stdout
+    proc = run_cli("plot", "results/experiments/a2c_seed3", "results/experiments/a2c_seed3", "--out", "cmp.png",
+                   cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+    proc = run_cli("plot", "results/experiments/nothing", cwd=tmp_path)
+    assert proc.returncode == 2 and "no experiment directory" in proc.stderr
 
 
 @pytest.mark.skipif(any(d.platform == "gpu" for d in jax.devices()), reason="a GPU is present")

@@ -67,3 +67,17 @@ def test_atomic_write_leaves_old_file_when_serialisation_fails(tmp_path):
         write_json_atomic(path, {"bad": float("nan")})  # NaN is not JSON
     assert json.loads(path.read_text()) == {"ok": 1}
     assert os.listdir(tmp_path) == ["r.json"]  # no temporary file left behind
+
+
+def test_plot_rolling_mean_matches_the_recorder():
+    import numpy as np
+
+    from jaxrl_lander.plotting import rolling_mean
+
+    rec = MetricsRecorder("a2c_seed1", "a2c", "LunarLander-v3", 1, 100)
+    returns = np.random.default_rng(0).normal(size=250)
+    expected = []
+    for i, r in enumerate(returns):
+        rec.add_episode(i + 1, float(r), 10)
+        expected.append(rec.recent_reward_mean)
+    np.testing.assert_allclose(rolling_mean(returns), expected, rtol=1e-10)
