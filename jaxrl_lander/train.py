@@ -316,6 +316,7 @@ class Trainer:
 
         def training_seconds() -> float:
             return progress["wall_time"] + time.perf_counter() - t_start - eval_seconds
+
         buffer = RolloutBuffer(config.n_steps, config.num_envs, self.obs_dim)
         obs, _ = self.envs.reset(seed=train_env_seed(self.keys.env, timestep))
         # The acting copy of the parameters and the key live on act_device (the same arrays when it is `device`).
