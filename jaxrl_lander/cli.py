@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=_int_arg("episodes", 1), default=10, help="episodes to play")
     evaluate.add_argument("--seed", type=_int_arg("seed", 0), default=None,
                           help="seed of the first episode (default: the experiment's evaluation seeds)")
+    evaluate.add_argument("--render", action="store_true",
+                          help="also save one episode as <experiment>/<name>_episode.gif")
     return parser
 
 
@@ -209,6 +211,11 @@ def _evaluate(args) -> int:
 
     summary = evaluate_experiment(args.experiment, args.episodes, args.seed)
     print(json.dumps({k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}))
+    if args.render:
+        from jaxrl_lander.evaluate import render_episode_gif
+
+        gif, episode_return = render_episode_gif(args.experiment, seed=args.seed)
+        print(f"rendered one episode (return {episode_return:.1f}) to {gif}")
     return 0
 
 

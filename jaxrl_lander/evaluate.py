@@ -88,3 +88,41 @@ def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = 
     if seed is None:
         seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
     return summarize(run_episodes(greedy_policy(policy, params), spec["env_id"], num_episodes, seed))
+
+
+def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None,
+                       max_steps: int = 1000, frame_every: int = 2, scale: int = 2) -> tuple[Path, float]:
+    """Play one deterministic episode with rgb_array rendering and save it as an animated GIF (needs Pillow,
+    which the `plot` extra brings). Every `frame_every`-th frame is kept, downscaled by `scale`."""
+    from PIL import Image
+
+    import gymnasium as gym
+
+    from jaxrl_lander.envs import eval_env_seed
+    from jaxrl_lander.train import RunKeys
+
+    model = model_path(path)
+    params, spec = load_model(model)
+    act = greedy_policy(ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"]), params)
+    if seed is None:
+        seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
+    env = gym.make(spec["env_id"], render_mode="rgb_array", max_episode_steps=max_steps)
+    frames, total = [], 0.0
+    try:
+        obs, _ = env.reset(seed=seed)
+        for t in range(max_steps + 1):
+            if t % frame_every == 0:
+                frame = env.render()
+                frames.append(Image.fromarray(frame).reduce(scale) if scale > 1 else Image.fromarray(frame))
+            obs, reward, terminated, truncated, _ = env.step(int(act(np.asarray(obs)[None])[0]))
+            total += float(reward)
+            if terminated or truncated:
+                frames.append(Image.fromarray(env.render()).reduce(scale))
+                break
+    finally:
+        env.close()
+    out = out or model.parent / f"{model.parent.name}_episode.gif"
+    tmp = out.with_name(f".{out.name}.tmp.gif")
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=1000 * frame_every // 50, loop=0)
+    tmp.replace(out)
+    return out, total

@@ -200,3 +200,17 @@ def test_resume_accepts_a_checkpoint_that_predates_a_config_key(short_runs, tmp_
     (root / "a2c_seed42_results.json").unlink()
     with pytest.raises(ConfigError, match="differs from the checkpoint in gamma$"):
         Trainer(short_config("a2c"), results_dir).train(resume=True)
+
+
+def test_render_one_episode_to_gif(short_runs, tmp_path):
+    from PIL import Image
+
+    from jaxrl_lander.evaluate import render_episode_gif
+
+    trainer, results, _ = short_runs["ppo"]
+    first_seed = results["evaluation"]["seeds"][0]
+    gif, episode_return = render_episode_gif(trainer.paths.root, out=tmp_path / "x.gif", seed=first_seed)
+    # The rendered episode is the first evaluation episode: same greedy policy, same seed.
+    assert episode_return == pytest.approx(results["evaluation"]["returns"][0])
+    with Image.open(gif) as im:
+        assert im.n_frames > 2 and im.size == (300, 200)
