@@ -71,33 +71,8 @@ def model_path(path: str | Path) -> Path:
     return candidates[0]
 
 
-def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Load a trained agent: returns a callable mapping obs (N, 8) float32 to deterministic actions (N,) int."""
-    params, spec = load_model(model_path(path))
-    policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
-    return greedy_policy(policy, params)
-
-
-def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = None) -> dict:
-    """Evaluate an experiment's final model; by default on the seeds its training run evaluated on."""
-    from jaxrl_lander.envs import eval_env_seed
-    from jaxrl_lander.train import RunKeys
-
-    params, spec = load_model(model_path(path))
-    policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
-    if seed is None:
-        seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
-    return summarize(run_episodes(greedy_policy(policy, params), spec["env_id"], num_episodes, seed))
-
-
-def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None,
-                       max_steps: int = 1000, frame_every: int = 2, scale: int = 2) -> tuple[Path, float]:
-    """Play one deterministic episode with rgb_array rendering and save it as an animated GIF (needs Pillow,
-    which the `plot` extra brings). Every `frame_every`-th frame is kept, downscaled by `scale`."""
-    from PIL import Image
-
-    import gymnasium as gym
-
+def _load_agent(path: str | Path, seed: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], dict, int, Path]:
+    """(greedy act, model spec, first evaluation seed, model dir); the seed defaults to the run's evaluation seeds."""
     from jaxrl_lander.envs import eval_env_seed
     from jaxrl_lander.train import RunKeys
 
@@ -106,21 +81,43 @@ def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | No
     act = greedy_policy(ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"]), params)
     if seed is None:
         seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
+    return act, spec, seed, model
+
+
+def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Load a trained agent: returns a callable mapping obs (N, 8) float32 to deterministic actions (N,) int."""
+    return _load_agent(path, seed=0)[0]  # any seed: only the policy is used
+
+
+def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = None) -> dict:
+    """Evaluate an experiment's final model; by default on the seeds its training run evaluated on."""
+    act, spec, seed, _ = _load_agent(path, seed)
+    return summarize(run_episodes(act, spec["env_id"], num_episodes, seed))
+
+
+def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None,
+                       max_steps: int = 1000, frame_every: int = 2, scale: int = 2) -> tuple[Path, float]:
+    """Play one deterministic episode with rgb_array rendering and save it as an animated GIF (needs Pillow,
+    which the `plot` extra brings). Every `frame_every`-th frame is kept, downscaled by `scale`."""
+    import gymnasium as gym
+    from PIL import Image
+
+    act, spec, seed, model = _load_agent(path, seed)
     env = gym.make(spec["env_id"], render_mode="rgb_array", max_episode_steps=max_steps)
     frames, total = [], 0.0
     try:
         obs, _ = env.reset(seed=seed)
         for t in range(max_steps + 1):
             if t % frame_every == 0:
-                frame = env.render()
-                frames.append(Image.fromarray(frame).reduce(scale) if scale > 1 else Image.fromarray(frame))
+                frames.append(Image.fromarray(env.render()))
             obs, reward, terminated, truncated, _ = env.step(int(act(np.asarray(obs)[None])[0]))
             total += float(reward)
             if terminated or truncated:
-                frames.append(Image.fromarray(env.render()).reduce(scale))
+                frames.append(Image.fromarray(env.render()))
                 break
     finally:
         env.close()
+    frames = [f.reduce(scale) for f in frames] if scale > 1 else frames
     out = out or model.parent / f"{model.parent.name}_episode.gif"
     tmp = out.with_name(f".{out.name}.tmp.gif")
     frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=1000 * frame_every // 50, loop=0)
