@@ -37,6 +37,8 @@ class RunConfig:
     """Decay the step size linearly to 0 over total_timesteps (rl-zoo3's "lin_" schedules)."""
     gamma: float = 0.99
     """Discount factor."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before learning (values live in the scaled units); records stay raw."""
     gae_lambda: float = 0.95
     """GAE lambda; 1.0 gives Monte-Carlo advantages bootstrapped at the rollout end."""
     ent_coef: float = 0.0
@@ -94,6 +96,8 @@ class RunConfig:
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not (math.isfinite(self.reward_scale) and self.reward_scale > 0.0):
+            raise ConfigError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
         for name in ("ent_coef", "vf_coef", "max_grad_norm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):

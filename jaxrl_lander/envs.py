@@ -77,17 +77,25 @@ class VectorStep(NamedTuple):
     """What the learner keeps of one vector-env step."""
 
     obs: np.ndarray  # (B, obs_dim) next observations; the first of a new episode where one ended
-    rewards: np.ndarray  # (B,) float32, time-limit bootstrap added
+    rewards: np.ndarray  # (B,) float32, scaled, time-limit bootstrap added
     dones: np.ndarray  # (B,) bool, the episode ended (terminated or truncated) with this step
     episodes: list[tuple[int, float, int]]  # (sub-env, return, length) of episodes that ended
 
 
 def step_envs(
-    envs: gym.vector.VectorEnv, actions: np.ndarray, value_fn: Callable[[np.ndarray], np.ndarray], gamma: float
+    envs: gym.vector.VectorEnv,
+    actions: np.ndarray,
+    value_fn: Callable[[np.ndarray], np.ndarray],
+    gamma: float,
+    reward_scale: float = 1.0,
 ) -> VectorStep:
-    """Step every sub-env once and turn the outcome into learning targets."""
+    """Step every sub-env once and turn the outcome into learning targets.
+
+    Rewards are scaled by `reward_scale` before the bootstrap (values are in scaled units); the episode
+    statistics stay in the env's own units.
+    """
     obs, rewards, terminated, truncated, info = envs.step(actions)
-    rewards = bootstrap_truncated(rewards, terminated, truncated, info, value_fn, gamma)
+    rewards = bootstrap_truncated(rewards * reward_scale, terminated, truncated, info, value_fn, gamma)
     return VectorStep(
         obs=obs,
         rewards=rewards.astype(np.float32),

@@ -52,6 +52,21 @@ def test_termination_truncation_and_autoreset_on_hand_built_episodes():
     assert sorted(episodes) == [(0, 2.0, 2), (1, 3.0, 3)]
 
 
+def test_reward_scale_applies_to_learning_targets_not_to_episode_returns():
+    envs = make_vector_env("JaxrlLanderTest/Countdown-v0", 2)
+    envs.reset(seed=0)
+    rewards, episodes = [], []
+    for actions in ([0, 0], [1, 0], [0, 0]):
+        out = step_envs(envs, np.array(actions), value_of, GAMMA, reward_scale=0.1)
+        rewards.append(out.rewards)
+        episodes += out.episodes
+    envs.close()
+    # Env rewards (1 each) scaled to 0.1; the truncation bootstrap is in value units and is not scaled:
+    # env 1, cut at its 3rd step, gets 0.1 + 0.9 * V([3]) = 0.1 + 27.
+    np.testing.assert_allclose(rewards, [[0.1, 0.1], [0.1, 0.1], [0.1, 0.1 + GAMMA * 30.0]], rtol=1e-6)
+    assert sorted(episodes) == [(0, 2.0, 2), (1, 3.0, 3)]
+
+
 def test_lunar_lander_vector_env_shapes_and_seeding():
     envs = make_vector_env("LunarLander-v3", 4)
     obs_a, _ = envs.reset(seed=123)
