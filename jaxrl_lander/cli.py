@@ -1,6 +1,7 @@
 """Command line: `python -m jaxrl_lander train|evaluate ...`.
 
-Usage and configuration errors print one line and exit with status 2 before anything is written.
+Usage and configuration errors, and an experiment that cannot be resumed, print one line and exit with status 2
+before anything is written; a failure during training prints one line and exits with status 1.
 """
 
 import argparse
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from jaxrl_lander.config import CONFIG_CLASSES, ConfigError, load_config
-from jaxrl_lander.errors import TrainingFailed
+from jaxrl_lander.errors import ResumeError, TrainingFailed
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -226,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "plot": _plot, "evaluate": _evaluate}
         command = commands[args.command]
         return command(args)
-    except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return EXIT_USAGE
-    except FileNotFoundError as exc:
+    except (ConfigError, ResumeError, FileNotFoundError) as exc:  # refused before anything was written
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_USAGE
     except TrainingFailed as exc:
         sys.stderr.write(f"{PROG}: training failed: {exc}\n")
+        return EXIT_RUNTIME
+    except OSError as exc:  # e.g. the disk filled up while writing
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_RUNTIME

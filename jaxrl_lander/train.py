@@ -16,11 +16,12 @@ from typing import Any
 
 import jax
 import numpy as np
+from orbax.checkpoint.utils import TMP_DIR_SUFFIX
 
 from jaxrl_lander.algos.common import TrainState, init_state, make_learner
 from jaxrl_lander.checkpoint import CheckpointStore, save_model
 from jaxrl_lander.config import ConfigError, RunConfig
-from jaxrl_lander.errors import TrainingFailed
+from jaxrl_lander.errors import ResumeError, TrainingFailed
 from jaxrl_lander.envs import eval_env_seed, make_vector_env, step_envs, train_env_seed
 from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
 from jaxrl_lander.policy import sample_action, state_value
@@ -47,7 +48,7 @@ def _count_jit_time(event: str, duration: float, **_) -> None:
 jax.monitoring.register_event_duration_secs_listener(_count_jit_time)
 
 # Config keys that may differ between a checkpoint and the run resuming from it.
-RESUMABLE_CHANGES = {"total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes"}
+RESUMABLE_CHANGES = {"total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes", "keep_checkpoints"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +200,17 @@ def crossed(before: int, after: int, interval: int) -> bool:
     return after // interval > before // interval
 
 
+@dataclasses.dataclass
+class Progress:
+    """The counters a checkpoint carries from one process to the next."""
+
+    timestep: int = 0
+    updates: int = 0
+    wall_time: float = 0.0  # training seconds spent by earlier processes
+    loss: float | None = None
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
 class Trainer:
     """One experiment: builds env, learner and state, trains, evaluates and writes every artifact."""
 
@@ -233,20 +245,45 @@ class Trainer:
             )
 
     # ---------------------------------------------------------------- start or resume
-    def _fresh_start(self) -> tuple[TrainState, MetricsRecorder, dict[str, Any]]:
+    def _fresh_start(self) -> tuple[TrainState, MetricsRecorder, Progress]:
         if self.paths.root.exists():
             log.info("replacing the previous experiment at %s", self.paths.root)
             shutil.rmtree(self.paths.root)
         recorder = MetricsRecorder(
             self.paths.name, self.config.algo, self.config.env_id, self.config.seed, self.config.recording_interval
         )
-        progress = {"timestep": 0, "updates": 0, "wall_time": 0.0, "loss": None, "evaluations": []}
-        return self.initial_state(), recorder, progress
+        return self.initial_state(), recorder, Progress()
 
-    def _resume(self, store: CheckpointStore) -> tuple[TrainState, MetricsRecorder, dict[str, Any]]:
+    def _resume(self, store: CheckpointStore) -> tuple[TrainState, MetricsRecorder, Progress]:
+        """State, metrics and counters of the latest checkpoint; raises ResumeError before anything is written."""
         step = store.latest_step()
-        state, meta = store.restore(step, self.initial_state())
-        saved = meta["config"]
+        try:
+            state, meta = store.restore(step, self.initial_state())
+        except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
+            raise ResumeError(
+                f"checkpoint {store.directory / str(step)} is unreadable ({_first_line(exc)}); "
+                "delete that directory to resume from the checkpoint before it"
+            ) from None
+        self._check_resumable_config(meta["config"])
+        try:
+            recorder = MetricsRecorder.load(self.paths.metrics)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ResumeError(
+                f"metrics file {self.paths.metrics} is unreadable ({_first_line(exc)}); train without --resume "
+                "to start afresh"
+            ) from None
+        recorder.truncate(step)
+        removed = remove_partial_writes(self.paths.root)
+        if removed:
+            log.info("removed %d partial write(s) left by a killed run: %s", len(removed), ", ".join(removed))
+        log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
+        progress = Progress(
+            timestep=meta["timestep"], updates=meta["updates"], wall_time=meta["wall_time"], loss=meta["loss"],
+            evaluations=meta.get("evaluations", []),  # absent from checkpoints of older versions
+        )
+        return state, recorder, progress
+
+    def _check_resumable_config(self, saved: dict[str, Any]) -> None:
         current = self.config.to_dict()
         # A key the checkpoint predates counts as its default, so checkpoints of older versions stay resumable.
         defaults = type(self.config)().to_dict()
@@ -258,12 +295,22 @@ class Trainer:
             raise ConfigError(
                 f"cannot resume {self.paths.root}: config differs from the checkpoint in {', '.join(differing)}"
             )
-        recorder = MetricsRecorder.load(self.paths.metrics)
-        recorder.truncate(step)
-        log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
-        progress = {k: meta[k] for k in ("timestep", "updates", "wall_time", "loss")}
-        progress["evaluations"] = meta.get("evaluations", [])  # absent from checkpoints of older versions
-        return state, recorder, progress
+
+    def _open(self, resume: bool) -> tuple[TrainState, MetricsRecorder, Progress, CheckpointStore]:
+        """Resume from the latest complete checkpoint when asked and one exists, else start afresh."""
+        if resume and self.paths.checkpoints.is_dir():
+            store = CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
+            if store.latest_step() is not None:
+                try:
+                    return (*self._resume(store), store)
+                except BaseException:
+                    store.close()
+                    raise
+            store.close()
+        if resume:
+            log.info("no checkpoint to resume from in %s; starting afresh", self.paths.root)
+        state, recorder, progress = self._fresh_start()
+        return state, recorder, progress, CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
 
     def evaluate(self, params, episodes: int, keep_episodes: bool = False) -> dict[str, Any]:
         """Deterministic episodes on the evaluation seeds (the same seeds at every evaluation)."""
@@ -277,169 +324,215 @@ class Trainer:
     def previous_results(self) -> dict[str, Any] | None:
         if not self.paths.results.is_file():
             return None
-        with open(self.paths.results) as f:
-            return json.load(f)
+        try:
+            with open(self.paths.results) as f:
+                return json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ResumeError(f"results file {self.paths.results} is unreadable ({_first_line(exc)})") from None
 
     # ---------------------------------------------------------------- the loop
     def train(self, resume: bool = False) -> dict[str, Any]:
-        """Train (or resume), evaluate and write every artifact; returns the ExperimentResults dict."""
-        with jax.default_device(self.device):
-            return self._train(resume)
+        """Train (or resume), evaluate and write every artifact; returns the ExperimentResults dict.
 
-    def _train(self, resume: bool) -> dict[str, Any]:
-        config = self.config
+        Raises ConfigError or ResumeError, with nothing written, when a resume is refused, and TrainingFailed
+        after writing the results of a run stopped by a numerical fault.
+        """
         done = self.previous_results() if resume else None
-        if done and done["status"] == "completed" and done["total_timesteps"] >= config.total_timesteps:
+        if done and done["status"] == "completed" and done["total_timesteps"] >= self.config.total_timesteps:
             log.info("%s already finished %d steps; nothing to do", self.paths.name, done["total_timesteps"])
             return done
-        store = None
-        if resume and self.paths.checkpoints.is_dir():
-            store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
-            if store.latest_step() is None:
-                store.close()
-                store = None
-        if store is not None:
-            state, recorder, progress = self._resume(store)
-        else:
-            if resume:
-                log.info("no checkpoint to resume from in %s; starting afresh", self.paths.root)
-            state, recorder, progress = self._fresh_start()
-            store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
+        with jax.default_device(self.device):
+            state, recorder, progress, store = self._open(resume)
+            run = _Run(self, state, recorder, progress, store)
+            run.loop()
+            return run.finish()
 
-        start_iso = now_iso()
-        jit_seconds_before = _jit_seconds[0]
-        t_start = time.perf_counter()
-        start_step = timestep = progress["timestep"]
-        updates, loss = progress["updates"], progress["loss"]
-        evaluations = list(progress["evaluations"])
-        eval_seconds = 0.0  # evaluation during training, excluded from the training time
 
-        def training_seconds() -> float:
-            return progress["wall_time"] + time.perf_counter() - t_start - eval_seconds
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
-        buffer = RolloutBuffer(config.n_steps, config.num_envs, self.obs_dim)
-        obs, _ = self.envs.reset(seed=train_env_seed(self.keys.env, timestep))
+
+def remove_partial_writes(root: Path) -> list[str]:
+    """Delete what a killed process can leave half-written under an experiment: JSON temporaries and
+    uncommitted orbax directories (the final model's and the checkpoints'). Returns the removed paths."""
+    removed = []
+    for directory in (root, root / "checkpoints"):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            if path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+                path.unlink()
+            elif TMP_DIR_SUFFIX in path.name and path.is_dir():
+                shutil.rmtree(path)
+            else:
+                continue
+            removed.append(str(path.relative_to(root)))
+    return removed
+
+
+class _Run:
+    """One process's share of an experiment: the collect/update loop and the artifacts it writes."""
+
+    def __init__(self, trainer: Trainer, state: TrainState, recorder: MetricsRecorder, progress: Progress,
+                 store: CheckpointStore):
+        self.trainer, self.config, self.paths = trainer, trainer.config, trainer.paths
+        self.state, self.recorder, self.progress, self.store = state, recorder, progress, store
+        self.start_iso = now_iso()
+        self.jit_seconds_before = _jit_seconds[0]
+        self.t_start = time.perf_counter()
+        self.start_step = progress.timestep
+        self.eval_seconds = 0.0  # evaluation during training, excluded from the training time
+        self.first_update_seconds: float | None = None
+        self.last_checkpoint: int | None = None
+        self.failure: str | None = None
+        self.stop_signal: int | None = None
         # The acting copy of the parameters and the key live on act_device (the same arrays when it is `device`).
-        act_params, key = jax.device_put((state.params, state.key), self.act_device)
-        first_update_seconds = None
-        value_fn = lambda o: self.value(act_params, o)  # noqa: E731  (reads the current parameters)
+        self.act_params, self.key = jax.device_put((state.params, state.key), trainer.act_device)
 
-        last_checkpoint = None
-        failure = None
+    def loop_seconds(self) -> float:
+        return time.perf_counter() - self.t_start - self.eval_seconds
 
-        def checkpoint(step: int) -> None:
-            nonlocal last_checkpoint
-            last_checkpoint = step
-            recorder.save(self.paths.metrics)  # metrics first: they always reach at least the latest checkpoint
-            meta = {
-                "timestep": step,
-                "updates": updates,
-                "episodes": len(recorder.episodes),
-                "recent_reward_mean": recorder.recent_reward_mean,
-                "loss": loss,
-                "wall_time": training_seconds(),
-                "evaluations": evaluations,
-                "saved_at": now_iso(),
-                "config": config.to_dict(),
-            }
-            store.save(step, state.replace(key=key), meta)
+    def training_seconds(self) -> float:
+        return self.progress.wall_time + self.loop_seconds()
 
-        next_log = timestep + max(config.total_timesteps // 10, 1)
-        bar = ProgressBar(config.total_timesteps, timestep) if self.progress_bar else None
+    def checkpoint(self) -> None:
+        """Metrics first, so they always reach at least the latest checkpoint; then the orbax checkpoint."""
+        p = self.progress
+        self.last_checkpoint = p.timestep
+        self.recorder.save(self.paths.metrics)
+        meta = {
+            "timestep": p.timestep,
+            "updates": p.updates,
+            "episodes": len(self.recorder.episodes),
+            "recent_reward_mean": self.recorder.recent_reward_mean,
+            "loss": p.loss,
+            "wall_time": self.training_seconds(),
+            "evaluations": p.evaluations,
+            "saved_at": now_iso(),
+            "config": self.config.to_dict(),
+        }
+        self.store.save(p.timestep, self.state.replace(key=self.key), meta)
+
+    def update(self, buffer: RolloutBuffer, last_obs: np.ndarray) -> None:
+        """One learner update on the full buffer; sets self.failure instead of keeping a non-finite state."""
+        trainer, p = self.trainer, self.progress
+        t_update = time.perf_counter()
+        rollout = buffer.rollout(last_obs, trainer.device)
+        state, metrics = trainer.learner.update(self.state.replace(key=jax.device_put(self.key, trainer.device)),
+                                                rollout)
+        loss, params_finite = jax.device_get((metrics["loss"], metrics["params_finite"]))  # one host sync
+        p.loss, p.updates = float(loss), p.updates + 1
+        if self.first_update_seconds is None:
+            self.first_update_seconds = time.perf_counter() - t_update
+        if not (np.isfinite(p.loss) and params_finite):  # unusable: stop before it reaches a checkpoint
+            what = f"non-finite loss {p.loss}" if not np.isfinite(p.loss) else "non-finite parameters"
+            self.failure = f"{what} at update {p.updates} (step {p.timestep})"
+            return
+        self.state = state
+        self.act_params, self.key = jax.device_put((state.params, state.key), trainer.act_device)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("update %d at step %d: %s", p.updates, p.timestep, {k: float(v) for k, v in metrics.items()})
+
+    def evaluate_now(self) -> None:
+        p = self.progress
+        t_eval, training_seconds = time.perf_counter(), self.training_seconds()
+        summary = self.trainer.evaluate(self.state.params, self.config.eval_interval_episodes)
+        p.evaluations.append({"timestep": p.timestep, "training_seconds": training_seconds, **summary})
+        self.eval_seconds += time.perf_counter() - t_eval
+        log.info("evaluation at step %d: %.1f over %d episodes", p.timestep, summary["mean"], summary["episodes"])
+
+    def loop(self) -> None:
+        """Collect, update, record, evaluate and checkpoint until done, stopped by a signal, or failed."""
+        trainer, config, p, recorder = self.trainer, self.config, self.progress, self.recorder
+        envs = trainer.envs
+        buffer = RolloutBuffer(config.n_steps, config.num_envs, trainer.obs_dim)
+        obs, _ = envs.reset(seed=train_env_seed(trainer.keys.env, p.timestep))
+        value_fn = lambda o: trainer.value(self.act_params, o)  # noqa: E731  (reads the current parameters)
+        log_every = max(config.total_timesteps // 10, 1)
+        next_log = p.timestep + log_every
+        bar = ProgressBar(config.total_timesteps, p.timestep) if trainer.progress_bar else None
         with StopOnSignal() as stop:  # SIGINT/SIGTERM end the loop at the next step
-            while timestep < config.total_timesteps and stop.signum is None:
-                actions, key = self.act(act_params, obs, key)
+            while p.timestep < config.total_timesteps and stop.signum is None:
+                actions, self.key = trainer.act(self.act_params, obs, self.key)
                 actions = np.asarray(actions)
-                outcome = step_envs(self.envs, actions, value_fn, config.gamma)
+                outcome = step_envs(envs, actions, value_fn, config.gamma, config.reward_scale)
                 buffer.add(obs, actions, outcome.rewards, outcome.dones)
                 obs = outcome.obs
-                before, timestep = timestep, timestep + config.num_envs
+                before, p.timestep = p.timestep, p.timestep + config.num_envs
                 for _, episode_return, length in outcome.episodes:
-                    recorder.add_episode(timestep, episode_return, length)
-
+                    recorder.add_episode(p.timestep, episode_return, length)
                 if buffer.full:
-                    t_update = time.perf_counter()
-                    rollout = buffer.rollout(obs, self.device)
-                    state, metrics = self.learner.update(state.replace(key=jax.device_put(key, self.device)), rollout)
-                    act_params, key = jax.device_put((state.params, state.key), self.act_device)
-                    loss = float(metrics["loss"])  # the one host sync of a rollout
-                    updates += 1
-                    if first_update_seconds is None:
-                        first_update_seconds = time.perf_counter() - t_update
-                    if not np.isfinite(loss):  # the new state is unusable: stop before it reaches a checkpoint
-                        failure = f"non-finite loss {loss} at update {updates} (step {timestep})"
+                    self.update(buffer, obs)
+                    if self.failure:
                         break
-                    if log.isEnabledFor(logging.DEBUG):
-                        values = {k: float(v) for k, v in metrics.items()}
-                        log.debug("update %d at step %d: %s", updates, timestep, values)
-                if crossed(before, timestep, config.recording_interval):
-                    recorder.record(timestep, loss)
+                if crossed(before, p.timestep, config.recording_interval):
+                    recorder.record(p.timestep, p.loss)
                     if bar:
-                        bar.update(timestep, len(recorder.episodes), recorder.recent_reward_mean)
-                if config.eval_interval and crossed(before, timestep, config.eval_interval):
-                    t_eval = time.perf_counter()
-                    evaluations.append({"timestep": timestep, "training_seconds": training_seconds(),
-                                        **self.evaluate(state.params, config.eval_interval_episodes)})
-                    eval_seconds += time.perf_counter() - t_eval
-                    log.info("evaluation at step %d: %.1f over %d episodes", timestep, evaluations[-1]["mean"],
-                             config.eval_interval_episodes)
-                if crossed(before, timestep, config.checkpoint_interval) or timestep >= config.total_timesteps:
-                    checkpoint(timestep)
-                if timestep >= next_log and not bar:
-                    next_log += max(config.total_timesteps // 10, 1)
-                    elapsed = time.perf_counter() - t_start
+                        bar.update(p.timestep, len(recorder.episodes), recorder.recent_reward_mean)
+                if config.eval_interval and crossed(before, p.timestep, config.eval_interval):
+                    self.evaluate_now()
+                if crossed(before, p.timestep, config.checkpoint_interval) or p.timestep >= config.total_timesteps:
+                    self.checkpoint()
+                if p.timestep >= next_log and not bar:
+                    next_log += log_every
                     recent = recorder.recent_reward_mean
                     log.info(
                         "step %d/%d | %.0f steps/s | %d episodes | recent return %s",
-                        timestep, config.total_timesteps, (timestep - start_step) / elapsed,
+                        p.timestep, config.total_timesteps, (p.timestep - self.start_step) / self.loop_seconds(),
                         len(recorder.episodes), "n/a" if recent is None else f"{recent:.1f}",
                     )
         if bar:
             bar.close()
+        self.stop_signal = stop.signum
+
+    def finish(self) -> dict[str, Any]:
+        """Final checkpoint (when stopped), model, evaluation, metrics and results."""
+        trainer, config, p = self.trainer, self.config, self.progress
         status, reason = "completed", None
-        if failure is not None:
-            status, reason = "failed", failure
-        elif stop.signum is not None:
-            status, reason = "interrupted", f"stopped by {signal.Signals(stop.signum).name} at step {timestep}"
-            if last_checkpoint != timestep:
-                checkpoint(timestep)
-        store.close()
-        loop_seconds = time.perf_counter() - t_start - eval_seconds
-        compile_seconds = _jit_seconds[0] - jit_seconds_before
-        self.envs.close()
-        state = state.replace(key=jax.device_put(key, self.device))
+        if self.failure is not None:
+            status, reason = "failed", self.failure
+        elif self.stop_signal is not None:
+            status, reason = "interrupted", f"stopped by {signal.Signals(self.stop_signal).name} at step {p.timestep}"
+            if self.last_checkpoint != p.timestep:
+                self.checkpoint()
+        self.store.close()
+        loop_seconds = self.loop_seconds()
+        compile_seconds = _jit_seconds[0] - self.jit_seconds_before
+        trainer.envs.close()
+        state = self.state.replace(key=jax.device_put(self.key, trainer.device))
         if reason:
             log.warning("%s: %s", self.paths.name, reason)
 
-        policy_spec = {
-            "num_actions": self.learner.policy.num_actions,
-            "hidden_size": self.learner.policy.hidden_size,
-            "obs_dim": self.obs_dim,
-            "env_id": config.env_id,
-            "algo": config.algo,
-            "seed": config.seed,
-            "timestep": timestep,
-        }
         evaluation = None
         if status != "failed":
+            policy_spec = {
+                "num_actions": trainer.learner.policy.num_actions,
+                "hidden_size": trainer.learner.policy.hidden_size,
+                "obs_dim": trainer.obs_dim,
+                "env_id": config.env_id,
+                "algo": config.algo,
+                "seed": config.seed,
+                "timestep": p.timestep,
+            }
             save_model(self.paths.model, state.params, policy_spec)
         if status == "completed":
             t_eval = time.perf_counter()
-            evaluation = self.evaluate(state.params, config.eval_episodes, keep_episodes=True)
+            evaluation = trainer.evaluate(state.params, config.eval_episodes, keep_episodes=True)
             evaluation["seconds"] = time.perf_counter() - t_eval
 
-        recorder.save(self.paths.metrics)
+        self.recorder.save(self.paths.metrics)
         results = build_results(
-            config, self.paths, recorder, store, evaluation,
-            start_iso=start_iso, end_iso=now_iso(),
-            training_time=progress["wall_time"] + loop_seconds,
-            steps_this_run=timestep - start_step, loop_seconds=loop_seconds,
-            first_update_seconds=first_update_seconds, compile_seconds=compile_seconds, updates=updates,
-            evaluations=evaluations, device=device_info(self.device, self.act_device), resumed_from=start_step or None,
-            status=status, reason=reason, timestep=timestep,
+            config, self.paths, self.recorder, self.store, evaluation,
+            start_iso=self.start_iso, end_iso=now_iso(),
+            training_time=p.wall_time + loop_seconds,
+            steps_this_run=p.timestep - self.start_step, loop_seconds=loop_seconds,
+            first_update_seconds=self.first_update_seconds, compile_seconds=compile_seconds, updates=p.updates,
+            evaluations=p.evaluations, device=device_info(trainer.device, trainer.act_device),
+            resumed_from=self.start_step or None, status=status, reason=reason, timestep=p.timestep,
         )
         write_json_atomic(self.paths.results, results)
-        self.final_state = state
+        trainer.final_state = state
         if status == "failed":
             raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}")
         return results

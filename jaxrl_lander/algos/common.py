@@ -69,6 +69,11 @@ def explained_variance(values: jax.Array, returns: jax.Array) -> jax.Array:
     return jnp.where(var_returns == 0, jnp.nan, 1.0 - jnp.var(returns - values) / var_returns)
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every entry of every leaf is finite (a scalar bool)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def hparams_from_config(cls, config):
     """An algorithm's HParams dataclass filled from the config fields of the same names."""
     return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
@@ -113,7 +118,9 @@ def make_learner(config, num_actions: int, wrap: Callable | None = None) -> Lear
     static = module.static_args(config)
 
     def pure_update(state: TrainState, rollout: Rollout, hparams):
-        return module.update(state, rollout, hparams, policy=policy, tx=tx, **static)
+        state, metrics = module.update(state, rollout, hparams, policy=policy, tx=tx, **static)
+        metrics["params_finite"] = all_finite(state.params)
+        return state, metrics
 
     if wrap is not None:
         pure_update = wrap(pure_update)
