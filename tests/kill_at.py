@@ -1,0 +1,77 @@
+"""Run the command line, but SIGKILL the process at one chosen moment (for the crash-safety tests).
+
+    python tests/kill_at.py POINT -- train --algo a2c ...
+
+POINT is one of
+    rollout:N        the N-th vector-env step of the run (mid-rollout when N is not a multiple of n_steps)
+    checkpoint:STEP  the checkpoint of STEP, fully written to its temporary directory but not yet renamed
+    model            the final model, likewise written but not renamed
+    json:N           the N-th JSON write (metrics or results), written to its temporary file but not renamed
+
+Nothing is mocked: the real run proceeds until the chosen moment and then dies by SIGKILL, as it would from
+the out-of-memory killer or a pre-emption.
+"""
+
+import os
+import signal
+import sys
+import types
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm(point: str) -> None:
+    kind, _, arg = point.partition(":")
+    calls = [0]
+
+    def nth_call() -> bool:
+        calls[0] += 1
+        return calls[0] == int(arg)
+
+    if kind == "rollout":
+        import jaxrl_lander.train as train
+
+        step_envs = train.step_envs
+
+        def step_then_maybe_die(*args, **kwargs):
+            if nth_call():
+                die()
+            return step_envs(*args, **kwargs)
+
+        train.step_envs = step_then_maybe_die
+    elif kind in ("checkpoint", "model"):
+        from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
+
+        finalize = AtomicRenameTemporaryPath.finalize
+
+        async def finalize_or_die(self):
+            name = self._final_path.name
+            if (kind == "model" and name.endswith("_model")) or (kind == "checkpoint" and name == arg):
+                die()
+            return await finalize(self)
+
+        AtomicRenameTemporaryPath.finalize = finalize_or_die
+    elif kind == "json":
+        import jaxrl_lander.recording as recording
+
+        real_os = recording.os
+
+        def replace_or_die(src, dst):
+            if nth_call():
+                die()
+            return real_os.replace(src, dst)
+
+        recording.os = types.SimpleNamespace(**{**vars(real_os), "replace": replace_or_die})
+    else:
+        raise SystemExit(f"unknown kill point {point!r}")
+
+
+if __name__ == "__main__":
+    point, separator, *cli_args = sys.argv[1:]
+    assert separator == "--", "usage: kill_at.py POINT -- ARGS"
+    arm(point)
+    from jaxrl_lander.cli import main
+
+    sys.exit(main(cli_args))
