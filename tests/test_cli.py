@@ -1,6 +1,7 @@
-"""The command line: bad input gives one line and exit 2 with nothing written; a tiny real run succeeds."""
+"""The command line: bad input gives one line and exit 2 and changes nothing; a tiny real run succeeds."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,37 +16,93 @@ def run_cli(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+EXP = "results/experiments/a2c_seed42"
+RESUME = ["train", "--algo", "a2c", "--steps", "600", "--config", "tiny.toml", "--resume"]
+
+
+def _corrupt_checkpoint_metadata(root):
+    (root / EXP / "checkpoints/400/metadata/metadata").write_text("garbage")
+
+
+def _delete_checkpoint_state(root):
+    shutil.rmtree(root / EXP / "checkpoints/400/state")
+
+
+def _truncate_checkpoint_arrays(root):
+    for f in (root / EXP / "checkpoints/400/state").rglob("d/*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[:10])
+
+
+def _corrupt(name, text):
+    return lambda root: (root / EXP / name).write_text(text)
+
+
+# (arguments, the one line's message, damage done to the existing experiment first)
 BAD = [
-    (["train", "--algo", "dqn"], "invalid choice: 'dqn'"),
-    (["train", "--algo", "ppo", "--steps", "0"], "steps must be a positive integer"),
-    (["train", "--algo", "ppo", "--steps", "-5"], "steps must be a positive integer"),
-    (["train", "--algo", "ppo", "--steps", "abc"], "steps must be an integer"),
-    (["train", "--algo", "ppo", "--steps", "1.5"], "steps must be an integer"),
-    (["train", "--algo", "ppo", "--seed", "-1"], "seed must be an integer >= 0"),
-    (["train", "--algo", "ppo", "--seed", "x"], "seed must be an integer"),
-    (["train", "--algo", "ppo", "--config", "missing.toml"], "config file not found"),
-    (["train", "--algo", "ppo", "--config", "bad.toml"], "is not valid TOML"),
-    (["train", "--algo", "ppo", "--config", "unknown.toml"], "unknown config key 'lr'"),
-    (["train", "--algo", "ppo", "--config", "wrongtype.toml"], "must be float"),
-    (["train", "--algo", "a2c", "--config", "ppo_only.toml"], "config for 'ppo', not for 'a2c'"),
-    (["train"], "the following arguments are required: --algo"),
-    (["evaluate", "nowhere"], "no trained model found"),
-    (["train", "--algo", "ppo", "--device", "quantum"], "invalid choice: 'quantum'"),
+    (["train", "--algo", "dqn"], "invalid choice: 'dqn'", None),
+    (["train", "--algo", "ppo", "--steps", "0"], "steps must be a positive integer", None),
+    (["train", "--algo", "ppo", "--steps", "-5"], "steps must be a positive integer", None),
+    (["train", "--algo", "ppo", "--steps", "abc"], "steps must be an integer", None),
+    (["train", "--algo", "ppo", "--steps", "1.5"], "steps must be an integer", None),
+    (["train", "--algo", "ppo", "--seed", "-1"], "seed must be an integer >= 0", None),
+    (["train", "--algo", "ppo", "--seed", "x"], "seed must be an integer", None),
+    (["train", "--algo", "ppo", "--seed", "4294967296"], "seed must be below 2**32", None),
+    (["train", "--algo", "ppo", "--config", "missing.toml"], "config file not found", None),
+    (["train", "--algo", "ppo", "--config", "bad.toml"], "is not valid TOML", None),
+    (["train", "--algo", "ppo", "--config", "unknown.toml"], "unknown config key 'lr'", None),
+    (["train", "--algo", "ppo", "--config", "wrongtype.toml"], "must be float", None),
+    (["train", "--algo", "ppo", "--config", "no_checkpoints.toml"], "checkpoint_interval must be a positive", None),
+    (["train", "--algo", "ppo", "--config", "nan.toml"], "learning_rate must be > 0, got nan", None),
+    (["train", "--algo", "a2c", "--config", "ppo_only.toml"], "config for 'ppo', not for 'a2c'", None),
+    (["train"], "the following arguments are required: --algo", None),
+    (["train", "--algo", "ppo", "--results-dir", "a_file/results"], "is not writable", None),
+    (["evaluate", "nowhere"], "no trained model found", None),
+    (["train", "--algo", "ppo", "--device", "quantum"], "invalid choice: 'quantum'", None),
+    (RESUME[:-2] + ["lr.toml", "--resume"], "config differs from the checkpoint in learning_rate", None),
+    (RESUME, "checkpoints/400 is unreadable", _corrupt_checkpoint_metadata),
+    (RESUME, "checkpoints/400 is unreadable", _delete_checkpoint_state),
+    (RESUME, "checkpoints/400 is unreadable", _truncate_checkpoint_arrays),
+    (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt("a2c_seed42_metrics.json", '{"records": [')),
+    (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt("a2c_seed42_metrics.json", "{}")),
+    (RESUME, "a2c_seed42_results.json is unreadable", _corrupt("a2c_seed42_results.json", "")),
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, message):
+@pytest.fixture(scope="module")
+def finished_experiment(tmp_path_factory):
+    """A directory holding tiny.toml and one finished 400-step A2C experiment (checkpoints at 200 and 400)."""
+    root = tmp_path_factory.mktemp("existing")
+    (root / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
+    proc = run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("args,message,damage", BAD,
+                         ids=[" ".join(a) + (f" [{d.__name__}]" if d else "") for a, _, d in BAD])
+def test_bad_input_one_line_exit_2_nothing_changed(finished_experiment, tmp_path, args, message, damage):
+    shutil.copytree(finished_experiment, tmp_path, dirs_exist_ok=True)
     (tmp_path / "bad.toml").write_text("gamma = [\n")
     (tmp_path / "unknown.toml").write_text("lr = 0.1\n")
     (tmp_path / "wrongtype.toml").write_text("learning_rate = 'fast'\n")
+    (tmp_path / "no_checkpoints.toml").write_text("checkpoint_interval = 0\n")
+    (tmp_path / "nan.toml").write_text("learning_rate = nan\n")
     (tmp_path / "ppo_only.toml").write_text('algo = "ppo"\nclip_range = 0.1\n')
-    before = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "lr.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\nlearning_rate = 1e-3\n")
+    (tmp_path / "a_file").write_text("not a directory\n")
+    if damage:
+        damage(tmp_path)
+    before = _snapshot(tmp_path)
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no results/ directory appeared
+    assert _snapshot(tmp_path) == before  # the existing experiment and every other file untouched
 
 
 def test_tiny_run_through_the_cli(tmp_path):
