@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrl_lander.algos import a2c, ppo
-from jaxrl_lander.algos.common import Batch, init_state
+from jaxrl_lander.algos.common import Batch, all_finite, init_state
 from jaxrl_lander.config import make_config
 from jaxrl_lander.policy import ActorCritic
 
@@ -157,3 +157,11 @@ def test_annealed_learning_rate_decays_linearly_to_zero():
         updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
         steps.append(-float(updates["w"][0]) * 1e6)
     np.testing.assert_allclose(steps, [1 - k / 10 for k in range(11)], atol=1e-3)
+
+
+def test_all_finite_flags_any_nan_or_inf_leaf():
+    tree = {"a": jnp.ones(3), "b": {"c": jnp.zeros((2, 2))}}
+    assert bool(all_finite(tree))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        broken = {"a": jnp.ones(3), "b": {"c": jnp.zeros((2, 2)).at[1, 0].set(bad)}}
+        assert not bool(jax.jit(all_finite)(broken))

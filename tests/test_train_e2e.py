@@ -156,6 +156,21 @@ def test_resume_of_a_finished_run_does_nothing(short_runs):
     assert again == results and trainer.paths.results.stat().st_mtime_ns == before
 
 
+def test_keep_checkpoints_holds_across_a_resume(tmp_path):
+    """Retention applies to the checkpoints of earlier processes too, and may change on resume."""
+    first = Trainer(short_config("a2c", total_timesteps=800, checkpoint_interval=200, keep_checkpoints=3,
+                                 eval_episodes=1), tmp_path)
+    first.train()
+    assert CheckpointStore(first.paths.checkpoints).all_steps() == [400, 600, 800]
+    resumed = Trainer(short_config("a2c", total_timesteps=1200, checkpoint_interval=200, keep_checkpoints=2,
+                                   eval_episodes=1), tmp_path)
+    results = resumed.train(resume=True)
+    assert results["resumed_from_timestep"] == 800
+    assert results["artifacts"]["checkpoints"] == ["checkpoints/1000", "checkpoints/1200"]
+    assert results["success_criteria"]["SC-005"]["passed"] is True
+    assert sorted(p.name for p in resumed.paths.checkpoints.iterdir()) == ["1000", "1200"]
+
+
 def test_fresh_rerun_replaces_the_old_experiment(tmp_path):
     config = short_config("a2c", total_timesteps=400, checkpoint_interval=200, eval_episodes=1)
     Trainer(config, tmp_path).train()
