@@ -9,9 +9,10 @@ SEED ?= 42
 STEPS ?=
 CONFIG ?=
 RESUME ?=
+TENSORBOARD ?=
 EPISODES ?= 10
 
-TRAIN_ARGS := --algo $(ALGO) --seed $(SEED) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(RESUME)),--resume)
+TRAIN_ARGS := --algo $(ALGO) --seed $(SEED) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard)
 
 RUNS ?= 3
 BENCH_VENV := .venv-bench
@@ -28,14 +29,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,plot]'
+	$(PY) -m pip install --quiet -e '.[dev,plot,tensorboard]'
 	touch $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m jaxrl_lander train $(TRAIN_ARGS)
 
 reproduce: $(STAMP)
-	$(PY) -m jaxrl_lander reproduce $(filter-out --resume,$(TRAIN_ARGS))
+	$(PY) -m jaxrl_lander reproduce $(filter-out --resume --tensorboard,$(TRAIN_ARGS))
 
 sweep: $(STAMP)
 	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG))

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the update runs (auto: JAX's default device)")
     train.add_argument("--act-device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
                        help="where the per-step action sampling runs (auto: the same as --device)")
+    train.add_argument("--tensorboard", action="store_true",
+                       help="also write TensorBoard event files to <experiment>/tensorboard (needs tensorboardX)")
     sub.add_parser("reproduce", parents=[run_options], formatter_class=defaults,
                    help="train the same experiment twice and record SC-004 (reproducibility) in its results")
 
@@ -123,10 +125,14 @@ def _run_config(args):
 
 def _train(args) -> int:
     config = _run_config(args)
+    if args.tensorboard:
+        from jaxrl_lander.tensorboard import require_tensorboard
+
+        require_tensorboard()
     from jaxrl_lander.train import Trainer
 
     trainer = Trainer(config, args.results_dir, device=args.device, act_device=args.act_device,
-                      progress_bar=sys.stderr.isatty() and not args.quiet)
+                      progress_bar=sys.stderr.isatty() and not args.quiet, tensorboard=args.tensorboard)
     results = trainer.train(resume=args.resume)
     _plot_quietly(trainer.paths.root)
     if results["status"] == "interrupted":

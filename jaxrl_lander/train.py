@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from orbax.checkpoint.utils import TMP_DIR_SUFFIX
 
-from jaxrl_lander.algos.common import TrainState, init_state, make_learner
+from jaxrl_lander.algos.common import TrainState, init_state, learning_rate_at, make_learner
 from jaxrl_lander.checkpoint import CheckpointStore, save_model
 from jaxrl_lander.config import ConfigError, RunConfig
 from jaxrl_lander.errors import ResumeError, TrainingFailed
@@ -221,13 +221,16 @@ class Trainer:
         device: str = "auto",
         act_device: str = "auto",
         progress_bar: bool = False,
+        tensorboard: bool = False,
     ):
         """`device` runs the update (and, by default, everything); `act_device` the per-step action sampling.
 
-        With `progress_bar`, a live bar (rich) replaces the periodic progress log lines.
+        With `progress_bar`, a live bar (rich) replaces the periodic progress log lines; with `tensorboard`,
+        event files go to <experiment>/tensorboard (needs tensorboardX).
         """
         self.config = config
         self.progress_bar = progress_bar
+        self.tensorboard = tensorboard
         self.device = resolve_device(device)
         self.act_device = self.device if act_device == "auto" else resolve_device(act_device)
         self.paths = ExperimentPaths.of(results_dir, config)
@@ -389,6 +392,11 @@ class _Run:
         self.stop_signal: int | None = None
         # The acting copy of the parameters and the key live on act_device (the same arrays when it is `device`).
         self.act_params, self.key = jax.device_put((state.params, state.key), trainer.act_device)
+        self.tb = None
+        if trainer.tensorboard:
+            from jaxrl_lander.tensorboard import TensorBoardLog
+
+            self.tb = TensorBoardLog(self.paths.root / "tensorboard", progress.timestep)
 
     def loop_seconds(self) -> float:
         return time.perf_counter() - self.t_start - self.eval_seconds
@@ -431,6 +439,8 @@ class _Run:
             return
         self.state = state
         self.act_params, self.key = jax.device_put((state.params, state.key), trainer.act_device)
+        if self.tb:
+            self.tb.update(p.timestep, jax.device_get(metrics), learning_rate_at(self.config, p.updates - 1))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("update %d at step %d: %s", p.updates, p.timestep, {k: float(v) for k, v in metrics.items()})
 
@@ -441,6 +451,8 @@ class _Run:
         p.evaluations.append({"timestep": p.timestep, "training_seconds": training_seconds, **summary})
         self.eval_seconds += time.perf_counter() - t_eval
         log.info("evaluation at step %d: %.1f over %d episodes", p.timestep, summary["mean"], summary["episodes"])
+        if self.tb:
+            self.tb.evaluation(p.timestep, summary["mean"])
 
     def loop(self) -> None:
         """Collect, update, record, evaluate and checkpoint until done, stopped by a signal, or failed."""
@@ -462,12 +474,16 @@ class _Run:
                 before, p.timestep = p.timestep, p.timestep + config.num_envs
                 for _, episode_return, length in outcome.episodes:
                     recorder.add_episode(p.timestep, episode_return, length)
+                    if self.tb:
+                        self.tb.episode(p.timestep, episode_return, length)
                 if buffer.full:
                     self.update(buffer, obs)
                     if self.failure:
                         break
                 if crossed(before, p.timestep, config.recording_interval):
-                    recorder.record(p.timestep, p.loss)
+                    record = recorder.record(p.timestep, p.loss)
+                    if self.tb:
+                        self.tb.record(record)
                     if bar:
                         bar.update(p.timestep, len(recorder.episodes), recorder.recent_reward_mean)
                 if config.eval_interval and crossed(before, p.timestep, config.eval_interval):
@@ -520,6 +536,10 @@ class _Run:
             t_eval = time.perf_counter()
             evaluation = trainer.evaluate(state.params, config.eval_episodes, keep_episodes=True)
             evaluation["seconds"] = time.perf_counter() - t_eval
+            if self.tb:
+                self.tb.evaluation(p.timestep, evaluation["mean"])
+        if self.tb:
+            self.tb.close()
 
         self.recorder.save(self.paths.metrics)
         results = build_results(

@@ -87,6 +87,12 @@ def learning_rate(config, gradient_steps_per_update: int) -> float | optax.Sched
     return optax.linear_schedule(config.learning_rate, 0.0, total_updates * gradient_steps_per_update)
 
 
+def learning_rate_at(config, update: int) -> float:
+    """The step size at the first gradient step of update number `update` (counting from 0)."""
+    schedule = learning_rate(config, 1)
+    return float(schedule(update)) if callable(schedule) else float(schedule)
+
+
 @partial(jax.jit, static_argnames=("policy", "tx", "obs_dim"))
 def init_state(policy: ActorCritic, tx: optax.GradientTransformation, key: jax.Array, obs_dim: int) -> TrainState:
     """Fresh parameters and optimiser state; compiled as one program rather than dozens of small ones."""
