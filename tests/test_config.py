@@ -15,6 +15,15 @@ def test_shipped_toml_equals_defaults(algo, cls):
     assert load_config(algo, CONFIGS / f"{algo}.toml") == cls()
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    import tomllib
+
+    algo = tomllib.loads(path.read_text())["algo"]
+    config = load_config(algo, path, {})
+    assert config.algo == algo and config.total_timesteps % config.checkpoint_interval == 0
+
+
 def test_seed_hyperparameters():
     ppo, a2c = PPOConfig(), A2CConfig()
     assert (ppo.learning_rate, ppo.rollout_size, ppo.batch_size, ppo.n_epochs) == (3e-4, 2048, 64, 10)
