@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import load_json
 from test_train_e2e import _validate
 
@@ -49,39 +48,39 @@ def assert_only_complete_files(exp: Path, template) -> list[str]:
     return leftovers
 
 
-# (kill point, the partial write it must leave). Checkpoints are saved asynchronously, so at any moment the
-# previous checkpoint may still be in flight and be left uncommitted too.
-POINTS = [
-    ("rollout:133", None),  # step 1,056: mid-rollout, between checkpoints
-    ("checkpoint:1000", "1000.orbax-checkpoint-tmp"),  # written to its temporary directory, not committed
-    ("json:6", ".tmp"),  # the 6th JSON write (metrics before the checkpoint of step 1,200), not renamed
-    ("model", "_model.orbax-checkpoint-tmp"),  # training done, the final model written but not committed
+# (kill point in that process, the partial write it must leave, the latest complete checkpoint afterwards).
+# Checkpoints are saved asynchronously, so when a kill lands between checkpoints the previous one may still be
+# in flight: it is then left uncommitted (and invisible), and the latest complete one is the one before.
+KILLS = [
+    ("rollout:133", None, {800, 1_000}),  # step 1,056: mid-rollout, between checkpoints
+    ("checkpoint:1400", "1400.orbax-checkpoint-tmp", {1_200}),  # written to its temporary directory only
+    ("json:3", ".tmp", {1_400, 1_600}),  # the process's 3rd JSON write (metrics before the checkpoint of 1,800)
+    ("model", "_model.orbax-checkpoint-tmp", {2_000}),  # training done, the final model written, not committed
 ]
 
 
-@pytest.mark.parametrize("point,leftover", POINTS, ids=[p for p, _ in POINTS])
-def test_sigkill_then_resume_gives_a_complete_valid_run(tmp_path, point, leftover):
+def test_sigkill_at_four_moments_then_resume_gives_a_complete_valid_run(tmp_path):
+    """One run killed four times in a row, each time resumed, at the moments that matter; then finished."""
     (tmp_path / "crash.toml").write_text(f"checkpoint_interval = {CHECKPOINT_EVERY}\neval_episodes = 2\n")
     config = make_config("a2c", {"seed": 7, "total_timesteps": STEPS, "checkpoint_interval": CHECKPOINT_EVERY,
                                  "eval_episodes": 2})
     exp = tmp_path / "results" / "experiments" / NAME
     template = Trainer(config, tmp_path / "scratch").initial_state()
 
-    killed = run(TRAIN, tmp_path, point)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    leftovers = assert_only_complete_files(exp, template)
-    assert leftover is None or any(leftover in name for name in leftovers), leftovers
-    latest = CheckpointStore(exp / "checkpoints").latest_step()
-    if point.startswith("checkpoint"):
-        assert latest == 800  # the uncommitted checkpoint is invisible
-    assert not (exp / f"{NAME}_results.json").exists()  # no run reached its results yet
+    for i, (point, leftover, latest) in enumerate(KILLS):
+        killed = run(TRAIN + (["--resume"] if i else []), tmp_path, point)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
+        leftovers = assert_only_complete_files(exp, template)
+        assert leftover is None or any(leftover in name for name in leftovers), (point, leftovers)
+        assert CheckpointStore(exp / "checkpoints").latest_step() in latest, point  # uncommitted = invisible
+        assert not (exp / f"{NAME}_results.json").exists()  # no process reached its results yet
 
     resumed = run([*TRAIN, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert assert_only_complete_files(exp, template) == []  # partial writes cleaned on resume
     results = load_json(exp / f"{NAME}_results.json")
     assert results["status"] == "completed" and results["timestep"] == STEPS
-    assert results["resumed_from_timestep"] == latest
+    assert results["resumed_from_timestep"] == STEPS  # the last process only wrote the model and results
     assert results["success_criteria"]["SC-005"]["passed"] is True
     assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in range(200, STEPS + 1, 200)]
     metrics = load_json(exp / f"{NAME}_metrics.json")
