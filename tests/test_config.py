@@ -73,3 +73,9 @@ def test_missing_file_and_unknown_algo():
         load_config("ppo", "does/not/exist.toml")
     with pytest.raises(ConfigError, match="unknown algorithm 'dqn'"):
         make_config("dqn")
+
+
+def test_readme_documents_every_config_field():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    fields = {f.name for cls in (PPOConfig, A2CConfig) for f in dataclasses.fields(cls)}
+    assert sorted(name for name in fields if f"| `{name}` |" not in readme) == []
