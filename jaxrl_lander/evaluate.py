@@ -11,6 +11,7 @@ import numpy as np
 from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.envs import finished_episodes, make_vector_env
 from jaxrl_lander.policy import ActorCritic, greedy_action
+from jaxrl_lander.recording import replaced_atomically
 
 MAX_PARALLEL_EPISODES = 64
 
@@ -119,7 +120,6 @@ def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | No
         env.close()
     frames = [f.reduce(scale) for f in frames] if scale > 1 else frames
     out = out or model.parent / f"{model.parent.name}_episode.gif"
-    tmp = out.with_name(f".{out.name}.tmp.gif")
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=1000 * frame_every // 50, loop=0)
-    tmp.replace(out)
+    with replaced_atomically(out) as tmp:
+        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=1000 * frame_every // 50, loop=0)
     return out, total

@@ -1,12 +1,11 @@
 """Learning-curve PNGs (matplotlib, from the `plot` extra): one experiment, several side by side, or a sweep."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from jaxrl_lander.recording import RECENT_EPISODES
+from jaxrl_lander.recording import RECENT_EPISODES, replaced_atomically
 
 
 def _pyplot():
@@ -20,10 +19,8 @@ def _pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Write the figure to a temporary file beside `path` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp)
     return path
 
 

@@ -3,11 +3,13 @@
 The recorder never touches device arrays: the training loop hands it plain Python numbers.
 """
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from collections import deque
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,29 @@ RECENT_EPISODES = 100  # the window of the rolling means, as Stable-Baselines3's
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# Every atomic write goes through a hidden temporary file beside its target, named ".<target name>...tmp...".
+def is_partial_write(path: Path) -> bool:
+    """Whether `path` is the temporary file of an atomic write that never finished (its process died)."""
+    return path.name.startswith(".") and ".tmp" in path.name and path.is_file()
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; rename it over `path` on success, delete it on failure.
+
+    The temporary keeps the target's suffix, for writers that choose the format by it (matplotlib, Pillow).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> None:

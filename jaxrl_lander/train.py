@@ -25,7 +25,7 @@ from jaxrl_lander.errors import ResumeError, TrainingFailed
 from jaxrl_lander.envs import eval_env_seed, make_vector_env, step_envs, train_env_seed
 from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
 from jaxrl_lander.policy import sample_action, state_value
-from jaxrl_lander.recording import MetricsRecorder, now_iso, write_json_atomic
+from jaxrl_lander.recording import MetricsRecorder, is_partial_write, now_iso, write_json_atomic
 from jaxrl_lander.rollout import RolloutBuffer
 
 log = logging.getLogger("jaxrl_lander")
@@ -276,7 +276,7 @@ class Trainer:
                 "to start afresh"
             ) from None
         recorder.truncate(step)
-        removed = remove_partial_writes(self.paths.root)
+        removed = remove_partial_writes(self.paths)
         if removed:
             log.info("removed %d partial write(s) left by a killed run: %s", len(removed), ", ".join(removed))
         log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
@@ -356,21 +356,20 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def remove_partial_writes(root: Path) -> list[str]:
-    """Delete what a killed process can leave half-written under an experiment: JSON temporaries and
-    uncommitted orbax directories (the final model's and the checkpoints'). Returns the removed paths."""
+def remove_partial_writes(paths: ExperimentPaths) -> list[str]:
+    """Delete what a killed process can leave half-written in an experiment: the temporary files of atomic
+    writes (JSON, PNG, GIF) and uncommitted orbax directories (the model's and the checkpoints').
+    Returns the removed paths, relative to the experiment directory."""
     removed = []
-    for directory in (root, root / "checkpoints"):
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.iterdir()):
-            if path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+    for directory in (paths.root, paths.checkpoints):
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if is_partial_write(path):
                 path.unlink()
             elif TMP_DIR_SUFFIX in path.name and path.is_dir():
                 shutil.rmtree(path)
             else:
                 continue
-            removed.append(str(path.relative_to(root)))
+            removed.append(str(path.relative_to(paths.root)))
     return removed
 
 

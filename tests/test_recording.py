@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from jaxrl_lander.recording import MetricsRecorder, write_json_atomic
+from jaxrl_lander.recording import MetricsRecorder, is_partial_write, replaced_atomically, write_json_atomic
 
 
 def _recorder():
@@ -67,6 +67,22 @@ def test_atomic_write_leaves_old_file_when_serialisation_fails(tmp_path):
         write_json_atomic(path, {"bad": float("nan")})  # NaN is not JSON
     assert json.loads(path.read_text()) == {"ok": 1}
     assert os.listdir(tmp_path) == ["r.json"]  # no temporary file left behind
+
+
+def test_replaced_atomically_and_partial_write_names(tmp_path):
+    path = tmp_path / "curve.png"
+    with replaced_atomically(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png"  # writers pick the format by the suffix
+        tmp.write_bytes(b"first")
+        assert is_partial_write(tmp)  # what a process killed right here would leave
+    assert path.read_bytes() == b"first"
+    with pytest.raises(RuntimeError), replaced_atomically(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert path.read_bytes() == b"first" and os.listdir(tmp_path) == ["curve.png"]
+    assert not is_partial_write(path)
+    (tmp_path / ".r.json.k2j4.tmp").write_text("{")  # write_json_atomic's temporary name
+    assert is_partial_write(tmp_path / ".r.json.k2j4.tmp")
 
 
 def test_plot_rolling_mean_matches_the_recorder():
