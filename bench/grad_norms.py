@@ -43,8 +43,11 @@ def main() -> int:
 
     results = json.loads(next(args.experiment.glob("*_results.json")).read_text())
     config = make_config(results["algorithm"], results["hyperparameters"], source="results JSON")
-    trainer = Trainer(config, tempfile.mkdtemp())
-    state, _ = CheckpointStore(args.experiment / "checkpoints").restore(args.step, trainer.initial_state())
+    with tempfile.TemporaryDirectory() as scratch:  # the Trainer's results directory; nothing is written there
+        trainer = Trainer(config, scratch)
+    store = CheckpointStore(args.experiment / "checkpoints")
+    state, _ = store.restore(args.step, trainer.initial_state())
+    store.close()
     params, learner = state.params, trainer.learner
     grad = jax.jit(jax.grad(loss_fn(config, learner)))
 
@@ -64,6 +67,7 @@ def main() -> int:
         g = grad(params, batch)["params"]
         actor.append(float(optax.global_norm(g["actor"])))
         critic.append(float(optax.global_norm(g["critic"])))
+    trainer.envs.close()
     actor, critic = np.array(actor), np.array(critic)
     total = np.hypot(actor, critic)
     print(f"{args.experiment.name} at step {args.step}, {args.rollouts} rollouts of {config.rollout_size}:")

@@ -44,7 +44,7 @@ def assert_only_complete_files(exp: Path, template) -> list[str]:
         assert meta["timestep"] == step
     store.close()
     leftovers = [p.name for d in (exp, exp / "checkpoints") if d.is_dir() for p in d.iterdir()
-                 if p.name.endswith(".tmp") or "orbax-checkpoint-tmp" in p.name]
+                 if ".tmp" in p.name or "orbax-checkpoint-tmp" in p.name]  # .x.json.tmp, .curve.png.tmp.png
     return leftovers
 
 
