@@ -10,6 +10,7 @@ checkpoint per 1,000 steps. Restoring unpacks with the structure of a freshly bu
 The final model keeps the ordinary parameter tree.
 """
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,23 @@ def unpack(packed: dict[str, np.ndarray], template):
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in rebuilt])
 
 
+def _silence_reads_left_in_flight() -> None:
+    """After a failed restore, drop the "Event loop is closed" reports of reads that were still running.
+
+    Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop is closed while the
+    others are in flight, and each of them then reports RuntimeError("Event loop is closed") as an unraisable
+    exception: a traceback on stderr after the caller has reported the real error. Anything else still goes to
+    the previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _to_tree(state: TrainState) -> dict[str, Any]:
     # A typed PRNG key is stored as its raw uint32 data.
     return {"state": pack((state.params, state.opt_state)), "key": np.asarray(jax.random.key_data(state.key))}
@@ -75,9 +93,13 @@ class CheckpointStore:
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The state saved at `step`, shaped like `template` (a freshly initialised state of the same config)."""
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
-        )
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
+            )
+        except Exception:
+            _silence_reads_left_in_flight()
+            raise
         tree = restored.state
         params, opt_state = unpack(tree["state"], (template.params, template.opt_state))
         key = jax.random.wrap_key_data(jnp.asarray(tree["key"], jnp.uint32))

@@ -1,5 +1,7 @@
 """Orbax round trips: a restored state and a saved model act exactly as the originals."""
 
+import sys
+import types
 from functools import partial
 
 import jax
@@ -81,3 +83,24 @@ def test_restore_into_another_architecture_is_refused(tmp_path):
     template = init_state(policy=wider.policy, tx=wider.tx, key=jax.random.key(0), obs_dim=8)
     with pytest.raises(ValueError, match="does not match the structure"):
         CheckpointStore(tmp_path / "ckpt").restore(1000, template)
+
+
+def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypatch):
+    # When orbax fails to read a checkpoint, reads still in flight report "Event loop is closed" as unraisable
+    # exceptions, which must not reach stderr after the real error; any other report still must. (The end-to-end
+    # case, a resume from truncated arrays giving exactly one error line, is in test_cli.py.)
+    _, state = _state()
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    store = CheckpointStore(tmp_path / "ckpt")
+
+    def failing_restore(*args, **kwargs):
+        raise ValueError("OUT_OF_RANGE: Error reading")
+
+    monkeypatch.setattr(store.manager, "restore", failing_restore)
+    with pytest.raises(ValueError, match="OUT_OF_RANGE"):
+        store.restore(1000, state)
+    for message in ("Event loop is closed", "something else"):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError(message),
+                                                 exc_traceback=None, err_msg=None, object=None))
+    assert seen == ["something else"]
