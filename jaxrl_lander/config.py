@@ -47,6 +47,8 @@ class RunConfig:
     """Weight of the value loss."""
     max_grad_norm: float = 0.5
     """Gradients are clipped to this global norm."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (the PyTorch/SB3 value): PPO, and A2C with optimizer = "adam"."""
     normalize_advantage: bool = True
     """Standardise advantages (per minibatch for PPO, per rollout for A2C)."""
     hidden_size: int = 64
@@ -102,6 +104,8 @@ class RunConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+        if not self.adam_eps > 0.0:
+            raise ConfigError(f"adam_eps must be > 0, got {self.adam_eps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +123,6 @@ class PPOConfig(RunConfig):
     """Passes over each rollout."""
     clip_range: float = 0.2
     """PPO ratio clipping."""
-    adam_eps: float = 1e-5
-    """Adam epsilon (PyTorch/SB3 value)."""
 
     @property
     def num_minibatches(self) -> int:
@@ -138,8 +140,9 @@ class PPOConfig(RunConfig):
             )
         if not self.clip_range > 0.0:
             raise ConfigError(f"clip_range must be > 0, got {self.clip_range}")
-        if not self.adam_eps > 0.0:
-            raise ConfigError(f"adam_eps must be > 0, got {self.adam_eps}")
+
+
+A2C_OPTIMIZERS = ("rmsprop", "adam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +154,8 @@ class A2CConfig(RunConfig):
     learning_rate: float = 7e-4
     gae_lambda: float = 1.0
     ent_coef: float = 0.0
+    optimizer: str = "rmsprop"
+    """"rmsprop" (PyTorch-style, Stable-Baselines3's A2C default) or "adam" (SB3's use_rms_prop=False)."""
     rms_decay: float = 0.99
     """RMSprop smoothing constant (PyTorch's alpha)."""
     rms_eps: float = 1e-5
@@ -158,6 +163,8 @@ class A2CConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.optimizer not in A2C_OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(A2C_OPTIMIZERS)}, got '{self.optimizer}'")
         if not 0.0 <= self.rms_decay < 1.0:
             raise ConfigError(f"rms_decay must lie in [0, 1), got {self.rms_decay}")
         if not self.rms_eps > 0.0:

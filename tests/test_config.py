@@ -31,7 +31,7 @@ def test_seed_hyperparameters():
     assert (ppo.vf_coef, ppo.max_grad_norm, ppo.adam_eps, ppo.num_minibatches) == (0.5, 0.5, 1e-5, 32)
     assert (a2c.learning_rate, a2c.n_steps, a2c.gamma, a2c.gae_lambda, a2c.normalize_advantage) == (
         7e-4, 5, 0.99, 1.0, True)
-    assert (a2c.rms_decay, a2c.rms_eps, a2c.ent_coef, a2c.vf_coef) == (0.99, 1e-5, 0.0, 0.5)
+    assert (a2c.optimizer, a2c.rms_decay, a2c.rms_eps, a2c.ent_coef, a2c.vf_coef) == ("rmsprop", 0.99, 1e-5, 0.0, 0.5)
     assert ppo.total_timesteps == a2c.total_timesteps == 50_000 and ppo.checkpoint_interval == 1000
 
 
@@ -66,6 +66,14 @@ def test_bad_files_give_one_named_error(tmp_path, toml, message):
     with pytest.raises(ConfigError) as err:
         load_config("ppo", path)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a2c_optimizer_must_be_known():
+    assert make_config("a2c", {"optimizer": "adam"}).optimizer == "adam"
+    with pytest.raises(ConfigError, match="optimizer must be one of rmsprop, adam, got 'sgd'"):
+        make_config("a2c", {"optimizer": "sgd"})
+    with pytest.raises(ConfigError, match="unknown config key 'optimizer'"):
+        make_config("ppo", {"optimizer": "adam"})
 
 
 def test_missing_file_and_unknown_algo():

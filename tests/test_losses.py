@@ -107,6 +107,26 @@ def test_a2c_rmsprop_matches_pytorch_update_rule():
     np.testing.assert_allclose(params["w"], p, rtol=1e-5)
 
 
+def test_a2c_adam_matches_hand_computed_steps():
+    # Adam with bias correction: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+    # step = -lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+    config = make_config("a2c", {"optimizer": "adam", "learning_rate": 1e-3, "adam_eps": 1e-8,
+                                 "max_grad_norm": 1e9})
+    tx = a2c.make_optimizer(config)
+    params = {"w": jnp.array([1.0, -2.0])}
+    state = tx.init(params)
+    m = v = np.zeros(2)
+    p = np.array([1.0, -2.0])
+    for t, g in enumerate(([0.5, -1.0], [0.1, 0.3], [-0.2, 0.0]), start=1):
+        g = np.array(g)
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = jax.tree.map(lambda a, u: a + u, params, updates)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g**2
+        p = p - 1e-3 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(params["w"], p, rtol=1e-5)
+
+
 def test_gradient_clipping_is_by_global_norm():
     # Gradient (3, 4) has global norm 5: scaled as a whole to (0.6, 0.8), not clipped leaf by leaf to (1, 1).
     # With RMSprop eps = 1 the first update is -lr * g / (sqrt(0.01 g^2) + 1), which shows the clipped g.

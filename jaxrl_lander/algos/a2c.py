@@ -1,4 +1,4 @@
-"""A2C: one gradient step of the advantage actor-critic loss per rollout, RMSprop as in PyTorch."""
+"""A2C: one gradient step of the advantage actor-critic loss per rollout; RMSprop as in PyTorch, or Adam."""
 
 import chex
 import flax.struct
@@ -34,11 +34,13 @@ class HParams:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    # PyTorch's RMSprop: nu starts at 0, and eps is added to sqrt(nu), not inside it.
-    return optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm),
-        optax.rmsprop(learning_rate(config, 1), decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False),
-    )
+    step_size = learning_rate(config, 1)
+    if config.optimizer == "adam":
+        inner = optax.adam(step_size, eps=config.adam_eps)
+    else:
+        # PyTorch's RMSprop: nu starts at 0, and eps is added to sqrt(nu), not inside it.
+        inner = optax.rmsprop(step_size, decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), inner)
 
 
 def static_args(config) -> dict:
