@@ -10,22 +10,18 @@ max_grad_norm, and the median factor clipping scales the step by.
 """
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 
+from checkpoints import restore_checkpoint
 from jaxrl_lander.algos import a2c, ppo
 from jaxrl_lander.algos.common import make_batch
-from jaxrl_lander.checkpoint import CheckpointStore
-from jaxrl_lander.config import make_config
 from jaxrl_lander.envs import step_envs
 from jaxrl_lander.rollout import RolloutBuffer
-from jaxrl_lander.train import Trainer
 
 
 def loss_fn(config, learner):
@@ -41,13 +37,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=123, help="env and action-sampling seed of the probe")
     args = parser.parse_args()
 
-    results = json.loads(next(args.experiment.glob("*_results.json")).read_text())
-    config = make_config(results["algorithm"], results["hyperparameters"], source="results JSON")
-    with tempfile.TemporaryDirectory() as scratch:  # the Trainer's results directory; nothing is written there
-        trainer = Trainer(config, scratch)
-    store = CheckpointStore(args.experiment / "checkpoints")
-    state, _ = store.restore(args.step, trainer.initial_state())
-    store.close()
+    config, trainer, _, state = restore_checkpoint(args.experiment, args.step)
     params, learner = state.params, trainer.learner
     grad = jax.jit(jax.grad(loss_fn(config, learner)))
 
