@@ -36,7 +36,11 @@ def main() -> int:
             print(f"{experiment.name}: no evaluations during training (eval_interval = 0)", file=sys.stderr)
             return 2
         best = max(evaluations, key=lambda e: e["mean"])
-        config, trainer, _, state = restore_checkpoint(experiment, best["timestep"])
+        if not (experiment / "checkpoints" / str(best["timestep"])).is_dir():
+            print(f"{experiment.name}: no checkpoint at step {best['timestep']}, the best evaluation (eval_interval "
+                  "must be a multiple of checkpoint_interval, with all checkpoints kept)", file=sys.stderr)
+            return 2
+        config, trainer, state = restore_checkpoint(experiment, best["timestep"])
         trainer.envs.close()
         act = greedy_policy(trainer.learner.policy, state.params)
         returns = [e["return"] for e in run_episodes(act, config.env_id, args.episodes, FRESH_SEED)]

@@ -9,8 +9,8 @@ from jaxrl_lander.config import RunConfig, make_config
 from jaxrl_lander.train import Trainer
 
 
-def restore_checkpoint(experiment: Path, step: int) -> tuple[RunConfig, Trainer, dict, object]:
-    """(config, trainer, results JSON, train state at `step`); the caller closes trainer.envs."""
+def restore_checkpoint(experiment: Path, step: int) -> tuple[RunConfig, Trainer, object]:
+    """(config, trainer, train state at `step`); the caller closes trainer.envs."""
     results = json.loads(next(experiment.glob("*_results.json")).read_text())
     config = make_config(results["algorithm"], results["hyperparameters"], source="results JSON")
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer's results directory; nothing is written there
@@ -20,4 +20,4 @@ def restore_checkpoint(experiment: Path, step: int) -> tuple[RunConfig, Trainer,
         state, _ = store.restore(step, trainer.initial_state())
     finally:
         store.close()
-    return config, trainer, results, state
+    return config, trainer, state

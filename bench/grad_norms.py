@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=123, help="env and action-sampling seed of the probe")
     args = parser.parse_args()
 
-    config, trainer, _, state = restore_checkpoint(args.experiment, args.step)
+    config, trainer, state = restore_checkpoint(args.experiment, args.step)
     params, learner = state.params, trainer.learner
     grad = jax.jit(jax.grad(loss_fn(config, learner)))
 
