@@ -10,6 +10,7 @@ checkpoint per 1,000 steps. Restoring unpacks with the structure of a freshly bu
 The final model keeps the ordinary parameter tree.
 """
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrl_lander.algos.common import TrainState
+from jaxrl_lander.errors import UnreadableModel, first_line
 
 
 def pack(tree) -> dict[str, np.ndarray]:
@@ -47,21 +49,27 @@ def unpack(packed: dict[str, np.ndarray], template):
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in rebuilt])
 
 
-def _silence_reads_left_in_flight() -> None:
-    """After a failed restore, drop the "Event loop is closed" reports of reads that were still running.
+@contextlib.contextmanager
+def _orbax_read():
+    """Around every orbax restore: if it fails, drop the "Event loop is closed" reports of reads still running.
 
     Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop is closed while the
     others are in flight, and each of them then reports RuntimeError("Event loop is closed") as an unraisable
     exception: a traceback on stderr after the caller has reported the real error. Anything else still goes to
     the previous hook.
     """
-    previous = sys.unraisablehook
+    try:
+        yield
+    except Exception:
+        previous = sys.unraisablehook
 
-    def hook(unraisable) -> None:
-        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-            previous(unraisable)
+        def hook(unraisable) -> None:
+            if not (isinstance(unraisable.exc_value, RuntimeError)
+                    and str(unraisable.exc_value) == "Event loop is closed"):
+                previous(unraisable)
 
-    sys.unraisablehook = hook
+        sys.unraisablehook = hook
+        raise
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:
@@ -93,13 +101,10 @@ class CheckpointStore:
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The state saved at `step`, shaped like `template` (a freshly initialised state of the same config)."""
-        try:
+        with _orbax_read():
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
             )
-        except Exception:
-            _silence_reads_left_in_flight()
-            raise
         tree = restored.state
         params, opt_state = unpack(tree["state"], (template.params, template.opt_state))
         key = jax.random.wrap_key_data(jnp.asarray(tree["key"], jnp.uint32))
@@ -125,10 +130,13 @@ def save_model(path: str | Path, params, policy_spec: dict[str, Any]) -> None:
 
 
 def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """(params, policy_spec) from a directory written by save_model."""
+    """(params, policy_spec) from a directory written by save_model; UnreadableModel if it cannot be read."""
     path = Path(path).absolute()
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(
-            path, args=ocp.args.Composite(params=ocp.args.StandardRestore(), policy=ocp.args.JsonRestore())
-        )
+    try:
+        with _orbax_read(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            restored = checkpointer.restore(
+                path, args=ocp.args.Composite(params=ocp.args.StandardRestore(), policy=ocp.args.JsonRestore())
+            )
+    except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
+        raise UnreadableModel(f"model {path} is unreadable ({first_line(exc)})") from None
     return restored.params, dict(restored.policy)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from jaxrl_lander.config import CONFIG_CLASSES, ConfigError, load_config
-from jaxrl_lander.errors import ResumeError, TrainingFailed
+from jaxrl_lander.errors import ResumeError, TrainingFailed, UnreadableModel
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "plot": _plot, "evaluate": _evaluate}
         command = commands[args.command]
         return command(args)
-    except (ConfigError, ResumeError, FileNotFoundError) as exc:  # refused before anything was written
+    except (ConfigError, ResumeError, UnreadableModel, FileNotFoundError) as exc:  # refused before anything was written
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_USAGE
     except TrainingFailed as exc:

@@ -21,7 +21,7 @@ from orbax.checkpoint.utils import TMP_DIR_SUFFIX
 from jaxrl_lander.algos.common import TrainState, init_state, learning_rate_at, make_learner
 from jaxrl_lander.checkpoint import CheckpointStore, save_model
 from jaxrl_lander.config import ConfigError, RunConfig
-from jaxrl_lander.errors import ResumeError, TrainingFailed
+from jaxrl_lander.errors import ResumeError, TrainingFailed, first_line
 from jaxrl_lander.envs import eval_env_seed, make_vector_env, step_envs, train_env_seed
 from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
 from jaxrl_lander.policy import sample_action, state_value
@@ -264,7 +264,7 @@ class Trainer:
             state, meta = store.restore(step, self.initial_state())
         except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
             raise ResumeError(
-                f"checkpoint {store.directory / str(step)} is unreadable ({_first_line(exc)}); "
+                f"checkpoint {store.directory / str(step)} is unreadable ({first_line(exc)}); "
                 "delete that directory to resume from the checkpoint before it"
             ) from None
         self._check_resumable_config(meta["config"])
@@ -272,7 +272,7 @@ class Trainer:
             recorder = MetricsRecorder.load(self.paths.metrics)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ResumeError(
-                f"metrics file {self.paths.metrics} is unreadable ({_first_line(exc)}); train without --resume "
+                f"metrics file {self.paths.metrics} is unreadable ({first_line(exc)}); train without --resume "
                 "to start afresh"
             ) from None
         recorder.truncate(step)
@@ -331,7 +331,7 @@ class Trainer:
             with open(self.paths.results) as f:
                 return json.load(f)
         except (OSError, ValueError) as exc:
-            raise ResumeError(f"results file {self.paths.results} is unreadable ({_first_line(exc)})") from None
+            raise ResumeError(f"results file {self.paths.results} is unreadable ({first_line(exc)})") from None
 
     # ---------------------------------------------------------------- the loop
     def train(self, resume: bool = False) -> dict[str, Any]:
@@ -349,11 +349,6 @@ class Trainer:
             run = _Run(self, state, recorder, progress, store)
             run.loop()
             return run.finish()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def remove_partial_writes(paths: ExperimentPaths) -> list[str]:

@@ -34,6 +34,12 @@ def _truncate_checkpoint_arrays(root):
             f.write_bytes(f.read_bytes()[:10])
 
 
+def _truncate_model_arrays(root):
+    for f in (root / EXP / "a2c_seed42_model/params").rglob("d/*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[:10])
+
+
 def _corrupt(name, text):
     return lambda root: (root / EXP / name).write_text(text)
 
@@ -63,6 +69,7 @@ BAD = [
     (RESUME, "checkpoints/400 is unreadable", _corrupt_checkpoint_metadata),
     (RESUME, "checkpoints/400 is unreadable", _delete_checkpoint_state),
     (RESUME, "checkpoints/400 is unreadable", _truncate_checkpoint_arrays),
+    (["evaluate", EXP], "a2c_seed42_model is unreadable", _truncate_model_arrays),
     (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt("a2c_seed42_metrics.json", '{"records": [')),
     (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt("a2c_seed42_metrics.json", "{}")),
     (RESUME, "a2c_seed42_results.json is unreadable", _corrupt("a2c_seed42_results.json", "")),
