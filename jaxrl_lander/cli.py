@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
                        help="where the update runs (auto: JAX's default device)")
     train.add_argument("--act-device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
-                       help="where the per-step action sampling runs (auto: the same as --device)")
+                       help="where the per-step action sampling runs (auto: the host CPU)")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard event files to <experiment>/tensorboard (needs tensorboardX)")
     sub.add_parser("reproduce", parents=[run_options], formatter_class=defaults,

@@ -134,6 +134,20 @@ def resolve_device(name: str) -> jax.Device:
         raise ConfigError(f"no {name.upper()} is visible to JAX on this machine") from None
 
 
+def resolve_act_device(name: str, update_device: jax.Device) -> jax.Device:
+    """'auto' is the host CPU (the update's device where JAX was told to hide the CPU); else as resolve_device.
+
+    Sampling a few actions per step is launch- and transfer-bound: on an H200 the host CPU ran it faster than
+    the GPU did (README, "On a GPU"); on a CPU-only machine it is the update's own device.
+    """
+    if name != "auto":
+        return resolve_device(name)
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return update_device
+
+
 def device_info(update_device: jax.Device, act_device: jax.Device) -> dict[str, str]:
     return {
         "platform": update_device.platform,
@@ -223,7 +237,7 @@ class Trainer:
         progress_bar: bool = False,
         tensorboard: bool = False,
     ):
-        """`device` runs the update (and, by default, everything); `act_device` the per-step action sampling.
+        """`device` runs the update; `act_device` the per-step action sampling (by default the host CPU).
 
         With `progress_bar`, a live bar (rich) replaces the periodic progress log lines; with `tensorboard`,
         event files go to <experiment>/tensorboard (needs tensorboardX).
@@ -232,7 +246,7 @@ class Trainer:
         self.progress_bar = progress_bar
         self.tensorboard = tensorboard
         self.device = resolve_device(device)
-        self.act_device = self.device if act_device == "auto" else resolve_device(act_device)
+        self.act_device = resolve_act_device(act_device, self.device)
         self.paths = ExperimentPaths.of(results_dir, config)
         self.keys = RunKeys.from_seed(config.seed)
         self.envs = make_vector_env(config.env_id, config.num_envs)

@@ -142,6 +142,14 @@ def test_missing_gpu_is_a_usage_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_action_sampling_defaults_to_the_host_cpu():
+    from jaxrl_lander.train import resolve_act_device
+
+    accelerator = object()  # stands in for the update's device; "auto" must not follow it
+    assert resolve_act_device("auto", accelerator) == jax.devices("cpu")[0]
+    assert resolve_act_device("cpu", accelerator) == jax.devices("cpu")[0]
+
+
 def test_reproduce_records_sc004(tmp_path):
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
     proc = run_cli("reproduce", "--algo", "ppo", "--steps", "600", "--config", "tiny.toml", cwd=tmp_path)

@@ -59,6 +59,7 @@ def test_outputs_match_their_schemas_and_values(short_runs, algo):
     assert results["updates"] == SHORT_STEPS // config.rollout_size
     assert results["hyperparameters"] == config.to_dict()
     assert results["device"]["platform"] == jax.devices()[0].platform
+    assert results["device"]["act_device"] == str(jax.devices("cpu")[0])  # acting defaults to the host CPU
     assert results["steps_per_second"] > 0 and results["training_time_seconds"] > 0
     # A record each time the step count crosses a multiple of 100; the reward is the rolling mean.
     assert len(metrics["records"]) == SHORT_STEPS // 100
