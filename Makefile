@@ -45,7 +45,7 @@ plot: $(STAMP)
 	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)
 
 eval: $(STAMP)
-	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES) $(if $(filter 1 yes true,$(RENDER)),--render)
+	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES) $(if $(filter 1 yes true,$(SAMPLE)),--sample) $(if $(filter 1 yes true,$(RENDER)),--render)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=_int_arg("episodes", 1), default=10, help="episodes to play")
     evaluate.add_argument("--seed", type=_int_arg("seed", 0), default=None,
                           help="seed of the first episode (default: the experiment's evaluation seeds)")
+    evaluate.add_argument("--sample", action="store_true",
+                          help="draw actions from the policy (a key seeded by --seed) instead of taking the argmax")
     evaluate.add_argument("--render", action="store_true",
                           help="also save one episode as <experiment>/<name>_episode.gif")
     return parser
@@ -216,12 +218,12 @@ def _sweep(args) -> int:
 def _evaluate(args) -> int:
     from jaxrl_lander.evaluate import evaluate_experiment
 
-    summary = evaluate_experiment(args.experiment, args.episodes, args.seed)
+    summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)
     print(json.dumps({k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}))
     if args.render:
         from jaxrl_lander.evaluate import render_episode_gif
 
-        gif, episode_return = render_episode_gif(args.experiment, seed=args.seed)
+        gif, episode_return = render_episode_gif(args.experiment, seed=args.seed, sample=args.sample)
         print(f"rendered one episode (return {episode_return:.1f}) to {gif}")
     return 0
 

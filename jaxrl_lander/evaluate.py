@@ -1,4 +1,5 @@
-"""Deterministic evaluation episodes, and load_policy: the public way to use a trained agent."""
+"""Evaluation episodes (deterministic, or sampled with a seeded key), and load_policy: the public way to use a
+trained agent."""
 
 import functools
 from collections.abc import Callable
@@ -10,7 +11,7 @@ import numpy as np
 
 from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.envs import finished_episodes, make_vector_env
-from jaxrl_lander.policy import ActorCritic, greedy_action
+from jaxrl_lander.policy import ActorCritic, greedy_action, sample_action
 from jaxrl_lander.recording import replaced_atomically
 
 MAX_PARALLEL_EPISODES = 64
@@ -61,6 +62,24 @@ def greedy_policy(policy: ActorCritic, params) -> Callable[[np.ndarray], np.ndar
     return lambda obs: np.asarray(act(params, np.asarray(obs, dtype=np.float32)))
 
 
+@functools.cache
+def _compiled_sample(policy: ActorCritic):
+    return jax.jit(partial(sample_action, policy))
+
+
+def sampling_policy(policy: ActorCritic, params, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Host callable: observations (N, obs_dim) -> actions (N,) drawn from the policy, from jax.random.key(seed);
+    the same seed and observations give the same actions."""
+    act, key = _compiled_sample(policy), jax.random.key(seed)
+
+    def sample(obs: np.ndarray) -> np.ndarray:
+        nonlocal key
+        actions, key = act(params, np.asarray(obs, dtype=np.float32), key)
+        return np.asarray(actions)
+
+    return sample
+
+
 def model_path(path: str | Path) -> Path:
     """Accept either a model directory or an experiment directory holding exactly one *_model."""
     path = Path(path)
@@ -72,16 +91,21 @@ def model_path(path: str | Path) -> Path:
     return candidates[0]
 
 
-def _load_agent(path: str | Path, seed: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], dict, int, Path]:
-    """(greedy act, model spec, first evaluation seed, model dir); the seed defaults to the run's evaluation seeds."""
+def _load_agent(path: str | Path, seed: int | None, sample: bool = False
+                ) -> tuple[Callable[[np.ndarray], np.ndarray], dict, int, Path]:
+    """(act, model spec, first evaluation seed, model dir); the seed defaults to the run's evaluation seeds.
+
+    `act` is the greedy policy, or with `sample` the policy's own distribution, its key seeded by the same seed.
+    """
     from jaxrl_lander.envs import eval_env_seed
     from jaxrl_lander.train import RunKeys
 
     model = model_path(path)
     params, spec = load_model(model)
-    act = greedy_policy(ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"]), params)
     if seed is None:
         seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
+    policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
+    act = sampling_policy(policy, params, seed) if sample else greedy_policy(policy, params)
     return act, spec, seed, model
 
 
@@ -90,20 +114,22 @@ def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     return _load_agent(path, seed=0)[0]  # any seed: only the policy is used
 
 
-def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = None) -> dict:
-    """Evaluate an experiment's final model; by default on the seeds its training run evaluated on."""
-    act, spec, seed, _ = _load_agent(path, seed)
+def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = None, sample: bool = False) -> dict:
+    """Evaluate an experiment's final model; by default on the seeds its training run evaluated on, and
+    deterministically (argmax); with `sample`, actions are drawn from the policy instead."""
+    act, spec, seed, _ = _load_agent(path, seed, sample)
     return summarize(run_episodes(act, spec["env_id"], num_episodes, seed))
 
 
-def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None,
+def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None, sample: bool = False,
                        max_steps: int = 1000, frame_every: int = 2, scale: int = 2) -> tuple[Path, float]:
-    """Play one deterministic episode with rgb_array rendering and save it as an animated GIF (needs Pillow,
-    which the `plot` extra brings). Every `frame_every`-th frame is kept, downscaled by `scale`."""
+    """Play one episode (greedy, or sampled as evaluate_experiment) with rgb_array rendering and save it as an
+    animated GIF (needs Pillow, which the `plot` extra brings). Every `frame_every`-th frame is kept,
+    downscaled by `scale`."""
     import gymnasium as gym
     from PIL import Image
 
-    act, spec, seed, model = _load_agent(path, seed)
+    act, spec, seed, model = _load_agent(path, seed, sample)
     env = gym.make(spec["env_id"], render_mode="rgb_array", max_episode_steps=max_steps)
     frames, total = [], 0.0
     try:

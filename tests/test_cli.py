@@ -1,5 +1,6 @@
 """The command line: bad input gives one line and exit 2 and changes nothing; a tiny real run succeeds."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -127,6 +128,11 @@ def test_tiny_run_through_the_cli(tmp_path):
     proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"episodes": 2' in proc.stdout
+    greedy = json.loads(proc.stdout)
+    proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", "--sample", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sampled = json.loads(proc.stdout)
+    assert sampled["episodes"] == 2 and sampled["mean"] != greedy["mean"]
     proc = run_cli("plot", "results/experiments/a2c_seed3", "results/experiments/a2c_seed3", "--out", "cmp.png",
                    cwd=tmp_path)
     assert proc.returncode == 0 and (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"

@@ -83,6 +83,10 @@ def test_evaluation_is_deterministic_on_fresh_seeds(short_runs, algo):
     assert ev["mean"] == pytest.approx(np.mean(ev["returns"]))
     again = evaluate_experiment(trainer.paths.root, 3)
     assert again["returns"] == ev["returns"]  # the same greedy policy on the same seeds
+    sampled = evaluate_experiment(trainer.paths.root, 3, sample=True)
+    assert sampled["seeds"] == ev["seeds"]
+    assert sampled["returns"] == evaluate_experiment(trainer.paths.root, 3, sample=True)["returns"]  # seeded key
+    assert sampled["returns"] != ev["returns"]  # a barely trained policy is far from deterministic
 
 
 @pytest.mark.parametrize("algo", ALGOS)
