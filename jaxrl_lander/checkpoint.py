@@ -49,27 +49,34 @@ def unpack(packed: dict[str, np.ndarray], template):
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in rebuilt])
 
 
+def _is_closed_loop_report(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
 @contextlib.contextmanager
 def _orbax_read():
     """Around every orbax restore: if it fails, drop the "Event loop is closed" reports of reads still running.
 
     Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop is closed while the
-    others are in flight, and each of them then reports RuntimeError("Event loop is closed") as an unraisable
-    exception: a traceback on stderr after the caller has reported the real error. Anything else still goes to
-    the previous hook.
+    others are in flight, and each of them then reports RuntimeError("Event loop is closed") from a reader
+    thread: through sys.unraisablehook, or printed through sys.excepthook, a traceback on stderr around the
+    caller's own one-line error. The filters go in before the read, since the first report can come before
+    the failure reaches us, and stay after a failure, since the others come later; after a successful read the
+    previous hooks come back. Anything else still goes to the previous hooks.
     """
-    try:
-        yield
-    except Exception:
-        previous = sys.unraisablehook
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-        def hook(unraisable) -> None:
-            if not (isinstance(unraisable.exc_value, RuntimeError)
-                    and str(unraisable.exc_value) == "Event loop is closed"):
-                previous(unraisable)
+    def unraisable_hook(unraisable) -> None:
+        if not _is_closed_loop_report(unraisable.exc_value):
+            previous_unraisable(unraisable)
 
-        sys.unraisablehook = hook
-        raise
+    def except_hook(exc_type, exc, tb) -> None:
+        if not _is_closed_loop_report(exc):
+            previous_except(exc_type, exc, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+    yield  # an exception propagates from here and leaves the filters in place
+    sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:

@@ -9,12 +9,12 @@ class UnreadableModel(RuntimeError):
     """A trained model directory exists but cannot be loaded; the message names it."""
 
 
+class ResumeError(RuntimeError):
+    """An experiment on disk cannot be resumed (an unreadable checkpoint, metrics or results file); the message
+    names the file. Raised before anything is written."""
+
+
 def first_line(exc: BaseException) -> str:
     """The exception's type and the first line of its message: enough for a one-line error."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
-class ResumeError(RuntimeError):
-    """An experiment on disk cannot be resumed (an unreadable checkpoint, metrics or results file); the message
-    names the file. Raised before anything is written."""

@@ -51,26 +51,21 @@ def summarize(episodes: list[dict]) -> dict:
 
 
 @functools.cache
-def _compiled_greedy(policy: ActorCritic):
-    # One jitted function per network, so repeated evaluations during training never retrace.
-    return jax.jit(partial(greedy_action, policy))
+def _compiled(action_fn: Callable, policy: ActorCritic):
+    # One jitted function per action rule and network, so repeated evaluations during training never retrace.
+    return jax.jit(partial(action_fn, policy))
 
 
 def greedy_policy(policy: ActorCritic, params) -> Callable[[np.ndarray], np.ndarray]:
     """Host callable: observations (N, obs_dim) -> argmax actions (N,) as numpy int32."""
-    act = _compiled_greedy(policy)
+    act = _compiled(greedy_action, policy)
     return lambda obs: np.asarray(act(params, np.asarray(obs, dtype=np.float32)))
-
-
-@functools.cache
-def _compiled_sample(policy: ActorCritic):
-    return jax.jit(partial(sample_action, policy))
 
 
 def sampling_policy(policy: ActorCritic, params, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     """Host callable: observations (N, obs_dim) -> actions (N,) drawn from the policy, from jax.random.key(seed);
     the same seed and observations give the same actions."""
-    act, key = _compiled_sample(policy), jax.random.key(seed)
+    act, key = _compiled(sample_action, policy), jax.random.key(seed)
 
     def sample(obs: np.ndarray) -> np.ndarray:
         nonlocal key

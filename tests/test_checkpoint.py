@@ -90,8 +90,9 @@ def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypa
     # exceptions, which must not reach stderr after the real error; any other report still must. (The end-to-end
     # case, a resume from truncated arrays giving exactly one error line, is in test_cli.py.)
     _, state = _state()
-    seen = []
+    seen, printed = [], []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    monkeypatch.setattr(sys, "excepthook", lambda t, e, tb: printed.append(str(e)))  # reader threads print too
     store = CheckpointStore(tmp_path / "ckpt")
 
     def failing_restore(*args, **kwargs):
@@ -104,3 +105,17 @@ def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypa
         sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError(message),
                                                  exc_traceback=None, err_msg=None, object=None))
     assert seen == ["something else"]
+    for message in ("Event loop is closed", "something else"):
+        sys.excepthook(RuntimeError, RuntimeError(message), None)
+    assert printed == ["something else"]
+
+
+def test_successful_read_restores_the_hooks(tmp_path):
+    _, state = _state()
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.save(1000, state, {"timestep": 1000})
+    store.wait()
+    hooks = (sys.unraisablehook, sys.excepthook)
+    store.restore(1000, state)
+    store.close()
+    assert (sys.unraisablehook, sys.excepthook) == hooks
