@@ -62,7 +62,7 @@ bench-solve: $(STAMP) $(BENCH_VENV)/.installed
 	$(PY) bench/solve.py
 
 parity: $(STAMP) $(BENCH_VENV)/.installed
-	$(PY) bench/parity.py --seeds $(SEEDS)
+	$(PY) bench/parity.py --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG))
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) *.egg-info .pytest_cache

@@ -2,6 +2,8 @@
 
 Prints one JSON line: {"algo", "steps", "learn_seconds", "steps_per_second", "checkpoints"}, and with
 --eval-episodes N also "evaluation": the returns of N deterministic episodes, episode j seeded eval_seed + j.
+--hyperparameters takes the keyword arguments of SB3's PPO or A2C as JSON instead of the seed document's
+(bench/parity.py writes them from a jaxrl_lander config); "linear_lr": true there decays learning_rate to 0.
 """
 
 import argparse
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--eval-episodes", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=2**31)
+    parser.add_argument("--hyperparameters", type=json.loads, default=None,
+                        help="JSON keyword arguments for the SB3 class, replacing the seed's hyperparameters")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="PyTorch intra-op threads; 1 was as fast as 2 here, and does not fight a second job")
     args = parser.parse_args()
@@ -40,7 +44,11 @@ def main() -> None:
 
     env = make_vec_env("LunarLander-v3", n_envs=args.num_envs, seed=args.seed)
     cls = {"ppo": PPO, "a2c": A2C}[args.algo]
-    model = cls("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0, **HYPERPARAMETERS[args.algo])
+    kwargs = dict(args.hyperparameters if args.hyperparameters is not None else HYPERPARAMETERS[args.algo])
+    if kwargs.pop("linear_lr", False):
+        start_lr = kwargs["learning_rate"]
+        kwargs["learning_rate"] = lambda progress_remaining: progress_remaining * start_lr
+    model = cls("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0, **kwargs)
     callbacks = []
     if args.checkpoint_interval:
         # save_freq counts vector steps, each of num_envs env steps.

@@ -1,0 +1,46 @@
+"""`make parity CONFIG=...`: a jaxrl_lander config turned into Stable-Baselines3's keyword arguments.
+
+The benchmark itself needs SB3's own venv; this checks only the translation, which runs in ours.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from jaxrl_lander.config import ConfigError, load_config, make_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sb3_hyperparameters():
+    spec = importlib.util.spec_from_file_location("parity", ROOT / "bench" / "parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sb3_hyperparameters
+
+
+def test_a2c_long_translates_to_sb3_rmsprop(sb3_hyperparameters):
+    kwargs = sb3_hyperparameters(load_config("a2c", ROOT / "configs" / "a2c_long.toml"))
+    assert kwargs == {
+        "learning_rate": 4e-4, "linear_lr": True, "n_steps": 5, "gamma": 0.995, "gae_lambda": 1.0,
+        "ent_coef": 1e-5, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize_advantage": False,
+        "policy_kwargs": {"net_arch": [64, 64]}, "rms_prop_eps": 1e-5,
+    }
+
+
+def test_ppo_and_adam_a2c_carry_their_optimiser_settings(sb3_hyperparameters):
+    ppo = sb3_hyperparameters(load_config("ppo", ROOT / "configs" / "ppo_solve.toml"))
+    assert (ppo["n_steps"], ppo["batch_size"], ppo["n_epochs"], ppo["gamma"], ppo["gae_lambda"]) == (
+        256, 64, 10, 0.999, 0.98)
+    assert ppo["linear_lr"] is False and ppo["policy_kwargs"]["optimizer_kwargs"] == {"eps": 1e-5}
+    adam = sb3_hyperparameters(make_config("a2c", {"optimizer": "adam", "adam_eps": 1e-8, "hidden_size": 128}))
+    assert adam["use_rms_prop"] is False and "rms_prop_eps" not in adam
+    assert adam["policy_kwargs"] == {"net_arch": [128, 128], "optimizer_kwargs": {"eps": 1e-8}}
+
+
+@pytest.mark.parametrize("values,named", [({"reward_scale": 0.01}, "reward_scale"), ({"rms_decay": 0.9}, "rms_decay")])
+def test_settings_sb3_lacks_are_refused(sb3_hyperparameters, values, named):
+    with pytest.raises(ConfigError, match=named):
+        sb3_hyperparameters(make_config("a2c", values))
