@@ -30,13 +30,13 @@ def sb3_hyperparameters(config: RunConfig) -> dict:
                   gamma=config.gamma, gae_lambda=config.gae_lambda, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
                   max_grad_norm=config.max_grad_norm, normalize_advantage=config.normalize_advantage,
                   policy_kwargs={"net_arch": [config.hidden_size] * 2})
-    if config.algo == "ppo":
-        kwargs.update(batch_size=config.batch_size, n_epochs=config.n_epochs, clip_range=config.clip_range)
-    elif config.optimizer == "rmsprop":
+    if config.algo == "a2c" and config.optimizer == "rmsprop":
         if config.rms_decay != 0.99:
             raise ConfigError("Stable-Baselines3's A2C fixes RMSprop's decay at 0.99; parity needs rms_decay = 0.99")
-        kwargs.update(rms_prop_eps=config.rms_eps)  # A2C then sets up its own RMSprop
+        kwargs.update(rms_prop_eps=config.rms_eps)  # SB3's A2C then builds its own RMSprop
         return kwargs
+    if config.algo == "ppo":
+        kwargs.update(batch_size=config.batch_size, n_epochs=config.n_epochs, clip_range=config.clip_range)
     else:
         kwargs.update(use_rms_prop=False)
     kwargs["policy_kwargs"]["optimizer_kwargs"] = {"eps": config.adam_eps}
