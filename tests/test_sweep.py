@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_cli import run_cli
 
-from jaxrl_lander.sweep import bootstrap_ci, iqm, learning_curves, summarize_returns
+from jaxrl_lander.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -32,6 +32,28 @@ def test_learning_curve_band_on_a_shared_grid():
     assert curves["mean"] == [None, 3.0, 5.0]
     assert curves["ci95_low"][2] >= 2.0 and curves["ci95_high"][2] <= 9.0
     assert curves["ci95_low"][2] < 5.0 < curves["ci95_high"][2]
+
+
+def test_learning_curve_band_equals_the_direct_bootstrap():
+    """The weighted-sum bootstrap gives what resampling seeds and taking nanmean over them gives."""
+    rng = np.random.default_rng(3)
+    curves = rng.normal(size=(4, 30)) * 50
+    curves[0, :5] = np.nan  # seeds finish their first episode at different steps
+    curves[2, :9] = np.nan
+    curves[:, 0] = np.nan  # no seed has an episode yet
+    metrics = [{"records": [{"timestep": 10 * (j + 1), "reward": None if np.isnan(v) else float(v)}
+                            for j, v in enumerate(row)]} for row in curves]
+    picks = np.random.default_rng(0).integers(0, 4, size=(BOOTSTRAP_SAMPLES, 4))  # the function's own draws
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+        means = np.nanmean(curves[picks], axis=1)
+        low, high = np.nanpercentile(means, [2.5, 97.5], axis=0)
+        mean = np.nanmean(curves, axis=0)
+    band = learning_curves(metrics)
+    as_array = lambda values: np.array([np.nan if v is None else v for v in values])  # noqa: E731
+    np.testing.assert_allclose(as_array(band["mean"]), mean, rtol=1e-12)
+    np.testing.assert_allclose(as_array(band["ci95_low"]), low, rtol=1e-12)
+    np.testing.assert_allclose(as_array(band["ci95_high"]), high, rtol=1e-12)
+    assert band["mean"][0] is None and band["ci95_low"][0] is None
 
 
 def test_tiny_real_sweep(tmp_path):
