@@ -60,9 +60,8 @@ def learning_curves(metrics: list[dict[str, Any]], seed: int = 0) -> dict[str, l
     A bootstrap sample's mean is a weighted sum over seeds (the weights count how often it drew each), so the
     samples cost one (samples x seeds) @ (seeds x steps) product instead of a (samples, seeds, steps) copy.
     """
-    grids = [[r["timestep"] for r in m["records"]] for m in metrics]
-    steps = sorted(set(grids[0]).intersection(*grids[1:]))
     by_step = [{r["timestep"]: r["reward"] for r in m["records"]} for m in metrics]
+    steps = sorted(set(by_step[0]).intersection(*by_step[1:]))
     curves = np.array([[rewards.get(t) for t in steps] for rewards in by_step],
                       dtype=np.float64)  # (seeds, steps); NaN before the first episode
     rng = np.random.default_rng(seed)
@@ -71,12 +70,12 @@ def learning_curves(metrics: list[dict[str, Any]], seed: int = 0) -> dict[str, l
     present = ~np.isnan(curves)
     with np.errstate(invalid="ignore", divide="ignore"):  # 0/0: no drawn seed has an episode yet -> NaN
         means = (weights @ np.where(present, curves, 0.0)) / (weights @ present)  # (samples, steps)
-        mean = np.where(present, curves, 0.0).sum(axis=0) / present.sum(axis=0)
     low, high = np.full(len(steps), np.nan), np.full(len(steps), np.nan)
     full = ~np.isnan(means).any(axis=0)  # every sample has a value: the fast path, nearly every step
     low[full], high[full] = np.percentile(means[:, full], [2.5, 97.5], axis=0)
     with warnings.catch_warnings():  # all-NaN columns (no episode finished yet) stay NaN, silently
         warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(curves, axis=0)
         for j in np.flatnonzero(~full):
             low[j], high[j] = np.nanpercentile(means[:, j], [2.5, 97.5])
     clean = lambda a: [None if np.isnan(v) else float(v) for v in a]  # noqa: E731
