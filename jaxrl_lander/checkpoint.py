@@ -11,6 +11,7 @@ The final model keeps the ordinary parameter tree.
 """
 
 import contextlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,13 @@ def _is_closed_loop_report(exc: BaseException | None) -> bool:
     return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
 
+class _DropUnretrievedReadFailures(logging.Filter):
+    """asyncio's log record of a read task whose failure nobody awaits any more, once the read has failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task exception was never retrieved")
+
+
 @contextlib.contextmanager
 def _orbax_read():
     """Around every orbax restore: if it fails, drop the "Event loop is closed" reports of reads still running.
@@ -60,11 +68,14 @@ def _orbax_read():
     Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop is closed while the
     others are in flight, and each of them then reports RuntimeError("Event loop is closed") from a reader
     thread: through sys.unraisablehook, or printed through sys.excepthook, a traceback on stderr around the
-    caller's own one-line error. The filters go in before the read, since the first report can come before
-    the failure reaches us, and stay after a failure, since the others come later; after a successful read the
-    previous hooks come back. Anything else still goes to the previous hooks.
+    caller's own one-line error. A read that fails on its own after the first one has no one left to await it,
+    and asyncio logs "Task exception was never retrieved" with its traceback. The filters go in before the
+    read, since the first report can come before the failure reaches us, and stay after a failure, since the
+    others come later; after a successful read the previous hooks come back and the log filter goes. Anything
+    else still goes to the previous hooks and to the log.
     """
     previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+    asyncio_log, log_filter = logging.getLogger("asyncio"), _DropUnretrievedReadFailures()
 
     def unraisable_hook(unraisable) -> None:
         if not _is_closed_loop_report(unraisable.exc_value):
@@ -75,8 +86,10 @@ def _orbax_read():
             previous_except(exc_type, exc, tb)
 
     sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+    asyncio_log.addFilter(log_filter)
     yield  # an exception propagates from here and leaves the filters in place
     sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
+    asyncio_log.removeFilter(log_filter)
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Orbax round trips: a restored state and a saved model act exactly as the originals."""
 
+import logging
 import sys
 import types
 from functools import partial
@@ -85,12 +86,13 @@ def test_restore_into_another_architecture_is_refused(tmp_path):
         CheckpointStore(tmp_path / "ckpt").restore(1000, template)
 
 
-def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypatch):
+def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypatch, caplog):
     # When orbax fails to read a checkpoint, reads still in flight report "Event loop is closed" as unraisable
     # exceptions, which must not reach stderr after the real error; any other report still must. (The end-to-end
     # case, a resume from truncated arrays giving exactly one error line, is in test_cli.py.)
     _, state = _state()
     seen, printed = [], []
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])  # the filter a failure leaves goes after
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
     monkeypatch.setattr(sys, "excepthook", lambda t, e, tb: printed.append(str(e)))  # reader threads print too
     store = CheckpointStore(tmp_path / "ckpt")
@@ -108,6 +110,11 @@ def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypa
     for message in ("Event loop is closed", "something else"):
         sys.excepthook(RuntimeError, RuntimeError(message), None)
     assert printed == ["something else"]
+    # A failed read task nobody awaits any more is logged by asyncio: dropped too, other asyncio errors kept.
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for message in ("Task exception was never retrieved\nfuture: <Task finished>", "something else"):
+            logging.getLogger("asyncio").error(message)
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
 def test_successful_read_restores_the_hooks(tmp_path):
@@ -115,7 +122,7 @@ def test_successful_read_restores_the_hooks(tmp_path):
     store = CheckpointStore(tmp_path / "ckpt")
     store.save(1000, state, {"timestep": 1000})
     store.wait()
-    hooks = (sys.unraisablehook, sys.excepthook)
+    hooks = (sys.unraisablehook, sys.excepthook, list(logging.getLogger("asyncio").filters))
     store.restore(1000, state)
     store.close()
-    assert (sys.unraisablehook, sys.excepthook) == hooks
+    assert (sys.unraisablehook, sys.excepthook, logging.getLogger("asyncio").filters) == hooks
