@@ -42,7 +42,8 @@ def main() -> int:
             return 2
         config, trainer, state = restore_checkpoint(experiment, best["timestep"])
         trainer.envs.close()
-        act = greedy_policy(trainer.learner.policy, state.params)
+        standardize = trainer.normalizer.frozen_observations() if trainer.normalizer else None
+        act = greedy_policy(trainer.learner.policy, state.params, standardize)
         returns = [e["return"] for e in run_episodes(act, config.env_id, args.episodes, FRESH_SEED)]
         print(f"{experiment.name}: best evaluation during training {best['mean']:.1f} ({best['episodes']} episodes) "
               f"at step {best['timestep']}; that checkpoint on {args.episodes} fresh episodes: "

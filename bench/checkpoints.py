@@ -10,14 +10,17 @@ from jaxrl_lander.train import Trainer
 
 
 def restore_checkpoint(experiment: Path, step: int) -> tuple[RunConfig, Trainer, object]:
-    """(config, trainer, train state at `step`); the caller closes trainer.envs."""
+    """(config, trainer, train state at `step`); the trainer's normaliser, if the config has one, holds the
+    statistics of that checkpoint. The caller closes trainer.envs."""
     results = json.loads(next(experiment.glob("*_results.json")).read_text())
     config = make_config(results["algorithm"], results["hyperparameters"], source="results JSON")
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer's results directory; nothing is written there
         trainer = Trainer(config, scratch)
     store = CheckpointStore(experiment / "checkpoints")
     try:
-        state, _ = store.restore(step, trainer.initial_state())
+        state, meta = store.restore(step, trainer.initial_state())
     finally:
         store.close()
+    if trainer.normalizer is not None:
+        trainer.normalizer.load_state_dict(meta["normalizer"])
     return config, trainer, state

@@ -42,6 +42,8 @@ def main() -> int:
     grad = jax.jit(jax.grad(loss_fn(config, learner)))
 
     obs, _ = trainer.envs.reset(seed=args.seed)
+    if trainer.normalizer is not None:  # the checkpoint's statistics, continued over the probe's steps
+        obs = trainer.normalizer.observations(obs)
     key = jax.random.key(args.seed)
     actor, critic = [], []
     for _ in range(args.rollouts):
@@ -50,7 +52,7 @@ def main() -> int:
             actions, key = trainer.act(params, obs, key)
             actions = np.asarray(actions)
             step = step_envs(trainer.envs, actions, lambda o: trainer.value(params, o), config.gamma,
-                             config.reward_scale)
+                             config.reward_scale, trainer.normalizer)
             buffer.add(obs, actions, step.rewards, step.dones)
             obs = step.obs
         batch = make_batch(learner.policy, params, buffer.rollout(obs), config.gamma, config.gae_lambda)

@@ -30,6 +30,9 @@ def sb3_hyperparameters(config: RunConfig) -> dict:
                   gamma=config.gamma, gae_lambda=config.gae_lambda, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
                   max_grad_norm=config.max_grad_norm, normalize_advantage=config.normalize_advantage,
                   policy_kwargs={"net_arch": [config.hidden_size] * 2})
+    if config.normalize_observations or config.normalize_rewards:  # VecNormalize, clipping both at 10 as ours
+        kwargs.update(normalize={"norm_obs": config.normalize_observations,
+                                 "norm_reward": config.normalize_rewards})
     if config.algo == "a2c" and config.optimizer == "rmsprop":
         if config.rms_decay != 0.99:
             raise ConfigError("Stable-Baselines3's A2C fixes RMSprop's decay at 0.99; parity needs rms_decay = 0.99")

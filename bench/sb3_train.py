@@ -3,7 +3,9 @@
 Prints one JSON line: {"algo", "steps", "learn_seconds", "steps_per_second", "checkpoints"}, and with
 --eval-episodes N also "evaluation": the returns of N deterministic episodes, episode j seeded eval_seed + j.
 --hyperparameters takes the keyword arguments of SB3's PPO or A2C as JSON instead of the seed document's
-(bench/parity.py writes them from a jaxrl_lander config); "linear_lr": true there decays learning_rate to 0.
+(bench/parity.py writes them from a jaxrl_lander config); "linear_lr": true there decays learning_rate to 0, and
+"normalize": {"norm_obs": ..., "norm_reward": ...} wraps the training env in VecNormalize (its observation
+statistics then also apply to the evaluation episodes).
 """
 
 import argparse
@@ -16,6 +18,7 @@ import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
 # The seed document's hyperparameters; the rollout layout matches jaxrl_lander's defaults (8 envs).
 HYPERPARAMETERS = {
@@ -45,6 +48,9 @@ def main() -> None:
     env = make_vec_env("LunarLander-v3", n_envs=args.num_envs, seed=args.seed)
     cls = {"ppo": PPO, "a2c": A2C}[args.algo]
     kwargs = dict(args.hyperparameters if args.hyperparameters is not None else HYPERPARAMETERS[args.algo])
+    normalize = kwargs.pop("normalize", None)
+    if normalize:
+        env = VecNormalize(env, gamma=kwargs["gamma"], **normalize)
     if kwargs.pop("linear_lr", False):
         start_lr = kwargs["learning_rate"]
         kwargs["learning_rate"] = lambda progress_remaining: progress_remaining * start_lr
@@ -62,18 +68,20 @@ def main() -> None:
     report = {"algo": args.algo, "steps": model.num_timesteps, "learn_seconds": learn_seconds,
               "steps_per_second": model.num_timesteps / learn_seconds, "checkpoints": checkpoints}
     if args.eval_episodes:
-        report["evaluation"] = evaluate(model, args.eval_episodes, args.eval_seed)
+        env.training = False  # evaluation reads the statistics and leaves them as training left them
+        standardize = env.normalize_obs if normalize and normalize["norm_obs"] else (lambda obs: obs)
+        report["evaluation"] = evaluate(model, args.eval_episodes, args.eval_seed, standardize)
     print(json.dumps(report))
 
 
-def evaluate(model, episodes: int, seed: int) -> list[float]:
+def evaluate(model, episodes: int, seed: int, standardize) -> list[float]:
     env = gym.make("LunarLander-v3")
     returns = []
     for j in range(episodes):
         obs, _ = env.reset(seed=seed + j)
         done, total = False, 0.0
         while not done:
-            action, _ = model.predict(obs, deterministic=True)
+            action, _ = model.predict(standardize(obs), deterministic=True)
             obs, reward, terminated, truncated, _ = env.step(int(action))
             total += float(reward)
             done = terminated or truncated

@@ -39,6 +39,10 @@ class RunConfig:
     """Discount factor."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this before learning (values live in the scaled units); records stay raw."""
+    normalize_observations: bool = False
+    """Standardise observations by their running mean and variance over training, clipped to [-10, 10]."""
+    normalize_rewards: bool = False
+    """Divide rewards by the running std of the discounted return, clipped to [-10, 10] (VecNormalize's)."""
     gae_lambda: float = 0.95
     """GAE lambda; 1.0 gives Monte-Carlo advantages bootstrapped at the rollout end."""
     ent_coef: float = 0.0
@@ -100,6 +104,10 @@ class RunConfig:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not (math.isfinite(self.reward_scale) and self.reward_scale > 0.0):
             raise ConfigError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
+        if self.normalize_rewards and self.reward_scale != 1.0:
+            raise ConfigError(
+                f"normalize_rewards and reward_scale {self.reward_scale} both rescale rewards; use one of them"
+            )
         for name in ("ent_coef", "vf_coef", "max_grad_norm"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):

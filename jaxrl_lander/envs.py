@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from jaxrl_lander.normalization import Normalizer
+
 # Training env seeds lie below EVAL_SEED_OFFSET and evaluation seeds at or above it, so they never meet.
 TRAIN_SEED_RANGE = 2**30
 EVAL_SEED_OFFSET = 2**31
@@ -88,17 +90,26 @@ def step_envs(
     value_fn: Callable[[np.ndarray], np.ndarray],
     gamma: float,
     reward_scale: float = 1.0,
+    normalizer: Normalizer | None = None,
 ) -> VectorStep:
     """Step every sub-env once and turn the outcome into learning targets.
 
-    Rewards are scaled by `reward_scale` before the bootstrap (values are in scaled units); the episode
-    statistics stay in the env's own units.
+    With a `normalizer`, the returned observations and rewards are normalised (its statistics updated with
+    this step) and the bootstrap value is that of the normalised final observation. Rewards are scaled by
+    `reward_scale` before the bootstrap (values are in scaled units); the episode statistics stay in the env's
+    own units.
     """
     obs, rewards, terminated, truncated, info = envs.step(actions)
+    dones = np.logical_or(terminated, truncated)
+    if normalizer is not None:
+        obs = normalizer.observations(obs)
+        rewards = normalizer.rewards(rewards, dones)
+        raw_value_fn = value_fn
+        value_fn = lambda final_obs: raw_value_fn(normalizer.observations(final_obs, update=False))  # noqa: E731
     rewards = bootstrap_truncated(rewards * reward_scale, terminated, truncated, info, value_fn, gamma)
     return VectorStep(
         obs=obs,
         rewards=rewards.astype(np.float32),
-        dones=np.logical_or(terminated, truncated),
+        dones=dones,
         episodes=finished_episodes(info),
     )

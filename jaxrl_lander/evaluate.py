@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.envs import finished_episodes, make_vector_env
+from jaxrl_lander.normalization import observation_function
 from jaxrl_lander.policy import ActorCritic, greedy_action, sample_action
 from jaxrl_lander.recording import replaced_atomically
 
@@ -56,20 +57,30 @@ def _compiled(action_fn: Callable, policy: ActorCritic):
     return jax.jit(partial(action_fn, policy))
 
 
-def greedy_policy(policy: ActorCritic, params) -> Callable[[np.ndarray], np.ndarray]:
-    """Host callable: observations (N, obs_dim) -> argmax actions (N,) as numpy int32."""
+ObsFn = Callable[[np.ndarray], np.ndarray] | None  # what the policy's inputs go through first (normalisation)
+
+
+def _inputs(obs: np.ndarray, standardize: ObsFn) -> np.ndarray:
+    obs = np.asarray(obs, dtype=np.float32)
+    return obs if standardize is None else standardize(obs)
+
+
+def greedy_policy(policy: ActorCritic, params, standardize: ObsFn = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Host callable: observations (N, obs_dim) -> argmax actions (N,) as numpy int32; `standardize`, if given,
+    maps raw observations to the network's inputs."""
     act = _compiled(greedy_action, policy)
-    return lambda obs: np.asarray(act(params, np.asarray(obs, dtype=np.float32)))
+    return lambda obs: np.asarray(act(params, _inputs(obs, standardize)))
 
 
-def sampling_policy(policy: ActorCritic, params, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+def sampling_policy(policy: ActorCritic, params, seed: int, standardize: ObsFn = None
+                    ) -> Callable[[np.ndarray], np.ndarray]:
     """Host callable: observations (N, obs_dim) -> actions (N,) drawn from the policy, from jax.random.key(seed);
     the same seed and observations give the same actions."""
     act, key = _compiled(sample_action, policy), jax.random.key(seed)
 
     def sample(obs: np.ndarray) -> np.ndarray:
         nonlocal key
-        actions, key = act(params, np.asarray(obs, dtype=np.float32), key)
+        actions, key = act(params, _inputs(obs, standardize), key)
         return np.asarray(actions)
 
     return sample
@@ -100,7 +111,8 @@ def _load_agent(path: str | Path, seed: int | None, sample: bool = False
     if seed is None:
         seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
     policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
-    act = sampling_policy(policy, params, seed) if sample else greedy_policy(policy, params)
+    standardize = observation_function(spec.get("observation_normalization"))  # absent from older models
+    act = sampling_policy(policy, params, seed, standardize) if sample else greedy_policy(policy, params, standardize)
     return act, spec, seed, model
 
 

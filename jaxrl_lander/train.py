@@ -24,6 +24,7 @@ from jaxrl_lander.config import ConfigError, RunConfig
 from jaxrl_lander.errors import ResumeError, TrainingFailed, first_line
 from jaxrl_lander.envs import eval_env_seed, make_vector_env, step_envs, train_env_seed
 from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
+from jaxrl_lander.normalization import Normalizer
 from jaxrl_lander.policy import sample_action, state_value
 from jaxrl_lander.recording import MetricsRecorder, is_partial_write, now_iso, write_json_atomic
 from jaxrl_lander.rollout import RolloutBuffer
@@ -252,6 +253,10 @@ class Trainer:
         self.envs = make_vector_env(config.env_id, config.num_envs)
         self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
         self.learner = make_learner(config, int(self.envs.single_action_space.n))
+        self.normalizer = None
+        if config.normalize_observations or config.normalize_rewards:
+            self.normalizer = Normalizer(self.obs_dim, config.num_envs, config.gamma,
+                                         observations=config.normalize_observations, rewards=config.normalize_rewards)
         self.act = jax.jit(partial(sample_action, self.learner.policy))
         self.value = jax.jit(partial(state_value, self.learner.policy))
 
@@ -294,6 +299,8 @@ class Trainer:
         if removed:
             log.info("removed %d partial write(s) left by a killed run: %s", len(removed), ", ".join(removed))
         log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
+        if self.normalizer is not None:
+            self.normalizer.load_state_dict(meta["normalizer"])
         progress = Progress(
             timestep=meta["timestep"], updates=meta["updates"], wall_time=meta["wall_time"], loss=meta["loss"],
             evaluations=meta.get("evaluations", []),  # absent from checkpoints of older versions
@@ -330,9 +337,11 @@ class Trainer:
         return state, recorder, progress, CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
 
     def evaluate(self, params, episodes: int, keep_episodes: bool = False) -> dict[str, Any]:
-        """Deterministic episodes on the evaluation seeds (the same seeds at every evaluation)."""
-        played = run_episodes(greedy_policy(self.learner.policy, params), self.config.env_id, episodes,
-                              eval_env_seed(self.keys.eval))
+        """Deterministic episodes on the evaluation seeds (the same seeds at every evaluation), observations
+        normalised with the statistics as they stand."""
+        standardize = self.normalizer.frozen_observations() if self.normalizer else None
+        played = run_episodes(greedy_policy(self.learner.policy, params, standardize), self.config.env_id,
+                              episodes, eval_env_seed(self.keys.eval))
         summary = summarize(played)
         if not keep_episodes:
             summary = {k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}
@@ -428,6 +437,8 @@ class _Run:
             "saved_at": now_iso(),
             "config": self.config.to_dict(),
         }
+        if self.trainer.normalizer is not None:
+            meta["normalizer"] = self.trainer.normalizer.state_dict()
         self.store.save(p.timestep, self.state.replace(key=self.key), meta)
 
     def update(self, buffer: RolloutBuffer, last_obs: np.ndarray) -> None:
@@ -468,6 +479,8 @@ class _Run:
         envs = trainer.envs
         buffer = RolloutBuffer(config.n_steps, config.num_envs, trainer.obs_dim)
         obs, _ = envs.reset(seed=train_env_seed(trainer.keys.env, p.timestep))
+        if trainer.normalizer is not None:
+            obs = trainer.normalizer.observations(obs)
         value_fn = lambda o: trainer.value(self.act_params, o)  # noqa: E731  (reads the current parameters)
         log_every = max(config.total_timesteps // 10, 1)
         next_log = p.timestep + log_every
@@ -476,7 +489,7 @@ class _Run:
             while p.timestep < config.total_timesteps and stop.signum is None:
                 actions, self.key = trainer.act(self.act_params, obs, self.key)
                 actions = np.asarray(actions)
-                outcome = step_envs(envs, actions, value_fn, config.gamma, config.reward_scale)
+                outcome = step_envs(envs, actions, value_fn, config.gamma, config.reward_scale, trainer.normalizer)
                 buffer.add(obs, actions, outcome.rewards, outcome.dones)
                 obs = outcome.obs
                 before, p.timestep = p.timestep, p.timestep + config.num_envs
@@ -538,6 +551,7 @@ class _Run:
                 "algo": config.algo,
                 "seed": config.seed,
                 "timestep": p.timestep,
+                "observation_normalization": trainer.normalizer.observation_spec() if trainer.normalizer else None,
             }
             save_model(self.paths.model, state.params, policy_spec)
         if status == "completed":

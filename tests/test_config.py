@@ -51,6 +51,7 @@ def test_overrides_and_int_to_float():
         ("gamma = 1.5", "gamma must lie in [0, 1]"),
         ("checkpoint_interval = 0", "checkpoint_interval must be a positive integer"),
         ("batch_size = 100", "batch_size 100 must divide"),
+        ("normalize_rewards = true\nreward_scale = 0.1", "normalize_rewards and reward_scale 0.1 both rescale"),
         ('algo = "a2c"', "config for 'a2c', not for 'ppo'"),
         ("total_timesteps = [", "is not valid TOML"),
     ],

@@ -40,6 +40,14 @@ def test_ppo_and_adam_a2c_carry_their_optimiser_settings(sb3_hyperparameters):
     assert adam["policy_kwargs"] == {"net_arch": [128, 128], "optimizer_kwargs": {"eps": 1e-8}}
 
 
+def test_normalisation_translates_to_vecnormalize(sb3_hyperparameters):
+    both = sb3_hyperparameters(make_config("a2c", {"normalize_observations": True, "normalize_rewards": True}))
+    assert both["normalize"] == {"norm_obs": True, "norm_reward": True}
+    rewards_only = sb3_hyperparameters(make_config("ppo", {"normalize_rewards": True}))
+    assert rewards_only["normalize"] == {"norm_obs": False, "norm_reward": True}
+    assert "normalize" not in sb3_hyperparameters(load_config("a2c", ROOT / "configs" / "a2c_long.toml"))
+
+
 @pytest.mark.parametrize("values,named", [({"reward_scale": 0.01}, "reward_scale"), ({"rms_decay": 0.9}, "rms_decay")])
 def test_settings_sb3_lacks_are_refused(sb3_hyperparameters, values, named):
     with pytest.raises(ConfigError, match=named):

@@ -10,7 +10,7 @@ import pytest
 from conftest import SHORT_STEPS, load_json, short_config
 
 from jaxrl_lander import load_policy
-from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import ConfigError
 from jaxrl_lander.envs import EVAL_SEED_OFFSET
 from jaxrl_lander.evaluate import evaluate_experiment
@@ -234,3 +234,35 @@ def test_render_one_episode_to_gif(short_runs, tmp_path):
     assert episode_return == pytest.approx(results["evaluation"]["returns"][0])
     with Image.open(gif) as im:
         assert im.n_frames > 2 and im.size == (300, 200)
+
+
+def test_normalised_run_keeps_its_statistics_in_checkpoints_and_model(tmp_path):
+    """Observation and reward normalisation: the statistics grow with every training observation, go into each
+    checkpoint (a resume continues them) and into the model, which then plays as the final evaluation did."""
+    config = short_config("a2c", normalize_observations=True, normalize_rewards=True)
+    trainer = Trainer(config, tmp_path / "full")
+    results = trainer.train()
+    store = CheckpointStore(trainer.paths.checkpoints)
+    _, meta = store.restore(SHORT_STEPS, trainer.initial_state())
+    _, meta_2000 = store.restore(2000, trainer.initial_state())
+    store.close()
+    saved = meta["normalizer"]
+    # The reset's observations and one per env step; one discounted return per env step.
+    assert saved["observations"]["count"] == pytest.approx(config.num_envs + SHORT_STEPS, abs=1e-3)
+    assert saved["returns"]["count"] == pytest.approx(SHORT_STEPS, abs=1e-3)
+    assert max(saved["observations"]["var"]) != 1.0 and saved["returns"]["var"] != 1.0
+
+    _, spec = load_model(trainer.paths.model)
+    assert spec["observation_normalization"] == saved["observations"]
+    assert evaluate_experiment(trainer.paths.root, 3)["returns"] == results["evaluation"]["returns"]
+
+    results_dir = tmp_path / "resumed"
+    _interrupted_copy(trainer.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
+    resumed = Trainer(config, results_dir)
+    resumed.train(resume=True)
+    store = CheckpointStore(resumed.paths.checkpoints)
+    _, meta_resumed = store.restore(SHORT_STEPS, resumed.initial_state())
+    store.close()
+    # Continued from the checkpoint's statistics: its count, plus the new reset and the remaining steps.
+    expected = meta_2000["normalizer"]["observations"]["count"] + config.num_envs + SHORT_STEPS - 2000
+    assert meta_resumed["normalizer"]["observations"]["count"] == pytest.approx(expected, abs=1e-3)
