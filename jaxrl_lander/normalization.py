@@ -82,10 +82,7 @@ class Normalizer:
 
     def frozen_observations(self):
         """A function standardising observations with a copy of the current statistics (for evaluation)."""
-        if self.obs_stats is None:
-            return None
-        mean, var = self.obs_stats.mean.copy(), self.obs_stats.var.copy()
-        return lambda obs: standardize(obs, mean, var)
+        return observation_function(self.observation_spec())
 
     def observation_spec(self) -> dict[str, Any] | None:
         """What a saved model needs to standardise its inputs: the observation statistics."""
