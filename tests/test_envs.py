@@ -13,7 +13,9 @@ from jaxrl_lander.envs import (
     step_envs,
     train_env_seed,
 )
+from jaxrl_lander.normalization import Normalizer
 from jaxrl_lander.rollout import RolloutBuffer
+from test_normalization import pooled_moments
 
 GAMMA = 0.9
 
@@ -65,6 +67,27 @@ def test_reward_scale_applies_to_learning_targets_not_to_episode_returns():
     # env 1, cut at its 3rd step, gets 0.1 + 0.9 * V([3]) = 0.1 + 27.
     np.testing.assert_allclose(rewards, [[0.1, 0.1], [0.1, 0.1], [0.1, 0.1 + GAMMA * 30.0]], rtol=1e-6)
     assert sorted(episodes) == [(0, 2.0, 2), (1, 3.0, 3)]
+
+
+def test_normalizer_standardises_observations_and_the_bootstrap_and_scales_rewards():
+    envs = make_vector_env("JaxrlLanderTest/Countdown-v0", 2)
+    obs, _ = envs.reset(seed=0)
+    normalizer = Normalizer(obs_dim=1, num_envs=2, gamma=GAMMA, observations=True, rewards=True)
+    normalizer.observations(obs)
+    for actions in ([0, 0], [1, 0], [0, 0]):
+        out = step_envs(envs, np.array(actions), value_of, GAMMA, normalizer=normalizer)
+    envs.close()
+    # Observations seen: the reset's [0, 0], then [1, 1], [0, 2] (env 0 terminated and restarted), [1, 0]
+    # (env 1 cut by the time limit at obs 3 and restarted). Discounted returns of the rewards (1 each): [1, 1],
+    # [1.9, 1.9], then [1, 2.71] (env 0's restarted).
+    obs_mean, obs_var = pooled_moments(np.array([0, 0, 1, 1, 0, 2, 1, 0], np.float64)[:, None])
+    _, ret_var = pooled_moments(np.array([1, 1, 1.9, 1.9, 1, 2.71]))
+    standardized = lambda x: (x - obs_mean[0]) / np.sqrt(obs_var[0] + 1e-8)  # noqa: E731
+    np.testing.assert_allclose(out.obs[:, 0], standardized(np.array([1.0, 0.0])), rtol=1e-6)
+    reward = 1.0 / np.sqrt(ret_var + 1e-8)
+    # The bootstrap values the standardised true final observation [3], in the normalised reward's units.
+    np.testing.assert_allclose(out.rewards, [reward, reward + GAMMA * value_of(standardized(np.array([[3.0]])))[0]],
+                               rtol=1e-6)
 
 
 def test_lunar_lander_vector_env_shapes_and_seeding():
