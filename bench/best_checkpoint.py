@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from checkpoints import restore_checkpoint
-from jaxrl_lander.evaluate import greedy_policy, run_episodes
+from jaxrl_lander.evaluate import run_episodes
 
 FRESH_SEED = 3 * 2**30
 
@@ -42,9 +42,8 @@ def main() -> int:
             return 2
         config, trainer, state = restore_checkpoint(experiment, best["timestep"])
         trainer.envs.close()
-        standardize = trainer.normalizer.frozen_observations() if trainer.normalizer else None
-        act = greedy_policy(trainer.learner.policy, state.params, standardize)
-        returns = [e["return"] for e in run_episodes(act, config.env_id, args.episodes, FRESH_SEED)]
+        returns = [e["return"] for e in run_episodes(trainer.greedy(state.params), config.env_id, args.episodes,
+                                                     FRESH_SEED)]
         print(f"{experiment.name}: best evaluation during training {best['mean']:.1f} ({best['episodes']} episodes) "
               f"at step {best['timestep']}; that checkpoint on {args.episodes} fresh episodes: "
               f"{np.mean(returns):.1f} +/- {np.std(returns):.1f}")

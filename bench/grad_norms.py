@@ -20,7 +20,7 @@ import optax
 from checkpoints import restore_checkpoint
 from jaxrl_lander.algos import a2c, ppo
 from jaxrl_lander.algos.common import make_batch
-from jaxrl_lander.envs import step_envs
+from jaxrl_lander.envs import reset_envs, step_envs
 from jaxrl_lander.rollout import RolloutBuffer
 
 
@@ -41,9 +41,8 @@ def main() -> int:
     params, learner = state.params, trainer.learner
     grad = jax.jit(jax.grad(loss_fn(config, learner)))
 
-    obs, _ = trainer.envs.reset(seed=args.seed)
-    if trainer.normalizer is not None:  # the checkpoint's statistics, continued over the probe's steps
-        obs = trainer.normalizer.observations(obs)
+    # With normalisation, the checkpoint's statistics, continued over the probe's steps as training would.
+    obs = reset_envs(trainer.envs, args.seed, trainer.normalizer)
     key = jax.random.key(args.seed)
     actor, critic = [], []
     for _ in range(args.rollouts):

@@ -75,6 +75,13 @@ def bootstrap_truncated(
     return rewards + gamma * values * cut
 
 
+def reset_envs(envs: gym.vector.VectorEnv, seed: int, normalizer: Normalizer | None = None) -> np.ndarray:
+    """Reset every sub-env (sub-env i seeded seed + i); the first observations, normalised with a `normalizer`
+    (whose statistics take them in, as step_envs does with every later one)."""
+    obs, _ = envs.reset(seed=seed)
+    return obs if normalizer is None else normalizer.observations(obs)
+
+
 class VectorStep(NamedTuple):
     """What the learner keeps of one vector-env step."""
 

@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +23,7 @@ from jaxrl_lander.algos.common import TrainState, init_state, learning_rate_at, 
 from jaxrl_lander.checkpoint import CheckpointStore, save_model
 from jaxrl_lander.config import ConfigError, RunConfig
 from jaxrl_lander.errors import ResumeError, TrainingFailed, first_line
-from jaxrl_lander.envs import eval_env_seed, make_vector_env, step_envs, train_env_seed
+from jaxrl_lander.envs import eval_env_seed, make_vector_env, reset_envs, step_envs, train_env_seed
 from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
 from jaxrl_lander.normalization import Normalizer
 from jaxrl_lander.policy import sample_action, state_value
@@ -336,12 +337,15 @@ class Trainer:
         state, recorder, progress = self._fresh_start()
         return state, recorder, progress, CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
 
-    def evaluate(self, params, episodes: int, keep_episodes: bool = False) -> dict[str, Any]:
-        """Deterministic episodes on the evaluation seeds (the same seeds at every evaluation), observations
-        normalised with the statistics as they stand."""
+    def greedy(self, params) -> Callable[[np.ndarray], np.ndarray]:
+        """The deterministic policy of `params` on raw observations, normalised with the statistics as they
+        stand (a copy: later training steps do not change them)."""
         standardize = self.normalizer.frozen_observations() if self.normalizer else None
-        played = run_episodes(greedy_policy(self.learner.policy, params, standardize), self.config.env_id,
-                              episodes, eval_env_seed(self.keys.eval))
+        return greedy_policy(self.learner.policy, params, standardize)
+
+    def evaluate(self, params, episodes: int, keep_episodes: bool = False) -> dict[str, Any]:
+        """Deterministic episodes on the evaluation seeds (the same seeds at every evaluation)."""
+        played = run_episodes(self.greedy(params), self.config.env_id, episodes, eval_env_seed(self.keys.eval))
         summary = summarize(played)
         if not keep_episodes:
             summary = {k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}
@@ -478,9 +482,7 @@ class _Run:
         trainer, config, p, recorder = self.trainer, self.config, self.progress, self.recorder
         envs = trainer.envs
         buffer = RolloutBuffer(config.n_steps, config.num_envs, trainer.obs_dim)
-        obs, _ = envs.reset(seed=train_env_seed(trainer.keys.env, p.timestep))
-        if trainer.normalizer is not None:
-            obs = trainer.normalizer.observations(obs)
+        obs = reset_envs(envs, train_env_seed(trainer.keys.env, p.timestep), trainer.normalizer)
         value_fn = lambda o: trainer.value(self.act_params, o)  # noqa: E731  (reads the current parameters)
         log_every = max(config.total_timesteps // 10, 1)
         next_log = p.timestep + log_every
