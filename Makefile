@@ -8,11 +8,13 @@ ALGO ?= ppo
 SEED ?= 42
 STEPS ?=
 CONFIG ?=
+SET ?=
 RESUME ?=
 TENSORBOARD ?=
 EPISODES ?= 10
 
-TRAIN_ARGS := --algo $(ALGO) --seed $(SEED) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard)
+SET_ARGS := $(foreach item,$(SET),--set $(item))
+TRAIN_ARGS := --algo $(ALGO) --seed $(SEED) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard)
 
 RUNS ?= 3
 BENCH_VENV := .venv-bench
@@ -39,7 +41,7 @@ reproduce: $(STAMP)
 	$(PY) -m jaxrl_lander reproduce $(filter-out --resume --tensorboard,$(TRAIN_ARGS))
 
 sweep: $(STAMP)
-	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(SWEEP_NAME),--name $(SWEEP_NAME))
+	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME))
 
 plot: $(STAMP)
 	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)

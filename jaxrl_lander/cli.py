@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="total environment steps (default: the config's total_timesteps, 50000)")
     run_options.add_argument("--config", type=Path, default=None,
                              help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
+    run_options.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                             help="set one hyperparameter over the config file (repeatable), e.g. ent_coef=1e-3")
     run_options.add_argument("--results-dir", type=Path, default=Path("results"),
                              help="where experiments are written")
     run_options.add_argument("--verbose", action="store_true", help="DEBUG logging (per-update losses)")
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=_int_arg("seed", 0), nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
     sweep.add_argument("--steps", type=_int_arg("steps", 1), default=None, help="total env steps per seed")
     sweep.add_argument("--config", type=Path, default=None, help="TOML file of hyperparameters")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                       help="set one hyperparameter over the config file (repeatable)")
     sweep.add_argument("--jobs", type=_int_arg("jobs", 1), default=os.cpu_count() or 1,
                        help="training processes at once")
     sweep.add_argument("--name", default=None,
@@ -117,7 +121,7 @@ def _run_config(args):
     overrides = {"seed": args.seed}
     if args.steps is not None:
         overrides["total_timesteps"] = args.steps
-    config = load_config(args.algo, args.config, overrides)
+    config = load_config(args.algo, args.config, overrides, args.settings)
     _check_writable(args.results_dir)
     from jaxrl_lander.train import enable_compilation_cache  # heavy imports once the input is good
 
@@ -197,13 +201,14 @@ def _sweep(args) -> int:
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     for seed in args.seeds:  # every seed's config must be valid before any process starts
         overrides = {"seed": seed, **({"total_timesteps": args.steps} if args.steps else {})}
-        load_config(args.algo, args.config, overrides)
+        load_config(args.algo, args.config, overrides, args.settings)
     _check_writable(args.results_dir)
     from jaxrl_lander.sweep import run_sweep
 
-    name = args.name or (args.config.stem if args.config else args.algo)
+    name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings])
     out_dir = args.results_dir / "sweeps" / name
-    summary = run_sweep(args.algo, args.seeds, args.config, args.steps, out_dir, min(args.jobs, len(args.seeds)))
+    summary = run_sweep(args.algo, args.seeds, args.config, args.steps, out_dir, min(args.jobs, len(args.seeds)),
+                        args.settings)
     final = summary["final_evaluation"]
     print(
         f"{name}: {len(args.seeds)} seeds | final evaluation mean {final['mean']:.1f}"

@@ -233,16 +233,52 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
 
 
+# keys with a command-line option of their own, which --set would silently contradict
+_OWN_OPTION = {"algo": "--algo", "seed": "--seed", "total_timesteps": "--steps"}
+
+
+def parse_settings(algo: str, items: list[str] | None) -> dict[str, Any]:
+    """The `--set KEY=VALUE` items as a dict; VALUE is read as a TOML value, or as a string if it is not one.
+
+    Keys and types are checked here, so that an error names --set rather than the config file.
+    """
+    cls = CONFIG_CLASSES[algo]
+    hints = typing.get_type_hints(cls)
+    settings: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        if key in _OWN_OPTION:
+            raise ConfigError(f"--set {key}: use {_OWN_OPTION[key]} instead")
+        if key not in {f.name for f in dataclasses.fields(cls)}:
+            raise ConfigError(f"unknown config key '{key}' in --set for algorithm '{algo}'")
+        if key in settings:
+            raise ConfigError(f"--set gives '{key}' twice")
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word: optimizer=adam
+        settings[key] = _check_type(key, value, hints[key], "--set")
+    return settings
+
+
 def load_config(
-    algo: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None
+    algo: str, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+    settings: list[str] | None = None,
 ) -> RunConfig:
-    """Defaults of `algo`, updated by the TOML file at `path` (if any), then by `overrides`."""
+    """Defaults of `algo`, updated by the TOML file at `path` (if any), then by the `--set KEY=VALUE` items
+    `settings`, then by `overrides`."""
     values: dict[str, Any] = {}
-    source = "overrides"
+    sources = []
     if path is not None:
         values.update(read_toml(path))
-        source = str(path)
+        sources.append(str(path))
         if "algo" in values and values["algo"] != algo:
             raise ConfigError(f"{path} is a config for '{values['algo']}', not for '{algo}'")
+    if settings:
+        values.update(parse_settings(algo, settings))
+        sources.append("--set")
     values.update(overrides or {})
-    return make_config(algo, values, source)
+    return make_config(algo, values, " with ".join(sources) or "overrides")

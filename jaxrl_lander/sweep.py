@@ -83,8 +83,10 @@ def learning_curves(metrics: list[dict[str, Any]], seed: int = 0) -> dict[str, l
 
 
 def run_sweep(algo: str, seeds: list[int], config_path: Path | None, steps: int | None, out_dir: Path,
-              jobs: int) -> dict[str, Any]:
-    """Train every seed (up to `jobs` processes at once) into out_dir, then write summary.json and the plot."""
+              jobs: int, settings: list[str] | None = None) -> dict[str, Any]:
+    """Train every seed (up to `jobs` processes at once) into out_dir, then write summary.json and the plot.
+
+    `settings` are `--set KEY=VALUE` items passed on to every seed's training."""
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def train(seed: int) -> float:
@@ -94,6 +96,8 @@ def run_sweep(algo: str, seeds: list[int], config_path: Path | None, steps: int 
             cmd += ["--config", str(config_path)]
         if steps is not None:
             cmd += ["--steps", str(steps)]
+        for item in settings or []:
+            cmd += ["--set", item]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

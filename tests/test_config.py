@@ -41,6 +41,41 @@ def test_overrides_and_int_to_float():
     assert dataclasses.replace(config).total_timesteps == 10
 
 
+def test_set_items_override_the_file_and_the_command_line_options_override_them(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("ent_coef = 1e-5\nnum_envs = 4\n")
+    settings = ["ent_coef=1e-3", "optimizer=adam", 'env_id="LunarLander-v3"', "anneal_lr=true", "max_grad_norm=1"]
+    config = load_config("a2c", path, {"seed": 3}, settings)
+    assert (config.ent_coef, config.num_envs, config.optimizer, config.anneal_lr) == (1e-3, 4, "adam", True)
+    assert config.max_grad_norm == 1.0 and isinstance(config.max_grad_norm, float) and config.seed == 3
+    assert load_config("a2c", path, settings=[]) == load_config("a2c", path)
+
+
+@pytest.mark.parametrize(
+    "item,message",
+    [
+        ("ent_coef", "--set expects KEY=VALUE, got 'ent_coef'"),
+        ("=1", "--set expects KEY=VALUE, got '=1'"),
+        ("lr=1", "unknown config key 'lr' in --set for algorithm 'a2c'"),
+        ("clip_range=0.1", "unknown config key 'clip_range' in --set for algorithm 'a2c'"),
+        ("ent_coef=lots", "config key 'ent_coef' in --set must be float, got str 'lots'"),
+        ("num_envs=2.5", "config key 'num_envs' in --set must be int"),
+        ("seed=3", "--set seed: use --seed instead"),
+        ("total_timesteps=10", "--set total_timesteps: use --steps instead"),
+        ("gamma=2", "gamma must lie in [0, 1]"),
+    ],
+)
+def test_bad_set_items_give_one_named_error(item, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("a2c", settings=[item])
+    assert message in str(err.value)
+
+
+def test_set_refuses_a_key_given_twice():
+    with pytest.raises(ConfigError, match="--set gives 'gamma' twice"):
+        load_config("a2c", settings=["gamma=0.9", "gamma=0.99"])
+
+
 @pytest.mark.parametrize(
     "toml,message",
     [

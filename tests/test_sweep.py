@@ -59,11 +59,12 @@ def test_learning_curve_band_equals_the_direct_bootstrap():
 def test_tiny_real_sweep(tmp_path):
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 2\n")
     proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
-                   "--jobs", "2", cwd=tmp_path)
+                   "--set", "gamma=0.95", "--jobs", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "results" / "sweeps" / "tiny"
+    out = tmp_path / "results" / "sweeps" / "tiny_gamma=0.95"  # named after the config and the --set items
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
+    assert summary["hyperparameters"]["gamma"] == 0.95 and summary["hyperparameters"]["eval_episodes"] == 2
     per_seed = [json.loads((out / "experiments" / f"a2c_seed{s}" / f"a2c_seed{s}_results.json").read_text())
                 for s in (0, 1)]
     assert summary["final_evaluation"]["values"] == [r["evaluation"]["mean"] for r in per_seed]
