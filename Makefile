@@ -14,6 +14,9 @@ TENSORBOARD ?=
 EPISODES ?= 10
 
 SET_ARGS := $(foreach item,$(SET),--set $(item))
+ifneq ($(and $(SET),$(filter parity,$(MAKECMDGOALS))),)
+$(error make parity takes CONFIG only, not SET: write the changed keys into a config file)
+endif
 TRAIN_ARGS := --algo $(ALGO) --seed $(SEED) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard)
 
 RUNS ?= 3
