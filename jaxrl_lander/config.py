@@ -200,21 +200,28 @@ def _check_type(name: str, value: Any, expected: type, source: str) -> Any:
     return value
 
 
-def make_config(algo: str, values: dict[str, Any] | None = None, source: str = "overrides") -> RunConfig:
-    """Build and validate the config of `algo` from defaults updated with `values`."""
-    if algo not in CONFIG_CLASSES:
-        raise ConfigError(f"unknown algorithm '{algo}' (choose from {', '.join(CONFIG_CLASSES)})")
+def _check_keys_and_types(algo: str, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` with every key known to `algo`'s config and every value of its type, or a ConfigError naming
+    `source`."""
     cls = CONFIG_CLASSES[algo]
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     checked = {}
-    for name, value in (values or {}).items():
+    for name, value in values.items():
         if name not in known:
             raise ConfigError(f"unknown config key '{name}' in {source} for algorithm '{algo}'")
         checked[name] = _check_type(name, value, hints[name], source)
+    return checked
+
+
+def make_config(algo: str, values: dict[str, Any] | None = None, source: str = "overrides") -> RunConfig:
+    """Build and validate the config of `algo` from defaults updated with `values`."""
+    if algo not in CONFIG_CLASSES:
+        raise ConfigError(f"unknown algorithm '{algo}' (choose from {', '.join(CONFIG_CLASSES)})")
+    checked = _check_keys_and_types(algo, values or {}, source)
     if checked.get("algo", algo) != algo:
         raise ConfigError(f"{source} is a config for '{checked['algo']}', not for '{algo}'")
-    config = cls(**checked)
+    config = CONFIG_CLASSES[algo](**checked)
     config.validate()
     return config
 
@@ -242,8 +249,6 @@ def parse_settings(algo: str, items: list[str] | None) -> dict[str, Any]:
 
     Keys and types are checked here, so that an error names --set rather than the config file.
     """
-    cls = CONFIG_CLASSES[algo]
-    hints = typing.get_type_hints(cls)
     settings: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
@@ -252,16 +257,13 @@ def parse_settings(algo: str, items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
         if key in _OWN_OPTION:
             raise ConfigError(f"--set {key}: use {_OWN_OPTION[key]} instead")
-        if key not in {f.name for f in dataclasses.fields(cls)}:
-            raise ConfigError(f"unknown config key '{key}' in --set for algorithm '{algo}'")
         if key in settings:
             raise ConfigError(f"--set gives '{key}' twice")
         try:
-            value = tomllib.loads(f"value = {text}")["value"]
+            settings[key] = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:
-            value = text.strip()  # a bare word: optimizer=adam
-        settings[key] = _check_type(key, value, hints[key], "--set")
-    return settings
+            settings[key] = text.strip()  # a bare word: optimizer=adam
+    return _check_keys_and_types(algo, settings, "--set")
 
 
 def load_config(
