@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from jaxrl_lander.config import CONFIG_CLASSES, ConfigError, load_config
-from jaxrl_lander.errors import ResumeError, TrainingFailed, UnreadableModel
+from jaxrl_lander.errors import ResumeError, SweepFailed, TrainingFailed, UnreadableModel
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -201,14 +201,13 @@ def _sweep(args) -> int:
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     for seed in args.seeds:  # every seed's config must be valid before any process starts
         overrides = {"seed": seed, **({"total_timesteps": args.steps} if args.steps else {})}
-        load_config(args.algo, args.config, overrides, args.settings)
+        config = load_config(args.algo, args.config, overrides, args.settings)
     _check_writable(args.results_dir)
     from jaxrl_lander.sweep import run_sweep
 
     name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings])
     out_dir = args.results_dir / "sweeps" / name
-    summary = run_sweep(args.algo, args.seeds, args.config, args.steps, out_dir, min(args.jobs, len(args.seeds)),
-                        args.settings)
+    summary = run_sweep(args.algo, args.seeds, config, out_dir, min(args.jobs, len(args.seeds)))
     final = summary["final_evaluation"]
     print(
         f"{name}: {len(args.seeds)} seeds | final evaluation mean {final['mean']:.1f}"
@@ -245,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingFailed as exc:
         sys.stderr.write(f"{PROG}: training failed: {exc}\n")
+        return EXIT_RUNTIME
+    except SweepFailed as exc:
+        sys.stderr.write(f"{PROG}: sweep failed: {exc}\n")
         return EXIT_RUNTIME
     except OSError as exc:  # e.g. the disk filled up while writing
         sys.stderr.write(f"{PROG}: error: {exc}\n")

@@ -4,6 +4,7 @@ Every hyperparameter of a run lives here, with its default; `configs/*.toml` spe
 """
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -238,6 +239,19 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+
+
+def config_to_toml(config: RunConfig, omit: tuple[str, ...] = ()) -> str:
+    """Every field of `config` but those in `omit`, as a flat TOML file that load_config reads back equal."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)  # a TOML basic string: the same escapes as JSON
+        return repr(v)  # int, or float with its exponent: 1e-05, 0.0016
+
+    return "".join(f"{k} = {value(v)}\n" for k, v in config.to_dict().items() if k not in omit)
 
 
 # keys with a command-line option of their own, which --set would silently contradict

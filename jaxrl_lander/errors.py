@@ -5,6 +5,10 @@ class TrainingFailed(RuntimeError):
     """Training stopped on a numerical fault; the results JSON says why and the last good checkpoint is kept."""
 
 
+class SweepFailed(RuntimeError):
+    """One or more seeds of a sweep exited with an error; the other seeds' experiments are kept."""
+
+
 class UnreadableModel(RuntimeError):
     """A trained model directory exists but cannot be loaded; the message names it."""
 

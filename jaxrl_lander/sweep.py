@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from jaxrl_lander.config import RunConfig, config_to_toml
+from jaxrl_lander.errors import SweepFailed
 from jaxrl_lander.plotting import plot_sweep_curves
-from jaxrl_lander.recording import write_json_atomic
+from jaxrl_lander.recording import replaced_atomically, write_json_atomic
 
 log = logging.getLogger("jaxrl_lander")
 BOOTSTRAP_SAMPLES = 2_000
@@ -82,31 +84,36 @@ def learning_curves(metrics: list[dict[str, Any]], seed: int = 0) -> dict[str, l
     return {"timestep": steps, "mean": clean(mean), "ci95_low": clean(low), "ci95_high": clean(high)}
 
 
-def run_sweep(algo: str, seeds: list[int], config_path: Path | None, steps: int | None, out_dir: Path,
-              jobs: int, settings: list[str] | None = None) -> dict[str, Any]:
-    """Train every seed (up to `jobs` processes at once) into out_dir, then write summary.json and the plot.
+def run_sweep(algo: str, seeds: list[int], config: RunConfig, out_dir: Path, jobs: int) -> dict[str, Any]:
+    """Train every seed of `config` (up to `jobs` processes at once) into out_dir, then write summary.json and
+    the plot.
 
-    `settings` are `--set KEY=VALUE` items passed on to every seed's training."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    The config is written once to out_dir/config.toml (without its seed) and every seed trains from that file:
+    the sweep records what it ran, and editing the config file it came from mid-sweep changes nothing.
+    Raises SweepFailed, naming the failed seeds, once every seed has finished; the others' artifacts stay.
+    """
+    config_file = out_dir / "config.toml"
+    with replaced_atomically(config_file) as tmp:
+        tmp.write_text(config_to_toml(config, omit=("seed",)))
 
-    def train(seed: int) -> float:
+    def train(seed: int) -> str | None:
+        """None on success, else the last line the seed's process wrote to stderr."""
         cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed),
-               "--results-dir", str(out_dir)]
-        if config_path is not None:
-            cmd += ["--config", str(config_path)]
-        if steps is not None:
-            cmd += ["--steps", str(steps)]
-        for item in settings or []:
-            cmd += ["--set", item]
+               "--config", str(config_file), "--results-dir", str(out_dir)]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"seed {seed} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            lines = proc.stderr.strip().splitlines()
+            return lines[-1] if lines else f"exit status {proc.returncode}"
         log.info("seed %d done in %.0f s: %s", seed, time.perf_counter() - start, proc.stdout.strip())
-        return time.perf_counter() - start
+        return None
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(train, seeds))
+        failures = {seed: error for seed, error in zip(seeds, pool.map(train, seeds)) if error is not None}
+    if failures:
+        seed, error = next(iter(failures.items()))
+        raise SweepFailed(f"{len(failures)} of {len(seeds)} seeds failed ({' '.join(map(str, failures))});"
+                          f" seed {seed}: {error}")
     return summarize_sweep(algo, seeds, out_dir)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxrl_lander.config import A2CConfig, ConfigError, PPOConfig, load_config, make_config
+from jaxrl_lander.config import A2CConfig, ConfigError, PPOConfig, config_to_toml, load_config, make_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,6 +22,18 @@ def test_every_shipped_config_loads(path):
     algo = tomllib.loads(path.read_text())["algo"]
     config = load_config(algo, path, {})
     assert config.algo == algo and config.total_timesteps % config.checkpoint_interval == 0
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_config_written_as_toml_reads_back_equal(path, tmp_path):
+    import tomllib
+
+    algo = tomllib.loads(path.read_text())["algo"]
+    config = load_config(algo, path, {"seed": 7}, ["gamma=0.97", "env_id=LunarLander-v3"])
+    written = tmp_path / "written.toml"
+    written.write_text(config_to_toml(config, omit=("seed",)))
+    assert "seed" not in tomllib.loads(written.read_text())
+    assert load_config(algo, written, {"seed": 7}) == config
 
 
 def test_seed_hyperparameters():

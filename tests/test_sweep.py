@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from test_cli import run_cli
 
+from jaxrl_lander.config import load_config
 from jaxrl_lander.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns
 
 
@@ -69,6 +70,25 @@ def test_tiny_real_sweep(tmp_path):
                 for s in (0, 1)]
     assert summary["final_evaluation"]["values"] == [r["evaluation"]["mean"] for r in per_seed]
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every seed trained from the config the sweep resolved once and kept beside its results
+    kept = load_config("a2c", out / "config.toml", {"seed": 0})
+    assert kept == load_config("a2c", tmp_path / "tiny.toml", {"seed": 0, "total_timesteps": 400}, ["gamma=0.95"])
+    assert all(r["hyperparameters"] == {**kept.to_dict(), "seed": r["seed"]} for r in per_seed)
+
+
+def test_failed_seed_is_one_line_and_keeps_the_others(tmp_path):
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 2\n")
+    blocked = tmp_path / "results" / "sweeps" / "tiny" / "experiments" / "a2c_seed1"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where seed 1's experiment directory would go")
+    proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
+                   "--jobs", "1", cwd=tmp_path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "INFO" not in line]  # the log names seed 0 done
+    assert len(errors) == 1 and errors[0].startswith("jaxrl_lander: sweep failed: 1 of 2 seeds failed (1); seed 1:")
+    seed0 = blocked.parent / "a2c_seed0" / "a2c_seed0_results.json"
+    assert json.loads(seed0.read_text())["status"] == "completed"
+    assert not (blocked.parents[1] / "summary.json").exists()
 
 
 def test_sweep_refuses_duplicate_seeds(tmp_path):
