@@ -70,6 +70,9 @@ class RunConfig:
     """Also evaluate every this many env steps during training (0: only at the end); time excluded from training."""
     eval_interval_episodes: int = 10
     """Deterministic episodes of each evaluation during training."""
+    select_best_checkpoint: bool = False
+    """Deliver the checkpoint of the best evaluation during training instead of the last parameters: the model
+    and the final evaluation (SC-006) are of it, and the last parameters' evaluation is recorded beside it."""
     solve_threshold: float = 200.0
     """Mean evaluation return that counts as solving the task (SC-006)."""
 
@@ -98,6 +101,13 @@ class RunConfig:
             raise ConfigError(f"eval_interval must be >= 0 (0 evaluates only at the end), got {self.eval_interval}")
         if self.keep_checkpoints < 0:
             raise ConfigError(f"keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
+        if self.select_best_checkpoint and (self.eval_interval <= 0 or self.eval_interval % self.checkpoint_interval
+                                            or self.keep_checkpoints):
+            raise ConfigError(
+                "select_best_checkpoint needs a checkpoint at every evaluation: eval_interval > 0 and a multiple of"
+                f" checkpoint_interval, keep_checkpoints = 0 (got {self.eval_interval}, {self.checkpoint_interval},"
+                f" {self.keep_checkpoints})"
+            )
         if not 0.0 < self.learning_rate:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         for name in ("gamma", "gae_lambda"):

@@ -108,8 +108,8 @@ def _load_agent(path: str | Path, seed: int | None, sample: bool = False
 
     model = model_path(path)
     params, spec = load_model(model)
-    if seed is None:
-        seed = eval_env_seed(RunKeys.from_seed(spec["seed"]).eval)
+    if seed is None:  # the final evaluation's first seed (absent from older models: the evaluation seeds)
+        seed = spec.get("first_eval_seed", eval_env_seed(RunKeys.from_seed(spec["seed"]).eval))
     policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
     standardize = observation_function(spec.get("observation_normalization"))  # absent from older models
     act = sampling_policy(policy, params, seed, standardize) if sample else greedy_policy(policy, params, standardize)

@@ -343,9 +343,17 @@ class Trainer:
         standardize = self.normalizer.frozen_observations() if self.normalizer else None
         return greedy_policy(self.learner.policy, params, standardize)
 
-    def evaluate(self, params, episodes: int, keep_episodes: bool = False) -> dict[str, Any]:
-        """Deterministic episodes on the evaluation seeds (the same seeds at every evaluation)."""
-        played = run_episodes(self.greedy(params), self.config.env_id, episodes, eval_env_seed(self.keys.eval))
+    def final_eval_seed(self) -> int:
+        """First seed of the final evaluation: the evaluation seeds, past those the evaluations during training
+        used when one of them selects the delivered checkpoint (so the verdict is not on its selection's episodes)."""
+        skip = self.config.eval_interval_episodes if self.config.select_best_checkpoint else 0
+        return eval_env_seed(self.keys.eval) + skip
+
+    def evaluate(self, params, episodes: int, keep_episodes: bool = False, seed: int | None = None) -> dict[str, Any]:
+        """Deterministic episodes from `seed` on; by default the evaluation seeds (the same at every evaluation
+        during training)."""
+        seed = eval_env_seed(self.keys.eval) if seed is None else seed
+        played = run_episodes(self.greedy(params), self.config.env_id, episodes, seed)
         summary = summarize(played)
         if not keep_episodes:
             summary = {k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}
@@ -525,6 +533,22 @@ class _Run:
             bar.close()
         self.stop_signal = stop.signum
 
+    def best_checkpoint(self) -> tuple[dict[str, Any], TrainState]:
+        """Evaluate the last parameters, then restore the checkpoint of the best evaluation during training (the
+        first, on a tie), its observation statistics included; returns its record and its state."""
+        trainer = self.trainer
+        last = trainer.evaluate(self.state.params, self.config.eval_episodes, seed=trainer.final_eval_seed())
+        best = max(self.progress.evaluations, key=lambda e: e["mean"])
+        self.store.wait()  # the best may be the checkpoint still being written
+        state, meta = self.store.restore(best["timestep"], self.state)
+        if trainer.normalizer is not None:
+            trainer.normalizer.load_state_dict(meta["normalizer"])
+        log.info("%s: delivering the checkpoint at step %d (evaluation during training %.1f; last parameters %.1f)",
+                 self.paths.name, best["timestep"], best["mean"], last["mean"])
+        record = {"timestep": best["timestep"], "evaluation_during_training": best["mean"],
+                  "last_parameters_evaluation": last}
+        return record, state
+
     def finish(self) -> dict[str, Any]:
         """Final checkpoint (when stopped), model, evaluation, metrics and results."""
         trainer, config, p = self.trainer, self.config, self.progress
@@ -535,6 +559,11 @@ class _Run:
             status, reason = "interrupted", f"stopped by {signal.Signals(self.stop_signal).name} at step {p.timestep}"
             if self.last_checkpoint != p.timestep:
                 self.checkpoint()
+        selected = None
+        delivered_state, delivered_step = self.state, p.timestep
+        if status == "completed" and config.select_best_checkpoint and p.evaluations:
+            selected, delivered_state = self.best_checkpoint()
+            delivered_step = selected["timestep"]
         self.store.close()
         loop_seconds = self.loop_seconds()
         compile_seconds = _jit_seconds[0] - self.jit_seconds_before
@@ -552,13 +581,15 @@ class _Run:
                 "env_id": config.env_id,
                 "algo": config.algo,
                 "seed": config.seed,
-                "timestep": p.timestep,
+                "timestep": delivered_step,
+                "first_eval_seed": trainer.final_eval_seed(),
                 "observation_normalization": trainer.normalizer.observation_spec() if trainer.normalizer else None,
             }
-            save_model(self.paths.model, state.params, policy_spec)
+            save_model(self.paths.model, delivered_state.params, policy_spec)
         if status == "completed":
             t_eval = time.perf_counter()
-            evaluation = trainer.evaluate(state.params, config.eval_episodes, keep_episodes=True)
+            evaluation = trainer.evaluate(delivered_state.params, config.eval_episodes, keep_episodes=True,
+                                          seed=trainer.final_eval_seed())
             evaluation["seconds"] = time.perf_counter() - t_eval
             if self.tb:
                 self.tb.evaluation(p.timestep, evaluation["mean"])
@@ -574,6 +605,7 @@ class _Run:
             first_update_seconds=self.first_update_seconds, compile_seconds=compile_seconds, updates=p.updates,
             evaluations=p.evaluations, device=device_info(trainer.device, trainer.act_device),
             resumed_from=self.start_step or None, status=status, reason=reason, timestep=p.timestep,
+            selected_checkpoint=selected,
         )
         write_json_atomic(self.paths.results, results)
         trainer.final_state = state
@@ -603,6 +635,7 @@ def build_results(
     status: str = "completed",
     reason: str | None = None,
     timestep: int | None = None,
+    selected_checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ExperimentResults entity, success criteria included."""
     checkpoint_steps = store.all_steps()
@@ -648,6 +681,7 @@ def build_results(
         "resumed_from_timestep": resumed_from,
         "final_metrics": {**recorder.statistics(), "recent_reward_mean": recorder.recent_reward_mean},
         "evaluation": evaluation,
+        "selected_checkpoint": selected_checkpoint,
         "evaluations_during_training": evaluations,
         "solved": solved,
         "learning_progression": progression,

@@ -124,6 +124,17 @@ def test_a2c_optimizer_must_be_known():
         make_config("ppo", {"optimizer": "adam"})
 
 
+@pytest.mark.parametrize("values", [
+    {"eval_interval": 0},
+    {"eval_interval": 1500, "checkpoint_interval": 1000},
+    {"eval_interval": 2000, "checkpoint_interval": 1000, "keep_checkpoints": 3},
+])
+def test_select_best_checkpoint_needs_a_checkpoint_at_every_evaluation(values):
+    with pytest.raises(ConfigError, match="^select_best_checkpoint needs a checkpoint at every evaluation"):
+        make_config("a2c", {"select_best_checkpoint": True, **values})
+    make_config("a2c", {"select_best_checkpoint": True, "eval_interval": 2000, "checkpoint_interval": 1000})
+
+
 def test_missing_file_and_unknown_algo():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("ppo", "does/not/exist.toml")

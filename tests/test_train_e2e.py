@@ -12,10 +12,10 @@ from conftest import SHORT_STEPS, load_json, short_config
 from jaxrl_lander import load_policy
 from jaxrl_lander.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import ConfigError
-from jaxrl_lander.envs import EVAL_SEED_OFFSET
+from jaxrl_lander.envs import EVAL_SEED_OFFSET, eval_env_seed
 from jaxrl_lander.evaluate import evaluate_experiment
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS, load_schema
-from jaxrl_lander.train import Trainer
+from jaxrl_lander.train import RunKeys, Trainer
 
 ALGOS = ["ppo", "a2c"]
 
@@ -58,6 +58,7 @@ def test_outputs_match_their_schemas_and_values(short_runs, algo):
     assert results["total_timesteps"] == SHORT_STEPS and results["status"] == "completed"
     assert results["updates"] == SHORT_STEPS // config.rollout_size
     assert results["hyperparameters"] == config.to_dict()
+    assert results["selected_checkpoint"] is None  # the last parameters are delivered
     assert results["device"]["platform"] == jax.devices()[0].platform
     assert results["device"]["act_device"] == str(jax.devices("cpu")[0])  # acting defaults to the host CPU
     assert results["steps_per_second"] > 0 and results["training_time_seconds"] > 0
@@ -199,6 +200,36 @@ def test_evaluations_during_training_and_time_to_solve(tmp_path):
     # Any return beats a threshold of -1e9: solved at the first evaluation.
     assert results["solved"] == {"threshold": -1e9, "timestep": 200, "training_seconds": times[0]}
     assert results["success_criteria"]["SC-006"]["passed"] is True
+
+
+def test_select_best_checkpoint_delivers_the_best_evaluated_parameters(tmp_path):
+    """The model and the final evaluation are those of the checkpoint with the best evaluation during training,
+    its observation statistics included; the last parameters' evaluation is recorded beside them."""
+    config = short_config("a2c", total_timesteps=1200, checkpoint_interval=200, eval_interval=400,
+                          eval_interval_episodes=2, normalize_observations=True, select_best_checkpoint=True)
+    trainer = Trainer(config, tmp_path)
+    results = trainer.train()
+    _validate(results, EXPERIMENT_RESULTS)
+    best = max(results["evaluations_during_training"], key=lambda e: e["mean"])
+    assert best["timestep"] != 1200  # this seed's best is not the end, so delivering it changes the model
+    selected = results["selected_checkpoint"]
+    assert selected["timestep"] == best["timestep"] and selected["evaluation_during_training"] == best["mean"]
+    assert selected["last_parameters_evaluation"]["episodes"] == 3
+
+    store = CheckpointStore(trainer.paths.checkpoints)
+    state, meta = store.restore(best["timestep"], trainer.initial_state())
+    store.close()
+    params, spec = load_model(trainer.paths.model)
+    jax.tree.map(np.testing.assert_array_equal, params, state.params)
+    assert spec["timestep"] == best["timestep"]
+    assert spec["observation_normalization"] == meta["normalizer"]["observations"]
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params, trainer.final_state.params)))
+    # The verdict is on episodes past the 2 each evaluation during training played, so not on those it was
+    # selected by; the delivered model replays it by default, and SC-006 judges it.
+    first = eval_env_seed(RunKeys.from_seed(config.seed).eval) + 2
+    assert results["evaluation"]["seeds"] == [first, first + 1, first + 2] and spec["first_eval_seed"] == first
+    assert evaluate_experiment(trainer.paths.root, 3)["returns"] == results["evaluation"]["returns"]
+    assert results["success_criteria"]["SC-006"]["value"] == results["evaluation"]["mean"]
 
 
 def test_resume_accepts_a_checkpoint_that_predates_a_config_key(short_runs, tmp_path):
