@@ -539,7 +539,6 @@ class _Run:
         trainer = self.trainer
         last = trainer.evaluate(self.state.params, self.config.eval_episodes, seed=trainer.final_eval_seed())
         best = max(self.progress.evaluations, key=lambda e: e["mean"])
-        self.store.wait()  # the best may be the checkpoint still being written
         state, meta = self.store.restore(best["timestep"], self.state)
         if trainer.normalizer is not None:
             trainer.normalizer.load_state_dict(meta["normalizer"])
@@ -559,14 +558,15 @@ class _Run:
             status, reason = "interrupted", f"stopped by {signal.Signals(self.stop_signal).name} at step {p.timestep}"
             if self.last_checkpoint != p.timestep:
                 self.checkpoint()
+        self.store.wait()  # the last checkpoint's write is training time, as every other's
+        loop_seconds = self.loop_seconds()  # before the selection's evaluation, which is not
+        compile_seconds = _jit_seconds[0] - self.jit_seconds_before
         selected = None
         delivered_state, delivered_step = self.state, p.timestep
         if status == "completed" and config.select_best_checkpoint and p.evaluations:
             selected, delivered_state = self.best_checkpoint()
             delivered_step = selected["timestep"]
         self.store.close()
-        loop_seconds = self.loop_seconds()
-        compile_seconds = _jit_seconds[0] - self.jit_seconds_before
         trainer.envs.close()
         state = self.state.replace(key=jax.device_put(self.key, trainer.device))
         if reason:
