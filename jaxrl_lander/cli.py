@@ -201,7 +201,7 @@ def _sweep(args) -> int:
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     for seed in args.seeds:  # every seed's config must be valid before any process starts
         overrides = {"seed": seed, **({"total_timesteps": args.steps} if args.steps else {})}
-        config = load_config(args.algo, args.config, overrides, args.settings)
+        config = load_config(args.algo, args.config, overrides, args.settings)  # they differ in the seed alone
     _check_writable(args.results_dir)
     from jaxrl_lander.sweep import run_sweep
 
