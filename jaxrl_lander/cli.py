@@ -220,10 +220,10 @@ def _sweep(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from jaxrl_lander.evaluate import evaluate_experiment
+    from jaxrl_lander.evaluate import brief, evaluate_experiment
 
     summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)
-    print(json.dumps({k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}))
+    print(json.dumps(brief(summary)))
     if args.render:
         from jaxrl_lander.evaluate import render_episode_gif
 

@@ -73,6 +73,12 @@ class RunConfig:
     select_best_checkpoint: bool = False
     """Deliver the checkpoint of the best evaluation during training instead of the last parameters: the model
     and the final evaluation (SC-006) are of it, and the last parameters' evaluation is recorded beside it."""
+    selection_candidates: int = 1
+    """With select_best_checkpoint: how many of the best evaluations during training have their checkpoints
+    play `selection_episodes` further episodes; the best on those is delivered (1: the best evaluation's)."""
+    selection_episodes: int = 0
+    """Episodes each candidate checkpoint plays for the choice, on seeds none of the other evaluations play;
+    0 with one candidate, > 0 with several."""
     solve_threshold: float = 200.0
     """Mean evaluation return that counts as solving the task (SC-006)."""
 
@@ -107,6 +113,17 @@ class RunConfig:
                 "select_best_checkpoint needs a checkpoint at every evaluation: eval_interval > 0 and a multiple of"
                 f" checkpoint_interval, keep_checkpoints = 0 (got {self.eval_interval}, {self.checkpoint_interval},"
                 f" {self.keep_checkpoints})"
+            )
+        if self.selection_candidates < 1 or self.selection_episodes < 0:
+            raise ConfigError(
+                "selection_candidates must be >= 1 and selection_episodes >= 0, got "
+                f"{self.selection_candidates} and {self.selection_episodes}"
+            )
+        if (self.selection_candidates > 1) != (self.selection_episodes > 0) or (
+                self.selection_candidates > 1 and not self.select_best_checkpoint):
+            raise ConfigError(
+                "selection_candidates > 1 needs select_best_checkpoint and selection_episodes > 0, and only it does"
+                f" (got {self.select_best_checkpoint}, {self.selection_candidates}, {self.selection_episodes})"
             )
         if not 0.0 < self.learning_rate:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")

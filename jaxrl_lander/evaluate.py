@@ -51,6 +51,11 @@ def summarize(episodes: list[dict]) -> dict:
     }
 
 
+def brief(summary: dict) -> dict:
+    """A summary without its episodes' returns and seeds."""
+    return {k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}
+
+
 @functools.cache
 def _compiled(action_fn: Callable, policy: ActorCritic):
     # One jitted function per action rule and network, so repeated evaluations during training never retrace.

@@ -24,7 +24,7 @@ from jaxrl_lander.checkpoint import CheckpointStore, save_model
 from jaxrl_lander.config import ConfigError, RunConfig
 from jaxrl_lander.errors import ResumeError, TrainingFailed, first_line
 from jaxrl_lander.envs import eval_env_seed, make_vector_env, reset_envs, step_envs, train_env_seed
-from jaxrl_lander.evaluate import greedy_policy, run_episodes, summarize
+from jaxrl_lander.evaluate import brief, greedy_policy, run_episodes, summarize
 from jaxrl_lander.normalization import Normalizer
 from jaxrl_lander.policy import sample_action, state_value
 from jaxrl_lander.recording import MetricsRecorder, is_partial_write, now_iso, write_json_atomic
@@ -50,7 +50,10 @@ def _count_jit_time(event: str, duration: float, **_) -> None:
 jax.monitoring.register_event_duration_secs_listener(_count_jit_time)
 
 # Config keys that may differ between a checkpoint and the run resuming from it.
-RESUMABLE_CHANGES = {"total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes", "keep_checkpoints"}
+RESUMABLE_CHANGES = {
+    "total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes", "keep_checkpoints",
+    "select_best_checkpoint", "selection_candidates", "selection_episodes",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,11 +346,16 @@ class Trainer:
         standardize = self.normalizer.frozen_observations() if self.normalizer else None
         return greedy_policy(self.learner.policy, params, standardize)
 
+    def selection_seed(self) -> int:
+        """First seed of the candidate checkpoints' further episodes: past those of the evaluations during training."""
+        return eval_env_seed(self.keys.eval) + self.config.eval_interval_episodes
+
     def final_eval_seed(self) -> int:
-        """First seed of the final evaluation: the evaluation seeds, past those the evaluations during training
-        used when one of them selects the delivered checkpoint (so the verdict is not on its selection's episodes)."""
-        skip = self.config.eval_interval_episodes if self.config.select_best_checkpoint else 0
-        return eval_env_seed(self.keys.eval) + skip
+        """First seed of the final evaluation: the evaluation seeds, past those that selected the delivered
+        checkpoint when one is selected (so the verdict is not on its selection's episodes)."""
+        if not self.config.select_best_checkpoint:
+            return eval_env_seed(self.keys.eval)
+        return self.selection_seed() + self.config.selection_episodes
 
     def evaluate(self, params, episodes: int, keep_episodes: bool = False, seed: int | None = None) -> dict[str, Any]:
         """Deterministic episodes from `seed` on; by default the evaluation seeds (the same at every evaluation
@@ -355,9 +363,7 @@ class Trainer:
         seed = eval_env_seed(self.keys.eval) if seed is None else seed
         played = run_episodes(self.greedy(params), self.config.env_id, episodes, seed)
         summary = summarize(played)
-        if not keep_episodes:
-            summary = {k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}
-        return summary
+        return summary if keep_episodes else brief(summary)
 
     def previous_results(self) -> dict[str, Any] | None:
         if not self.paths.results.is_file():
@@ -533,20 +539,39 @@ class _Run:
             bar.close()
         self.stop_signal = stop.signum
 
-    def best_checkpoint(self) -> tuple[dict[str, Any], TrainState]:
-        """Evaluate the last parameters, then restore the checkpoint of the best evaluation during training (the
-        first, on a tie), its observation statistics included; returns its record and its state."""
-        trainer = self.trainer
-        last = trainer.evaluate(self.state.params, self.config.eval_episodes, seed=trainer.final_eval_seed())
-        best = max(self.progress.evaluations, key=lambda e: e["mean"])
-        state, meta = self.store.restore(best["timestep"], self.state)
+    def best_checkpoint(self) -> tuple[dict[str, Any], TrainState, dict[str, Any]]:
+        """Evaluate the last parameters, then restore the checkpoints of the best `selection_candidates`
+        evaluations during training (the earlier first, on a tie), each with its observation statistics; with
+        several, each plays the same `selection_episodes` further episodes and the best mean there wins (the
+        better evaluation during training, on a tie). Returns the record of the choice, the chosen state and the
+        last parameters' evaluation (the final evaluation's episodes, kept)."""
+        trainer, config = self.trainer, self.config
+        t_eval = time.perf_counter()
+        last = trainer.evaluate(self.state.params, config.eval_episodes, keep_episodes=True,
+                                seed=trainer.final_eval_seed())
+        last["seconds"] = time.perf_counter() - t_eval
+        ranked = sorted(self.progress.evaluations, key=lambda e: -e["mean"])[:config.selection_candidates]
+        candidates = []
+        for evaluation in ranked:
+            state, meta = self.store.restore(evaluation["timestep"], self.state)
+            if trainer.normalizer is not None:
+                trainer.normalizer.load_state_dict(meta["normalizer"])
+            replay = None
+            if config.selection_episodes:
+                replay = trainer.evaluate(state.params, config.selection_episodes, seed=trainer.selection_seed())
+                log.info("%s: the checkpoint at step %d (evaluation during training %.1f) plays %.1f",
+                         self.paths.name, evaluation["timestep"], evaluation["mean"], replay["mean"])
+            candidates.append(({"timestep": evaluation["timestep"], "evaluation_during_training": evaluation["mean"],
+                                "selection_evaluation": replay}, state, meta))
+        record, state, meta = max(candidates, key=lambda c: c[0]["selection_evaluation"]["mean"]) \
+            if config.selection_episodes else candidates[0]
         if trainer.normalizer is not None:
             trainer.normalizer.load_state_dict(meta["normalizer"])
         log.info("%s: delivering the checkpoint at step %d (evaluation during training %.1f; last parameters %.1f)",
-                 self.paths.name, best["timestep"], best["mean"], last["mean"])
-        record = {"timestep": best["timestep"], "evaluation_during_training": best["mean"],
-                  "last_parameters_evaluation": last}
-        return record, state
+                 self.paths.name, record["timestep"], record["evaluation_during_training"], last["mean"])
+        selected = {"timestep": record["timestep"], "evaluation_during_training": record["evaluation_during_training"],
+                    "last_parameters_evaluation": brief(last), "candidates": [c[0] for c in candidates]}
+        return selected, state, last
 
     def finish(self) -> dict[str, Any]:
         """Final checkpoint (when stopped), model, evaluation, metrics and results."""
@@ -561,10 +586,10 @@ class _Run:
         self.store.wait()  # the last checkpoint's write is training time, as every other's
         loop_seconds = self.loop_seconds()  # before the selection's evaluation, which is not
         compile_seconds = _jit_seconds[0] - self.jit_seconds_before
-        selected = None
+        selected = last_evaluation = None
         delivered_state, delivered_step = self.state, p.timestep
         if status == "completed" and config.select_best_checkpoint and p.evaluations:
-            selected, delivered_state = self.best_checkpoint()
+            selected, delivered_state, last_evaluation = self.best_checkpoint()
             delivered_step = selected["timestep"]
         self.store.close()
         trainer.envs.close()
@@ -586,7 +611,9 @@ class _Run:
                 "observation_normalization": trainer.normalizer.observation_spec() if trainer.normalizer else None,
             }
             save_model(self.paths.model, delivered_state.params, policy_spec)
-        if status == "completed":
+        if status == "completed" and delivered_step == p.timestep and last_evaluation is not None:
+            evaluation = last_evaluation  # the selection chose the last parameters: the same play, not repeated
+        elif status == "completed":
             t_eval = time.perf_counter()
             evaluation = trainer.evaluate(delivered_state.params, config.eval_episodes, keep_episodes=True,
                                           seed=trainer.final_eval_seed())

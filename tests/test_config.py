@@ -146,3 +146,17 @@ def test_readme_documents_every_config_field():
     readme = (CONFIGS.parent / "README.md").read_text()
     fields = {f.name for cls in (PPOConfig, A2CConfig) for f in dataclasses.fields(cls)}
     assert sorted(name for name in fields if f"| `{name}` |" not in readme) == []
+
+
+@pytest.mark.parametrize("values", [
+    {"selection_candidates": 3},  # several candidates need further episodes to choose between them
+    {"selection_episodes": 5},  # further episodes need several candidates
+    {"selection_candidates": 3, "selection_episodes": 5, "select_best_checkpoint": False},
+])
+def test_selection_candidates_and_episodes_go_together_with_select_best_checkpoint(values):
+    base = {"select_best_checkpoint": True, "eval_interval": 2000, "checkpoint_interval": 1000}
+    with pytest.raises(ConfigError, match="^selection_candidates > 1 needs select_best_checkpoint and selection_ep"):
+        make_config("a2c", {**base, **values})
+    with pytest.raises(ConfigError, match="^selection_candidates must be >= 1 and selection_episodes >= 0, got 0"):
+        make_config("a2c", {**base, "selection_candidates": 0})
+    assert make_config("a2c", {**base, "selection_candidates": 3, "selection_episodes": 5}).selection_episodes == 5

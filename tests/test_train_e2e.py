@@ -215,6 +215,8 @@ def test_select_best_checkpoint_delivers_the_best_evaluated_parameters(tmp_path)
     selected = results["selected_checkpoint"]
     assert selected["timestep"] == best["timestep"] and selected["evaluation_during_training"] == best["mean"]
     assert selected["last_parameters_evaluation"]["episodes"] == 3
+    assert selected["candidates"] == [{"timestep": best["timestep"], "evaluation_during_training": best["mean"],
+                                       "selection_evaluation": None}]
 
     store = CheckpointStore(trainer.paths.checkpoints)
     state, meta = store.restore(best["timestep"], trainer.initial_state())
@@ -297,3 +299,36 @@ def test_normalised_run_keeps_its_statistics_in_checkpoints_and_model(tmp_path):
     # Continued from the checkpoint's statistics: its count, plus the new reset and the remaining steps.
     expected = meta_2000["normalizer"]["observations"]["count"] + config.num_envs + SHORT_STEPS - 2000
     assert meta_resumed["normalizer"]["observations"]["count"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_selection_candidates_play_further_episodes_and_the_best_there_is_delivered(tmp_path):
+    """With two candidates, the checkpoints of the two best evaluations during training play the same further
+    episodes, the better there is delivered, and the verdict is on episodes past both selections'."""
+    config = short_config("a2c", total_timesteps=1200, checkpoint_interval=200, eval_interval=200,
+                          eval_interval_episodes=1, normalize_observations=True, select_best_checkpoint=True,
+                          selection_candidates=2, selection_episodes=2)
+    trainer = Trainer(config, tmp_path)
+    results = trainer.train()
+    _validate(results, EXPERIMENT_RESULTS)
+    ranked = sorted(results["evaluations_during_training"], key=lambda e: -e["mean"])[:2]
+    selected = results["selected_checkpoint"]
+    candidates = selected["candidates"]
+    assert [c["timestep"] for c in candidates] == [e["timestep"] for e in ranked]
+    assert [c["evaluation_during_training"] for c in candidates] == [e["mean"] for e in ranked]
+    assert all(c["selection_evaluation"]["episodes"] == 2 for c in candidates)
+    replays = [c["selection_evaluation"]["mean"] for c in candidates]
+    assert replays[1] > replays[0]  # on this seed the further episodes overturn the evaluations during training
+    chosen = candidates[1]
+    assert selected["timestep"] == chosen["timestep"]
+    assert selected["evaluation_during_training"] == chosen["evaluation_during_training"]
+
+    store = CheckpointStore(trainer.paths.checkpoints)
+    state, meta = store.restore(chosen["timestep"], trainer.initial_state())
+    store.close()
+    params, spec = load_model(trainer.paths.model)
+    jax.tree.map(np.testing.assert_array_equal, params, state.params)
+    assert spec["observation_normalization"] == meta["normalizer"]["observations"]
+    # The candidates played seeds past the evaluations during training; the verdict plays seeds past both.
+    first = eval_env_seed(RunKeys.from_seed(config.seed).eval) + 1 + 2
+    assert results["evaluation"]["seeds"] == [first, first + 1, first + 2] and spec["first_eval_seed"] == first
+    assert evaluate_experiment(trainer.paths.root, 3)["returns"] == results["evaluation"]["returns"]
