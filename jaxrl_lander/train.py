@@ -52,7 +52,7 @@ jax.monitoring.register_event_duration_secs_listener(_count_jit_time)
 # Config keys that may differ between a checkpoint and the run resuming from it.
 RESUMABLE_CHANGES = {
     "total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes", "keep_checkpoints",
-    "select_best_checkpoint", "selection_candidates", "selection_episodes",
+    "selection_candidates", "selection_episodes",  # how a completed run chooses among its kept checkpoints
 }
 
 
