@@ -332,3 +332,18 @@ def test_selection_candidates_play_further_episodes_and_the_best_there_is_delive
     first = eval_env_seed(RunKeys.from_seed(config.seed).eval) + 1 + 2
     assert results["evaluation"]["seeds"] == [first, first + 1, first + 2] and spec["first_eval_seed"] == first
     assert evaluate_experiment(trainer.paths.root, 3)["returns"] == results["evaluation"]["returns"]
+
+
+def test_a_resume_may_change_how_candidates_are_chosen_but_not_whether(tmp_path):
+    """The selection keys act once training is over, on checkpoints every evaluation kept; select_best_checkpoint
+    itself may not change, since a run without it may have dropped the checkpoints it would need."""
+    selecting = dict(total_timesteps=1200, checkpoint_interval=200, eval_interval=200,
+                     select_best_checkpoint=True)
+    saved = short_config("a2c", **selecting).to_dict()
+    trainer = Trainer(short_config("a2c", **selecting, selection_candidates=3, selection_episodes=5), tmp_path)
+    trainer._check_resumable_config(saved)
+    trainer.envs.close()
+    trainer = Trainer(short_config("a2c", total_timesteps=1200, checkpoint_interval=200, eval_interval=200), tmp_path)
+    with pytest.raises(ConfigError, match="differs from the checkpoint in select_best_checkpoint$"):
+        trainer._check_resumable_config(saved)
+    trainer.envs.close()
