@@ -563,8 +563,10 @@ class _Run:
                          self.paths.name, evaluation["timestep"], evaluation["mean"], replay["mean"])
             candidates.append(({"timestep": evaluation["timestep"], "evaluation_during_training": evaluation["mean"],
                                 "selection_evaluation": replay}, state, meta))
-        record, state, meta = max(candidates, key=lambda c: c[0]["selection_evaluation"]["mean"]) \
-            if config.selection_episodes else candidates[0]
+        chosen = candidates[0]
+        if config.selection_episodes:
+            chosen = max(candidates, key=lambda c: c[0]["selection_evaluation"]["mean"])
+        record, state, meta = chosen
         if trainer.normalizer is not None:
             trainer.normalizer.load_state_dict(meta["normalizer"])
         log.info("%s: delivering the checkpoint at step %d (evaluation during training %.1f; last parameters %.1f)",
@@ -611,13 +613,14 @@ class _Run:
                 "observation_normalization": trainer.normalizer.observation_spec() if trainer.normalizer else None,
             }
             save_model(self.paths.model, delivered_state.params, policy_spec)
-        if status == "completed" and delivered_step == p.timestep and last_evaluation is not None:
-            evaluation = last_evaluation  # the selection chose the last parameters: the same play, not repeated
-        elif status == "completed":
-            t_eval = time.perf_counter()
-            evaluation = trainer.evaluate(delivered_state.params, config.eval_episodes, keep_episodes=True,
-                                          seed=trainer.final_eval_seed())
-            evaluation["seconds"] = time.perf_counter() - t_eval
+        if status == "completed":
+            if last_evaluation is not None and delivered_step == p.timestep:
+                evaluation = last_evaluation  # the selection chose the last parameters: the same play, not repeated
+            else:
+                t_eval = time.perf_counter()
+                evaluation = trainer.evaluate(delivered_state.params, config.eval_episodes, keep_episodes=True,
+                                              seed=trainer.final_eval_seed())
+                evaluation["seconds"] = time.perf_counter() - t_eval
             if self.tb:
                 self.tb.evaluation(p.timestep, evaluation["mean"])
         if self.tb:

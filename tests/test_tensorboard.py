@@ -6,6 +6,7 @@ from collections import defaultdict
 import pytest
 from conftest import load_json
 
+from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.config import make_config
 from jaxrl_lander.train import Trainer
 
@@ -58,3 +59,20 @@ def test_event_files_hold_the_run(tmp_path, algo):
     during = [e["mean"] for e in results["evaluations_during_training"]]
     assert [v for _, v in evals] == pytest.approx([*during, results["evaluation"]["mean"]], rel=1e-5)
     assert all(v > 0 for _, v in scalars["time/steps_per_second"])
+
+
+def test_a_selection_that_chooses_the_last_parameters_reuses_their_evaluation(tmp_path):
+    """When the selected checkpoint is the last step's, its verdict is the last parameters' evaluation (same
+    parameters, statistics and episodes), played once, and TensorBoard still gets the final evaluation."""
+    config = make_config("a2c", {"total_timesteps": 1200, "checkpoint_interval": 200, "eval_interval": 200,
+                                 "eval_interval_episodes": 1, "eval_episodes": 3, "normalize_observations": True,
+                                 "select_best_checkpoint": True})
+    trainer = Trainer(config, tmp_path, tensorboard=True)
+    results = trainer.train()
+    selected, evaluation = results["selected_checkpoint"], results["evaluation"]
+    assert selected["timestep"] == 1200  # on this seed the best evaluation during training is the last
+    assert {k: evaluation[k] for k in selected["last_parameters_evaluation"]} == selected["last_parameters_evaluation"]
+    assert evaluation["seeds"][0] == load_model(trainer.paths.model)[1]["first_eval_seed"]
+    evals = read_scalars(trainer.paths.root / "tensorboard")["eval/mean_return"]
+    assert evals[-1] == (1200, pytest.approx(evaluation["mean"], rel=1e-5))
+    assert len(evals) == 6 + 1  # six evaluations during training, then the final one
