@@ -53,7 +53,7 @@ eval: $(STAMP)
 	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES) $(if $(filter 1 yes true,$(SAMPLE)),--sample) $(if $(filter 1 yes true,$(RENDER)),--render)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto  # one test process per CPU (pytest-xdist)
 
 $(BENCH_VENV)/.installed:
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

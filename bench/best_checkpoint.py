@@ -19,47 +19,51 @@ several noisy evaluations flatters it.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from checkpoints import restore_checkpoint
+from checkpoints import experiment_learner
+from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.evaluate import run_episodes
+from jaxrl_lander.files import ExperimentPaths
+from jaxrl_lander.selection import checkpoint_policy, ranked_evaluations
 
 FRESH_SEED = 3 * 2**30
 
 
 def judge(experiment: Path, episodes: int, every: int | None) -> dict[str, tuple[int, float]] | str:
     """{rule: (step, mean return on the fresh episodes)}, or why the experiment cannot be judged."""
-    results = json.loads(next(experiment.glob("*_results.json")).read_text())
-    evaluations = results["evaluations_during_training"]
+    config, learner, results = experiment_learner(experiment)
+    evaluations = results.evaluations_during_training
     if not evaluations:
         return "no evaluations during training (eval_interval = 0)"
     missing = [e["timestep"] for e in evaluations if not (experiment / "checkpoints" / str(e["timestep"])).is_dir()]
     if missing:
         return f"no checkpoint at step {missing[0]} (eval_interval must be a multiple of checkpoint_interval)"
     scores = {}
+    store, template = CheckpointStore(ExperimentPaths.at(experiment).checkpoints), learner.init(jax.random.key(0))
     for evaluation in evaluations:
-        config, trainer, state = restore_checkpoint(experiment, evaluation["timestep"])
-        trainer.envs.close()
-        played = run_episodes(trainer.greedy(state.params), config.env_id, episodes, FRESH_SEED)
+        policy = checkpoint_policy(store, evaluation["timestep"], template, learner.network)
+        played = run_episodes(policy, config.env_id, episodes, FRESH_SEED)
         scores[evaluation["timestep"]] = float(np.mean([e["return"] for e in played]))
-    last = results["total_timesteps"]
+    store.close()
+    last = results.total_timesteps
     if last not in scores:
         return f"no evaluation at the last step {last} (total_timesteps must be a multiple of eval_interval)"
-    selected = results["selected_checkpoint"]
+    selected = results.selected_checkpoint
     choices = {
         "last": last,
-        "best": max(evaluations, key=lambda e: e["mean"])["timestep"],
+        "best": ranked_evaluations(evaluations, 1)[0]["timestep"],
         "delivered": selected["timestep"] if selected else last,
         "oracle": max(scores, key=scores.get),
     }
     if every:
         sparse = [e for e in evaluations if e["timestep"] % every == 0]
         if sparse:
-            choices[f"best@{every}"] = max(sparse, key=lambda e: e["mean"])["timestep"]
+            choices[f"best@{every}"] = ranked_evaluations(sparse, 1)[0]["timestep"]
     return {rule: (step, scores[step]) for rule, step in choices.items()}
 
 

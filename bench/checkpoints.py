@@ -1,26 +1,32 @@
-"""Shared by the diagnostic scripts: restore one checkpoint of a finished experiment."""
+"""Shared by the diagnostic scripts: the learner of a finished experiment, and one of its checkpoints."""
 
-import json
-import tempfile
 from pathlib import Path
 
+import jax
+
+from jaxrl_lander.algos import Learner, TrainState, make_learner
 from jaxrl_lander.checkpoint import CheckpointStore
-from jaxrl_lander.config import RunConfig, make_config
-from jaxrl_lander.train import Trainer
+from jaxrl_lander.collect import env_dims
+from jaxrl_lander.config import RunConfig
+from jaxrl_lander.envs.gymnasium import make_vector_env
+from jaxrl_lander.files import ExperimentPaths
+from jaxrl_lander.results import Results
 
 
-def restore_checkpoint(experiment: Path, step: int) -> tuple[RunConfig, Trainer, object]:
-    """(config, trainer, train state at `step`); the trainer's normaliser, if the config has one, holds the
-    statistics of that checkpoint. The caller closes trainer.envs."""
-    results = json.loads(next(experiment.glob("*_results.json")).read_text())
-    config = make_config(results["algorithm"], results["hyperparameters"], source="results JSON")
-    with tempfile.TemporaryDirectory() as scratch:  # the Trainer's results directory; nothing is written there
-        trainer = Trainer(config, scratch)
-    store = CheckpointStore(experiment / "checkpoints")
+def experiment_learner(experiment: Path) -> tuple[RunConfig, Learner, Results]:
+    """(config, learner, results) of the experiment in `experiment`, as its run built them."""
+    results = Results.load(ExperimentPaths.at(experiment).results)
+    config = results.config
+    envs = make_vector_env(config.env_id, 1)
+    learner = make_learner(config, *env_dims(envs))
+    envs.close()
+    return config, learner, results
+
+
+def restore_checkpoint(experiment: Path, learner: Learner, step: int) -> tuple[TrainState, dict]:
+    """(train state, metadata) of the experiment's checkpoint at `step`."""
+    store = CheckpointStore(ExperimentPaths.at(experiment).checkpoints)
     try:
-        state, meta = store.restore(step, trainer.initial_state())
+        return store.restore(step, learner.init(jax.random.key(0)))
     finally:
         store.close()
-    if trainer.normalizer is not None:
-        trainer.normalizer.load_state_dict(meta["normalizer"])
-    return config, trainer, state

@@ -17,16 +17,12 @@ import jax
 import numpy as np
 import optax
 
-from checkpoints import restore_checkpoint
-from jaxrl_lander.algos import a2c, ppo
-from jaxrl_lander.algos.common import make_batch
-from jaxrl_lander.envs import reset_envs, step_envs
-from jaxrl_lander.rollout import RolloutBuffer
-
-
-def loss_fn(config, learner):
-    module = {"a2c": a2c, "ppo": ppo}[config.algo]
-    return lambda params, batch: module.loss(params, learner.policy, batch, learner.hparams)[0]
+from checkpoints import experiment_learner, restore_checkpoint
+from jaxrl_lander.algos import ALGORITHMS
+from jaxrl_lander.algos.base import make_batch
+from jaxrl_lander.collect import HostCollector
+from jaxrl_lander.envs.gymnasium import make_vector_env
+from jaxrl_lander.runtime import Devices
 
 
 def main() -> int:
@@ -37,28 +33,26 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=123, help="env and action-sampling seed of the probe")
     args = parser.parse_args()
 
-    config, trainer, state = restore_checkpoint(args.experiment, args.step)
-    params, learner = state.params, trainer.learner
-    grad = jax.jit(jax.grad(loss_fn(config, learner)))
+    config, learner, _ = experiment_learner(args.experiment)
+    state, meta = restore_checkpoint(args.experiment, learner, args.step)
+    loss = ALGORITHMS[config.algo].loss
+    grad = jax.jit(jax.grad(lambda params, batch: loss(params, learner.network, batch, learner.hparams)[0]))
 
-    # With normalisation, the checkpoint's statistics, continued over the probe's steps as training would.
-    obs = reset_envs(trainer.envs, args.seed, trainer.normalizer)
-    key = jax.random.key(args.seed)
+    # The training collector, acting with the checkpoint's parameters (never updated) and, with normalisation,
+    # its statistics, continued over the probe's steps as training would.
+    collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner.network, config,
+                              Devices.resolve())
+    if collector.normalizer is not None:
+        collector.normalizer.load_state_dict(meta["normalizer"])
+    collector.start(state.replace(key=jax.random.key(args.seed)), env_seed=args.seed)
     actor, critic = [], []
     for _ in range(args.rollouts):
-        buffer = RolloutBuffer(config.n_steps, config.num_envs, trainer.obs_dim)
-        while not buffer.full:
-            actions, key = trainer.act(params, obs, key)
-            actions = np.asarray(actions)
-            step = step_envs(trainer.envs, actions, lambda o: trainer.value(params, o), config.gamma,
-                             config.reward_scale, trainer.normalizer)
-            buffer.add(obs, actions, step.rewards, step.dones)
-            obs = step.obs
-        batch = make_batch(learner.policy, params, buffer.rollout(obs), config.gamma, config.gae_lambda)
-        g = grad(params, batch)["params"]
+        rollout = collector.collect(0, config.rollout_size, lambda: False).rollout
+        batch = make_batch(learner.network, state.params, rollout, config.gamma, config.gae_lambda)
+        g = grad(state.params, batch)["params"]
         actor.append(float(optax.global_norm(g["actor"])))
         critic.append(float(optax.global_norm(g["critic"])))
-    trainer.envs.close()
+    collector.close()
     actor, critic = np.array(actor), np.array(critic)
     total = np.hypot(actor, critic)
     print(f"{args.experiment.name} at step {args.step}, {args.rollouts} rollouts of {config.rollout_size}:")

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jaxrl_lander.config import ConfigError, RunConfig, load_config, read_toml
+from jaxrl_lander.files import ExperimentPaths, read_json
 from jaxrl_lander.sweep import summarize_returns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +55,14 @@ def ours(algo: str, seed: int, episodes: int, workdir: Path, config_path: Path |
     cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed), "--quiet",
            "--config", str(config), "--results-dir", str(workdir)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    with open(workdir / "experiments" / f"{algo}_seed{seed}" / f"{algo}_seed{seed}_results.json") as f:
-        return json.load(f)["evaluation"]["mean"]
+    return read_json(ExperimentPaths.of(workdir, algo, seed).results)["evaluation"]["mean"]
 
 
 def sb3(algo: str, seed: int, episodes: int, workdir: Path, config_path: Path | None) -> float:
     cmd = SB3 + ["--algo", algo, "--seed", str(seed), "--out", str(workdir), "--eval-episodes", str(episodes),
                  "--eval-seed", str(2**31 + 1000 * seed)]
     if config_path:
-        config = load_config(algo, config_path)
+        config = load_config(config_path, algo)
         cmd += ["--steps", str(config.total_timesteps), "--num-envs", str(config.num_envs), "--checkpoint-interval",
                 "0", "--hyperparameters", json.dumps(sb3_hyperparameters(config))]
     else:
@@ -85,10 +85,8 @@ def main() -> int:
     algos, steps, episodes, report_name = ("ppo", "a2c"), 50_000, args.episodes or 20, "parity.json"
     if args.config:
         try:
-            algo = read_toml(args.config).get("algo")
-            if algo is None:
-                raise ConfigError(f"{args.config} has no algo key; parity needs to know which algorithm it configures")
-            config = load_config(algo, args.config)
+            config = load_config(args.config)
+            algo = config.algo
             sb3_hyperparameters(config)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)

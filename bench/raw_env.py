@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from jaxrl_lander.envs import make_vector_env
+from jaxrl_lander.envs.gymnasium import make_vector_env
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxrl_lander.files import ExperimentPaths, read_json
+
 ROOT = Path(__file__).resolve().parents[1]
 OURS = [str(ROOT / ".venv" / "bin" / "python")]
 SB3 = [str(ROOT / ".venv-bench" / "bin" / "python"), str(ROOT / "bench" / "sb3_train.py")]
@@ -52,8 +54,7 @@ def ours(algo: str, workdir: Path, checkpoint_interval: int | None = None, cache
         cmd += ["--config", str(config)]
     env = {"JAXRL_LANDER_JAX_CACHE": cache} if cache is not None else None
     outcome = run(cmd, env)
-    with open(workdir / "experiments" / f"{algo}_seed42" / f"{algo}_seed42_results.json") as f:
-        results = json.load(f)
+    results = read_json(ExperimentPaths.of(workdir, algo, 42).results)
     return {
         "wall_seconds": outcome["wall_seconds"],
         "peak_rss_mb": outcome["peak_rss_mb"],

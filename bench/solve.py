@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxrl_lander.files import ExperimentPaths, read_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,9 +26,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "ppo", "--seed", str(args.seed),
                         "--config", str(ROOT / "configs" / "ppo_solve.toml"), "--results-dir", tmp],
                        check=True, capture_output=True, cwd=ROOT)
-        name = f"ppo_seed{args.seed}"
-        with open(Path(tmp) / "experiments" / name / f"{name}_results.json") as f:
-            results = json.load(f)
+        results = read_json(ExperimentPaths.of(tmp, "ppo", args.seed).results)
     ours = {"solved": results["solved"], "evaluations": results["evaluations_during_training"]}
     out = subprocess.run([str(ROOT / ".venv-bench" / "bin" / "python"), str(ROOT / "bench" / "sb3_solve.py"),
                           "--seed", str(args.seed)], check=True, capture_output=True, text=True, cwd=ROOT).stdout

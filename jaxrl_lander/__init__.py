@@ -1,16 +1,31 @@
-"""jaxrl_lander: fast, reproducible PPO and A2C for gymnasium's LunarLander-v3, in JAX."""
+"""jaxrl_lander: fast, reproducible PPO and A2C for gymnasium's LunarLander-v3, in JAX.
+
+    from jaxrl_lander import PPOConfig, train, load_policy
+
+    results = train(PPOConfig(seed=0))            # what `python -m jaxrl_lander train --algo ppo --seed 0` does
+    policy = load_policy(results.experiment_dir)  # policy(obs) -> actions
+"""
+
+import importlib
+
+from jaxrl_lander.config import A2CConfig, ConfigError, PPOConfig, RunConfig, load_config
 
 __version__ = "0.1.0"
 
-
-def load_policy(path):
-    """Load a trained agent from a model or experiment directory.
-
-    Returns a callable mapping observations (N, 8) float32 to deterministic actions (N,) int32.
-    """
-    from jaxrl_lander.evaluate import load_policy as _load_policy
-
-    return _load_policy(path)
+# Imported on first use, so that `python -m jaxrl_lander` can refuse bad input before JAX loads.
+_LAZY = {
+    "train": "jaxrl_lander.experiment",
+    "Results": "jaxrl_lander.results",
+    "load_policy": "jaxrl_lander.evaluate",
+    "Policy": "jaxrl_lander.evaluate",
+}
 
 
-__all__ = ["load_policy", "__version__"]
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxrl_lander' has no attribute '{name}'")
+
+
+__all__ = ["A2CConfig", "ConfigError", "PPOConfig", "Policy", "Results", "RunConfig", "load_config", "load_policy",
+           "train", "__version__"]

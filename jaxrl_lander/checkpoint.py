@@ -10,9 +10,7 @@ checkpoint per 1,000 steps. Restoring unpacks with the structure of a freshly bu
 The final model keeps the ordinary parameter tree.
 """
 
-import contextlib
-import logging
-import sys
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxrl_lander.algos.common import TrainState
+from jaxrl_lander.algos.base import TrainState
 from jaxrl_lander.errors import UnreadableModel, first_line
 
 
@@ -48,48 +46,6 @@ def unpack(packed: dict[str, np.ndarray], template):
     if any(offsets[d] != packed[d].size for d in packed):
         raise ValueError("checkpoint does not match the structure of this config's train state")
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in rebuilt])
-
-
-def _is_closed_loop_report(exc: BaseException | None) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-
-class _DropUnretrievedReadFailures(logging.Filter):
-    """asyncio's log record of a read task whose failure nobody awaits any more, once the read has failed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Task exception was never retrieved")
-
-
-@contextlib.contextmanager
-def _orbax_read():
-    """Around every orbax restore: if it fails, drop the "Event loop is closed" reports of reads still running.
-
-    Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop is closed while the
-    others are in flight, and each of them then reports RuntimeError("Event loop is closed") from a reader
-    thread: through sys.unraisablehook, or printed through sys.excepthook, a traceback on stderr around the
-    caller's own one-line error. A read that fails on its own after the first one has no one left to await it,
-    and asyncio logs "Task exception was never retrieved" with its traceback. The filters go in before the
-    read, since the first report can come before the failure reaches us, and stay after a failure, since the
-    others come later; after a successful read the previous hooks come back and the log filter goes. Anything
-    else still goes to the previous hooks and to the log.
-    """
-    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
-    asyncio_log, log_filter = logging.getLogger("asyncio"), _DropUnretrievedReadFailures()
-
-    def unraisable_hook(unraisable) -> None:
-        if not _is_closed_loop_report(unraisable.exc_value):
-            previous_unraisable(unraisable)
-
-    def except_hook(exc_type, exc, tb) -> None:
-        if not _is_closed_loop_report(exc):
-            previous_except(exc_type, exc, tb)
-
-    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
-    asyncio_log.addFilter(log_filter)
-    yield  # an exception propagates from here and leaves the filters in place
-    sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
-    asyncio_log.removeFilter(log_filter)
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:
@@ -121,10 +77,9 @@ class CheckpointStore:
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The state saved at `step`, shaped like `template` (a freshly initialised state of the same config)."""
-        with _orbax_read():
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
-            )
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
+        )
         tree = restored.state
         params, opt_state = unpack(tree["state"], (template.params, template.opt_state))
         key = jax.random.wrap_key_data(jnp.asarray(tree["key"], jnp.uint32))
@@ -138,25 +93,50 @@ class CheckpointStore:
         self.manager.close()
 
 
-def save_model(path: str | Path, params, policy_spec: dict[str, Any]) -> None:
-    """Save final policy parameters and what is needed to rebuild the network (JSON) as one orbax checkpoint."""
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a saved model needs besides its parameters: how to rebuild the network and feed it, and where from."""
+
+    algo: str
+    env_id: str
+    seed: int
+    timestep: int  # the env step of the delivered parameters
+    obs_dim: int
+    num_actions: int
+    hidden_size: int
+    first_eval_seed: int  # the final evaluation's first episode seed: `evaluate` replays it by default
+    observation_normalization: dict[str, Any] | None  # the observation statistics, when trained with them
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> "ModelSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(saved) != names:
+            raise ValueError(f"model spec keys {sorted(saved)} are not {sorted(names)}")
+        return cls(**saved)
+
+
+def save_model(path: str | Path, params, spec: ModelSpec) -> None:
+    """Save final policy parameters and their spec (JSON) as one orbax checkpoint."""
     path = Path(path).absolute()
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(
             path,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params), policy=ocp.args.JsonSave(policy_spec)),
+            args=ocp.args.Composite(params=ocp.args.StandardSave(params), policy=ocp.args.JsonSave(spec.to_dict())),
             force=True,
         )
 
 
-def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """(params, policy_spec) from a directory written by save_model; UnreadableModel if it cannot be read."""
+def load_model(path: str | Path) -> tuple[Any, ModelSpec]:
+    """(params, spec) from a directory written by save_model; UnreadableModel if it cannot be read."""
     path = Path(path).absolute()
     try:
-        with _orbax_read(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             restored = checkpointer.restore(
                 path, args=ocp.args.Composite(params=ocp.args.StandardRestore(), policy=ocp.args.JsonRestore())
             )
+        return restored.params, ModelSpec.from_dict(dict(restored.policy))
     except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
         raise UnreadableModel(f"model {path} is unreadable ({first_line(exc)})") from None
-    return restored.params, dict(restored.policy)

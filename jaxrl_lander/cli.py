@@ -1,4 +1,4 @@
-"""Command line: `python -m jaxrl_lander train|evaluate ...`.
+"""Command line: `python -m jaxrl_lander train|reproduce|sweep|plot|evaluate ...` (also `jaxrl-lander ...`).
 
 Usage and configuration errors, and an experiment that cannot be resumed, print one line and exit with status 2
 before anything is written; a failure during training prints one line and exits with status 1.
@@ -10,14 +10,18 @@ import logging
 import os
 import signal
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
-from jaxrl_lander.config import CONFIG_CLASSES, ConfigError, load_config
-from jaxrl_lander.errors import ResumeError, SweepFailed, TrainingFailed, UnreadableModel
+from jaxrl_lander.config import CONFIG_CLASSES, check_keys_and_types, field_table, load_config, toml_value
+from jaxrl_lander.errors import ConfigError, ResumeError, SweepFailed, TrainingFailed, UnreadableModel
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 PROG = "jaxrl_lander"
+# keys with a command-line option of their own, which --set would silently contradict
+OWN_OPTION = {"algo": "--algo", "seed": "--seed", "total_timesteps": "--steps"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,6 +30,28 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         sys.stderr.write(f"{PROG}: error: {message}\n")
         sys.exit(EXIT_USAGE)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default once, where it has one worth showing; the epilog (the config keys) as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default in (None, False, [], argparse.SUPPRESS) or "(default" in text:
+            return text
+        default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {default})"
+
+
+def config_keys_help() -> str:
+    """The config keys, their defaults and docstrings: the epilog of the commands that train."""
+    lines = ["config keys (a --config TOML file sets any of them; --set KEY=VALUE sets one), PPO / A2C default:"]
+    for key, ppo, a2c, doc in field_table():
+        if key in OWN_OPTION:
+            continue
+        defaults = " / ".join("-" if v is None else toml_value(v) for v in (ppo, a2c))
+        lines.append(f"  {key} = {defaults}\n      {doc}")
+    return "\n".join(lines)
 
 
 def _int_arg(name: str, minimum: int):
@@ -45,61 +71,55 @@ def _int_arg(name: str, minimum: int):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="PPO and A2C on gymnasium's LunarLander-v3, in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    keys = config_keys_help()
 
-    run_options = OneLineParser(add_help=False)
-    run_options.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
-    run_options.add_argument("--seed", type=_int_arg("seed", 0), default=42, help="the run's one seed")
-    run_options.add_argument("--steps", type=_int_arg("steps", 1), default=None,
-                             help="total environment steps (default: the config's total_timesteps, 50000)")
-    run_options.add_argument("--config", type=Path, default=None,
-                             help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
-    run_options.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                             help="set one hyperparameter over the config file (repeatable), e.g. ent_coef=1e-3")
-    run_options.add_argument("--results-dir", type=Path, default=Path("results"),
-                             help="where experiments are written")
-    run_options.add_argument("--verbose", action="store_true", help="DEBUG logging (per-update losses)")
-    run_options.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
 
-    train = sub.add_parser("train", parents=[run_options], formatter_class=defaults,
-                           help="train an agent, checkpointing and recording as it goes")
+    def config_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
+        p.add_argument("--steps", type=_int_arg("steps", 1), default=None,
+                       help="total env steps (default: the config's total_timesteps, 50000 unless set)")
+        p.add_argument("--config", type=Path, default=None,
+                       help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                       help="set one config key over the config file (repeatable), e.g. ent_coef=1e-3")
+        p.add_argument("--results-dir", type=Path, default=Path("results"), help="where experiments are written")
+        p.add_argument("--verbose", action="store_true", help="DEBUG logging (each update's losses)")
+
+    for name, help in (("train", "train an agent, checkpointing and recording as it goes"),
+                       ("reproduce", "train the same experiment twice and record SC-004 (reproducibility)")):
+        p = command(name, help, keys)
+        config_options(p)
+        p.add_argument("--seed", type=_int_arg("seed", 0), default=42, help="the run's one seed")
+        p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    train = sub.choices["train"]
     train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
-                       help="where the update runs (auto: JAX's default device)")
+                       help="where the update runs; auto: JAX's default device")
     train.add_argument("--act-device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
-                       help="where the per-step action sampling runs (auto: the host CPU)")
+                       help="where the per-step action sampling runs; auto: the host CPU")
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard event files to <experiment>/tensorboard (needs tensorboardX)")
-    sub.add_parser("reproduce", parents=[run_options], formatter_class=defaults,
-                   help="train the same experiment twice and record SC-004 (reproducibility) in its results")
 
-    sweep = sub.add_parser("sweep", formatter_class=defaults,
-                           help="train several seeds in parallel processes, then statistics over seeds and a plot")
-    sweep.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
+    sweep = command("sweep", "train several seeds in parallel processes, then statistics over seeds and a plot", keys)
+    config_options(sweep)
     sweep.add_argument("--seeds", type=_int_arg("seed", 0), nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
-    sweep.add_argument("--steps", type=_int_arg("steps", 1), default=None, help="total env steps per seed")
-    sweep.add_argument("--config", type=Path, default=None, help="TOML file of hyperparameters")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                       help="set one hyperparameter over the config file (repeatable)")
-    sweep.add_argument("--jobs", type=_int_arg("jobs", 1), default=os.cpu_count() or 1,
-                       help="training processes at once")
+    sweep.add_argument("--jobs", type=_int_arg("jobs", 1), default=None,
+                       help="training processes at once (default: the number of CPUs)")
     sweep.add_argument("--name", default=None,
-                       help="sweep name (default: the config file's stem, or the algorithm)")
-    sweep.add_argument("--results-dir", type=Path, default=Path("results"), help="sweeps go to RESULTS_DIR/sweeps")
-    sweep.add_argument("--verbose", action="store_true", help="DEBUG logging")
+                       help="sweep name (default: the config file's stem, or the algorithm, then the --set items)")
 
-    plot = sub.add_parser("plot", formatter_class=defaults,
-                          help="learning-curve PNG of one experiment, or several side by side")
+    plot = command("plot", "learning-curve PNG of one experiment, or several side by side")
     plot.add_argument("experiments", type=Path, nargs="+", help="experiment directories")
     plot.add_argument("--out", type=Path, default=None,
                       help="PNG path (default: beside the results of one experiment, else results/plots/)")
 
-    evaluate = sub.add_parser("evaluate", help="play deterministic episodes with a trained agent",
-                              formatter_class=defaults)
+    evaluate = command("evaluate", "play episodes with a trained agent and print their mean, std, min and max")
     evaluate.add_argument("experiment", type=Path, help="an experiment directory, e.g. results/experiments/ppo_seed42")
     evaluate.add_argument("--episodes", type=_int_arg("episodes", 1), default=10, help="episodes to play")
     evaluate.add_argument("--seed", type=_int_arg("seed", 0), default=None,
-                          help="seed of the first episode (default: the experiment's evaluation seeds)")
+                          help="seed of the first episode (default: the seeds of the run's final evaluation)")
     evaluate.add_argument("--sample", action="store_true",
                           help="draw actions from the policy (a key seeded by --seed) instead of taking the argmax")
     evaluate.add_argument("--render", action="store_true",
@@ -107,71 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        level=logging.WARNING)
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.getLogger("jaxrl_lander").setLevel(level)
-    for noisy in ("absl", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+def parse_settings(algo: str, items: list[str]) -> dict[str, Any]:
+    """The `--set KEY=VALUE` items as a dict; VALUE is read as a TOML value, or as a string if it is not one."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        if key in OWN_OPTION:
+            raise ConfigError(f"--set {key}: use {OWN_OPTION[key]} instead")
+        if key in settings:
+            raise ConfigError(f"--set gives '{key}' twice")
+        try:
+            settings[key] = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            settings[key] = text.strip()  # a bare word: optimizer=adam
+    return check_keys_and_types(algo, settings, "--set")
 
 
-def _run_config(args):
-    """The validated config of a train/reproduce command; raises ConfigError before anything is written."""
-    overrides = {"seed": args.seed}
-    if args.steps is not None:
-        overrides["total_timesteps"] = args.steps
-    config = load_config(args.algo, args.config, overrides, args.settings)
-    _check_writable(args.results_dir)
-    from jaxrl_lander.train import enable_compilation_cache  # heavy imports once the input is good
-
-    enable_compilation_cache()
-    return config
-
-
-def _train(args) -> int:
-    config = _run_config(args)
-    if args.tensorboard:
-        from jaxrl_lander.tensorboard import require_tensorboard
-
-        require_tensorboard()
-    from jaxrl_lander.train import Trainer
-
-    trainer = Trainer(config, args.results_dir, device=args.device, act_device=args.act_device,
-                      progress_bar=sys.stderr.isatty() and not args.quiet, tensorboard=args.tensorboard)
-    results = trainer.train(resume=args.resume)
-    _plot_quietly(trainer.paths.root)
-    if results["status"] == "interrupted":
-        print(f"{results['experiment_id']}: {results['reason']}; checkpoint, metrics and results saved."
-              " Continue with --resume.")
-        return 128 + (signal.SIGTERM if "SIGTERM" in results["reason"] else signal.SIGINT)
-    ev = results["evaluation"]
-    print(
-        f"{results['experiment_id']}: {results['total_timesteps']} steps in {results['training_time_seconds']:.1f} s"
-        f" ({results['steps_per_second'] or 0:.0f} steps/s) | evaluation over {ev['episodes']} episodes:"
-        f" {ev['mean']:.1f} +/- {ev['std']:.1f} | artifacts in {results['artifacts']['experiment_dir']}"
-    )
-    return 0
-
-
-def _plot_quietly(experiment: Path) -> None:
-    """The learning curve beside the results, when matplotlib (the `plot` extra) is installed."""
-    try:
-        from jaxrl_lander.plotting import plot_experiments
-
-        plot_experiments([experiment])
-    except ImportError:
-        logging.getLogger("jaxrl_lander").debug("matplotlib not installed; no learning-curve PNG")
-
-
-def _plot(args) -> int:
-    from jaxrl_lander.plotting import plot_experiments
-
-    for exp in args.experiments:
-        if not exp.is_dir():
-            raise ConfigError(f"no experiment directory {exp}")
-    print(plot_experiments(args.experiments, args.out))
-    return 0
+def _config(args, seed: int):
+    """The validated config of a command: file, then --set, then --seed and --steps."""
+    options = {"seed": seed, **({"total_timesteps": args.steps} if args.steps is not None else {})}
+    return load_config(args.config, args.algo, {**parse_settings(args.algo, args.settings), **options})
 
 
 def _check_writable(results_dir: Path) -> None:
@@ -182,63 +160,117 @@ def _check_writable(results_dir: Path) -> None:
         raise ConfigError(f"results directory {results_dir} is not writable")
 
 
+def _train(args) -> int:
+    config = _config(args, args.seed)
+    _check_writable(args.results_dir)
+    from jaxrl_lander.experiment import train  # heavy imports once the input is good
+
+    results = train(config, args.results_dir, resume=args.resume, device=args.device, act_device=args.act_device,
+                    tensorboard=args.tensorboard, progress_bar=sys.stderr.isatty() and not args.quiet)
+    if results.status == "interrupted":
+        print(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
+              " Continue with --resume.")
+        return 128 + (signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT)
+    ev = results.evaluation
+    print(f"{results.experiment_id}: {results.total_timesteps} steps in {results.training_time_seconds:.1f} s"
+          f" ({results.steps_per_second or 0:.0f} steps/s) | evaluation over {ev['episodes']} episodes:"
+          f" {ev['mean']:.1f} +/- {ev['std']:.1f} | artifacts in {results.experiment_dir}")
+    return 0
+
+
 def _reproduce(args) -> int:
-    config = _run_config(args)
+    config = _config(args, args.seed)
+    _check_writable(args.results_dir)
     from jaxrl_lander.reproduce import reproduce
 
-    verdict = reproduce(config, args.results_dir)["reproducibility"]
-    sc004 = "PASS" if verdict["evaluation_mean_std"] < 0.01 else "FAIL"
-    print(
-        f"{config.algo}_seed{config.seed}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
-        f" {verdict['evaluation_mean_std']:.6f} | parameters identical: {verdict['params_identical']}"
-        f" | metrics identical: {verdict['metrics_identical']}"
-    )
+    results = reproduce(config, args.results_dir)
+    verdict = results.reproducibility
+    sc004 = "PASS" if results.success_criteria["SC-004"]["passed"] else "FAIL"
+    print(f"{results.experiment_id}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
+          f" {verdict['evaluation_mean_std']:.6f} | parameters identical: {verdict['params_identical']}"
+          f" | metrics identical: {verdict['metrics_identical']}")
     return 0 if sc004 == "PASS" else 1
 
 
 def _sweep(args) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
-    for seed in args.seeds:  # every seed's config must be valid before any process starts
-        overrides = {"seed": seed, **({"total_timesteps": args.steps} if args.steps else {})}
-        config = load_config(args.algo, args.config, overrides, args.settings)  # they differ in the seed alone
+    configs = [_config(args, seed) for seed in args.seeds]  # all valid before any process starts
     _check_writable(args.results_dir)
     from jaxrl_lander.sweep import run_sweep
 
     name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings])
     out_dir = args.results_dir / "sweeps" / name
-    summary = run_sweep(args.algo, args.seeds, config, out_dir, min(args.jobs, len(args.seeds)))
+    jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
+    summary = run_sweep(args.algo, args.seeds, configs[0], out_dir, jobs)  # they differ in the seed alone
     final = summary["final_evaluation"]
-    print(
-        f"{name}: {len(args.seeds)} seeds | final evaluation mean {final['mean']:.1f}"
-        f" [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM {final['iqm']:.1f}"
-        f" [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
-        f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
-        f" | {out_dir / 'summary.json'}"
-    )
+    print(f"{name}: {len(args.seeds)} seeds | final evaluation mean {final['mean']:.1f}"
+          f" [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM {final['iqm']:.1f}"
+          f" [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
+          f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
+          f" | {out_dir / 'summary.json'}")
+    return 0
+
+
+def _plot(args) -> int:
+    for exp in args.experiments:
+        if not exp.is_dir():
+            raise ConfigError(f"no experiment directory {exp}")
+    from jaxrl_lander.plotting import plot_experiments
+
+    print(plot_experiments(args.experiments, args.out))
     return 0
 
 
 def _evaluate(args) -> int:
-    from jaxrl_lander.evaluate import brief, evaluate_experiment
+    from jaxrl_lander.evaluate import brief, evaluate_experiment, render_episode_gif
 
     summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)
     print(json.dumps(brief(summary)))
     if args.render:
-        from jaxrl_lander.evaluate import render_episode_gif
-
         gif, episode_return = render_episode_gif(args.experiment, seed=args.seed, sample=args.sample)
         print(f"rendered one episode (return {episode_return:.1f}) to {gif}")
     return 0
 
 
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("jaxrl_lander").setLevel(level)
+    for noisy in ("absl", "orbax", "jax"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+class _DropReadFailureEchoes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task exception was never retrieved")
+
+
+def drop_read_failure_echoes() -> None:
+    """Keep one error line when orbax fails to read a checkpoint or model (the process's hooks; the command line
+    owns the process, so it sets them once).
+
+    Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop closes while the others
+    are in flight, and each of them reports RuntimeError("Event loop is closed") from a reader thread, through
+    sys.unraisablehook or sys.excepthook, after the caller's own error; a read that fails on its own later is
+    logged by asyncio as "Task exception was never retrieved". Those reports are dropped; any other goes on.
+    """
+    def closed_loop(exc: BaseException | None) -> bool:
+        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else previous_unraisable(u)
+    sys.excepthook = lambda t, e, tb: None if closed_loop(e) else previous_except(t, e, tb)
+    logging.getLogger("asyncio").addFilter(_DropReadFailureEchoes())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    drop_read_failure_echoes()
+    commands = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "plot": _plot, "evaluate": _evaluate}
     try:
-        commands = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "plot": _plot, "evaluate": _evaluate}
-        command = commands[args.command]
-        return command(args)
+        return commands[args.command](args)
     except (ConfigError, ResumeError, UnreadableModel, FileNotFoundError) as exc:  # refused before anything was written
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_USAGE

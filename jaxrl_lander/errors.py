@@ -1,4 +1,8 @@
-"""Errors the command line turns into exit codes (kept free of heavy imports)."""
+"""The errors the command line turns into exit codes (kept free of heavy imports)."""
+
+
+class ConfigError(ValueError):
+    """A configuration or command-line value is unusable; the message names the problem."""
 
 
 class TrainingFailed(RuntimeError):
@@ -10,7 +14,7 @@ class SweepFailed(RuntimeError):
 
 
 class UnreadableModel(RuntimeError):
-    """A trained model directory exists but cannot be loaded; the message names it."""
+    """A trained model directory is missing or cannot be loaded; the message names it."""
 
 
 class ResumeError(RuntimeError):

@@ -1,21 +1,95 @@
-"""Evaluation episodes (deterministic, or sampled with a seeded key), and load_policy: the public way to use a
-trained agent."""
+"""Playing a trained agent: Policy and load_policy (the public way to use one), and evaluation episodes."""
 
 import functools
+import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
-from jaxrl_lander.checkpoint import load_model
-from jaxrl_lander.envs import finished_episodes, make_vector_env
-from jaxrl_lander.normalization import observation_function
-from jaxrl_lander.policy import ActorCritic, greedy_action, sample_action
-from jaxrl_lander.recording import replaced_atomically
+from jaxrl_lander.checkpoint import ModelSpec, load_model
+from jaxrl_lander.envs.gymnasium import finished_episodes, make_vector_env
+from jaxrl_lander.envs.normalization import observation_function
+from jaxrl_lander.errors import UnreadableModel
+from jaxrl_lander.files import ExperimentPaths, replaced_atomically
+from jaxrl_lander.policy import ActorCritic, greedy_action, sample_action, state_value
 
 MAX_PARALLEL_EPISODES = 64
+
+
+@functools.cache
+def _compiled(action_fn: Callable, network: ActorCritic):
+    # One jitted function per rule and network, so repeated evaluations during training never retrace.
+    return jax.jit(functools.partial(action_fn, network))
+
+
+class Policy:
+    """A trained agent: raw observations (N, obs_dim) in, actions (N,) int32 out.
+
+    `policy(obs)` takes the argmax of the logits; `policy(obs, deterministic=False, seed=0)` (or key=...)
+    samples from the policy's distribution. A policy trained with observation normalisation standardises its
+    inputs with the statistics it was saved with.
+    """
+
+    def __init__(self, network: ActorCritic, params, observation_stats: dict[str, Any] | None = None):
+        self.network, self.params = network, params
+        self.observation_stats = observation_stats
+        self._standardize = observation_function(observation_stats)
+
+    def _inputs(self, obs) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
+        return obs if self._standardize is None else self._standardize(obs)
+
+    def __call__(self, obs, deterministic: bool = True, key: jax.Array | None = None,
+                 seed: int | None = None) -> np.ndarray:
+        if deterministic:
+            return np.asarray(_compiled(greedy_action, self.network)(self.params, self._inputs(obs)))
+        if (key is None) == (seed is None):
+            raise ValueError("sampling actions needs exactly one of key= or seed=")
+        key = jax.random.key(seed) if key is None else key
+        actions, _ = _compiled(sample_action, self.network)(self.params, self._inputs(obs), key)
+        return np.asarray(actions)
+
+    def sampler(self, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+        """A function drawing actions with a key chain from jax.random.key(seed), for playing episodes; its first
+        call gives what policy(obs, deterministic=False, seed=seed) gives."""
+        act, key = _compiled(sample_action, self.network), jax.random.key(seed)
+
+        def sample(obs) -> np.ndarray:
+            nonlocal key
+            actions, key = act(self.params, self._inputs(obs), key)
+            return np.asarray(actions)
+
+        return sample
+
+    def value(self, obs) -> np.ndarray:
+        """The critic's estimate V(s) of each observation, (N,)."""
+        return np.asarray(_compiled(state_value, self.network)(self.params, self._inputs(obs)))
+
+
+def model_path(path: str | Path) -> Path:
+    """Accept either a model directory or an experiment directory holding its model."""
+    path = Path(path)
+    if path.name.endswith("_model"):
+        return path
+    model = ExperimentPaths.at(path).model
+    if not model.is_dir():
+        raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
+    return model
+
+
+def load_agent(path: str | Path) -> tuple[Policy, ModelSpec]:
+    """The policy saved in a model or experiment directory, and its spec."""
+    params, spec = load_model(model_path(path))
+    network = ActorCritic(num_actions=spec.num_actions, hidden_size=spec.hidden_size)
+    return Policy(network, params, spec.observation_normalization), spec
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Load a trained agent from a model directory, or an experiment directory holding one."""
+    return load_agent(path)[0]
 
 
 def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, num_episodes: int, seed: int) -> list[dict]:
@@ -56,93 +130,32 @@ def brief(summary: dict) -> dict:
     return {k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}
 
 
-@functools.cache
-def _compiled(action_fn: Callable, policy: ActorCritic):
-    # One jitted function per action rule and network, so repeated evaluations during training never retrace.
-    return jax.jit(partial(action_fn, policy))
-
-
-ObsFn = Callable[[np.ndarray], np.ndarray] | None  # what the policy's inputs go through first (normalisation)
-
-
-def _inputs(obs: np.ndarray, standardize: ObsFn) -> np.ndarray:
-    obs = np.asarray(obs, dtype=np.float32)
-    return obs if standardize is None else standardize(obs)
-
-
-def greedy_policy(policy: ActorCritic, params, standardize: ObsFn = None) -> Callable[[np.ndarray], np.ndarray]:
-    """Host callable: observations (N, obs_dim) -> argmax actions (N,) as numpy int32; `standardize`, if given,
-    maps raw observations to the network's inputs."""
-    act = _compiled(greedy_action, policy)
-    return lambda obs: np.asarray(act(params, _inputs(obs, standardize)))
-
-
-def sampling_policy(policy: ActorCritic, params, seed: int, standardize: ObsFn = None
-                    ) -> Callable[[np.ndarray], np.ndarray]:
-    """Host callable: observations (N, obs_dim) -> actions (N,) drawn from the policy, from jax.random.key(seed);
-    the same seed and observations give the same actions."""
-    act, key = _compiled(sample_action, policy), jax.random.key(seed)
-
-    def sample(obs: np.ndarray) -> np.ndarray:
-        nonlocal key
-        actions, key = act(params, _inputs(obs, standardize), key)
-        return np.asarray(actions)
-
-    return sample
-
-
-def model_path(path: str | Path) -> Path:
-    """Accept either a model directory or an experiment directory holding exactly one *_model."""
-    path = Path(path)
-    if path.name.endswith("_model"):
-        return path
-    candidates = sorted(path.glob("*_model"))
-    if len(candidates) != 1:
-        raise FileNotFoundError(f"no trained model found in {path}")
-    return candidates[0]
-
-
-def _load_agent(path: str | Path, seed: int | None, sample: bool = False
-                ) -> tuple[Callable[[np.ndarray], np.ndarray], dict, int, Path]:
-    """(act, model spec, first evaluation seed, model dir); the seed defaults to the run's evaluation seeds.
-
-    `act` is the greedy policy, or with `sample` the policy's own distribution, its key seeded by the same seed.
-    """
-    from jaxrl_lander.envs import eval_env_seed
-    from jaxrl_lander.train import RunKeys
-
-    model = model_path(path)
-    params, spec = load_model(model)
-    if seed is None:  # the final evaluation's first seed (absent from older models: the evaluation seeds)
-        seed = spec.get("first_eval_seed", eval_env_seed(RunKeys.from_seed(spec["seed"]).eval))
-    policy = ActorCritic(num_actions=spec["num_actions"], hidden_size=spec["hidden_size"])
-    standardize = observation_function(spec.get("observation_normalization"))  # absent from older models
-    act = sampling_policy(policy, params, seed, standardize) if sample else greedy_policy(policy, params, standardize)
-    return act, spec, seed, model
-
-
-def load_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Load a trained agent: returns a callable mapping obs (N, 8) float32 to deterministic actions (N,) int."""
-    return _load_agent(path, seed=0)[0]  # any seed: only the policy is used
+def evaluate(policy: Policy, env_id: str, episodes: int, seed: int, timed: bool = False) -> dict:
+    """The summary of `episodes` deterministic episodes from seed `seed` on; `timed` adds their wall seconds."""
+    start = time.perf_counter()
+    summary = summarize(run_episodes(policy, env_id, episodes, seed))
+    return {**summary, "seconds": time.perf_counter() - start} if timed else summary
 
 
 def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = None, sample: bool = False) -> dict:
-    """Evaluate an experiment's final model; by default on the seeds its training run evaluated on, and
-    deterministically (argmax); with `sample`, actions are drawn from the policy instead."""
-    act, spec, seed, _ = _load_agent(path, seed, sample)
-    return summarize(run_episodes(act, spec["env_id"], num_episodes, seed))
+    """Play an experiment's model: by default on the seeds its final evaluation played, deterministically
+    (argmax); with `sample`, actions drawn from the policy with a key seeded by the first episode's seed."""
+    policy, spec = load_agent(path)
+    seed = spec.first_eval_seed if seed is None else seed
+    return summarize(run_episodes(policy.sampler(seed) if sample else policy, spec.env_id, num_episodes, seed))
 
 
 def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None, sample: bool = False,
                        max_steps: int = 1000, frame_every: int = 2, scale: int = 2) -> tuple[Path, float]:
-    """Play one episode (greedy, or sampled as evaluate_experiment) with rgb_array rendering and save it as an
-    animated GIF (needs Pillow, which the `plot` extra brings). Every `frame_every`-th frame is kept,
-    downscaled by `scale`."""
+    """Play one episode (as evaluate_experiment would) with rgb_array rendering and save it as an animated GIF
+    (needs Pillow, which the `plot` extra brings): every `frame_every`-th frame, downscaled by `scale`."""
     import gymnasium as gym
     from PIL import Image
 
-    act, spec, seed, model = _load_agent(path, seed, sample)
-    env = gym.make(spec["env_id"], render_mode="rgb_array", max_episode_steps=max_steps)
+    policy, spec = load_agent(path)
+    seed = spec.first_eval_seed if seed is None else seed
+    act = policy.sampler(seed) if sample else policy
+    env = gym.make(spec.env_id, render_mode="rgb_array", max_episode_steps=max_steps)
     frames, total = [], 0.0
     try:
         obs, _ = env.reset(seed=seed)
@@ -157,7 +170,7 @@ def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | No
     finally:
         env.close()
     frames = [f.reduce(scale) for f in frames] if scale > 1 else frames
-    out = out or model.parent / f"{model.parent.name}_episode.gif"
+    out = out or ExperimentPaths.at(model_path(path).parent).episode_gif
     with replaced_atomically(out) as tmp:
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=1000 * frame_every // 50, loop=0)
     return out, total

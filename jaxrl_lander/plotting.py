@@ -1,11 +1,11 @@
 """Learning-curve PNGs (matplotlib, from the `plot` extra): one experiment, several side by side, or a sweep."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from jaxrl_lander.recording import RECENT_EPISODES, replaced_atomically
+from jaxrl_lander.files import ExperimentPaths, read_json, replaced_atomically
+from jaxrl_lander.outputs.metrics import RECENT_EPISODES
 
 
 def _pyplot():
@@ -24,13 +24,6 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def _load(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def rolling_mean(x: np.ndarray, window: int = RECENT_EPISODES) -> np.ndarray:
     """Mean of the last `window` values (fewer at the start), as the recorder's rolling return."""
     sums = np.concatenate([[0.0], np.cumsum(x)])
@@ -46,40 +39,40 @@ def plot_experiments(experiment_dirs: list[Path], out: Path | None = None, thres
     results/plots/<name>_vs_<name>.png.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    names = []
-    for i, exp in enumerate(experiment_dirs):
-        exp = Path(exp)
-        name = exp.name
-        metrics = _load(exp / f"{name}_metrics.json")
-        if metrics is None:
-            raise FileNotFoundError(f"no metrics file in {exp}")
-        results = _load(exp / f"{name}_results.json")
-        names.append(name)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    experiments = [ExperimentPaths.at(exp) for exp in experiment_dirs]
+    for i, paths in enumerate(experiments):
+        if not paths.metrics.is_file():
+            raise FileNotFoundError(f"no metrics file in {paths.root}")
+        metrics = read_json(paths.metrics)
+        results = read_json(paths.results) if paths.results.is_file() else None
         color = f"C{i}"
         steps = np.array([e["timestep"] for e in metrics["episodes"]])
         returns = np.array([e["return"] for e in metrics["episodes"]])
         if len(returns):
-            ax.scatter(steps, returns, s=3, alpha=0.15, color=color)
-            ax.plot(steps, rolling_mean(returns), color=color, label=f"{name}: mean of last 100")
+            ax.scatter(steps, returns, s=3, alpha=0.15, color=color, label=f"{paths.name}: episode returns")
+            ax.plot(steps, rolling_mean(returns), color=color, label=f"{paths.name}: mean of last 100")
         if results:
-            evals = [(e["timestep"], e["mean"]) for e in results.get("evaluations_during_training", [])]
-            if results.get("evaluation"):
-                evals.append((results.get("timestep", results["total_timesteps"]), results["evaluation"]["mean"]))
+            evals = [(e["timestep"], e["mean"]) for e in results["evaluations_during_training"]]
+            if results["evaluation"]:
+                evals.append((results["timestep"], results["evaluation"]["mean"]))
             if evals:
                 ax.plot(*zip(*evals), "o--", color=color, markersize=4, linewidth=0.8,
-                        label=f"{name}: deterministic evaluation")
-    ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
+                        label=f"{paths.name}: deterministic evaluation")
+    ax.axhline(threshold, color="grey", linestyle=":", linewidth=1, label=f"solved ({threshold:g})")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
+    names = [paths.name for paths in experiments]
     ax.set_title(" vs ".join(names))
-    ax.legend(loc="lower right", fontsize=8)
+    # Below the axes, so that no entry hides the last evaluation at the right end of the curve.
+    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False,
+                       markerscale=3)
+    for handle in legend.legend_handles:
+        handle.set_alpha(1.0)  # the scatter's faint points, shown plainly in the legend
     fig.tight_layout()
     if out is None:
-        if len(experiment_dirs) == 1:
-            out = Path(experiment_dirs[0]) / f"{names[0]}_learning_curve.png"
-        else:
-            out = Path("results") / "plots" / ("_vs_".join(names) + ".png")
+        out = experiments[0].learning_curve if len(experiments) == 1 else (
+            Path("results") / "plots" / ("_vs_".join(names) + ".png"))
     save_figure(fig, Path(out))
     plt.close(fig)
     return Path(out)

@@ -5,7 +5,6 @@ bootstrap confidence interval over seeds (the practice of rliable, Agarwal et al
 the mean over seeds with a 95% bootstrap band.
 """
 
-import json
 import logging
 import subprocess
 import sys
@@ -20,8 +19,8 @@ from scipy import stats
 
 from jaxrl_lander.config import RunConfig, config_to_toml
 from jaxrl_lander.errors import SweepFailed
+from jaxrl_lander.files import ExperimentPaths, read_json, replaced_atomically, write_json_atomic
 from jaxrl_lander.plotting import plot_sweep_curves
-from jaxrl_lander.recording import replaced_atomically, write_json_atomic
 
 log = logging.getLogger("jaxrl_lander")
 BOOTSTRAP_SAMPLES = 2_000
@@ -118,13 +117,9 @@ def run_sweep(algo: str, seeds: list[int], config: RunConfig, out_dir: Path, job
 
 
 def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any]:
-    results, metrics = [], []
-    for seed in seeds:
-        exp = out_dir / "experiments" / f"{algo}_seed{seed}"
-        with open(exp / f"{algo}_seed{seed}_results.json") as f:
-            results.append(json.load(f))
-        with open(exp / f"{algo}_seed{seed}_metrics.json") as f:
-            metrics.append(json.load(f))
+    experiments = [ExperimentPaths.of(out_dir, algo, seed) for seed in seeds]
+    results = [read_json(paths.results) for paths in experiments]
+    metrics = [read_json(paths.metrics) for paths in experiments]
     threshold = results[0]["hyperparameters"]["solve_threshold"]
     final = [r["evaluation"]["mean"] for r in results]
     solved_at = [r["solved"]["timestep"] for r in results]

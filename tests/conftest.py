@@ -4,12 +4,15 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxrl_lander.config import make_config  # noqa: E402
+from jaxrl_lander.config import RunConfig, make_config  # noqa: E402
+from jaxrl_lander.files import ExperimentPaths, read_json  # noqa: E402
+from jaxrl_lander.results import Results  # noqa: E402
 
 SHORT_STEPS = 4_096  # two PPO updates of 2,048 transitions
 
@@ -19,27 +22,43 @@ def short_config(algo: str, **overrides):
 
 
 def load_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
+
+
+def template_state(config: RunConfig):
+    """A train state of `config`'s structure on LunarLander (8 observations, 4 actions): what checkpoints restore into."""
+    from jaxrl_lander.algos import make_learner
+
+    return make_learner(config, obs_dim=8, num_actions=4).init(jax.random.key(0))
+
+
+class Run(NamedTuple):
+    config: RunConfig
+    results: Results
+    paths: ExperimentPaths
+
+
+def train_run(config: RunConfig, results_dir: Path, **kwargs) -> Run:
+    """Train `config` into results_dir as the Python API does; the run's config, results and paths."""
+    from jaxrl_lander import train
+
+    return Run(config, train(config, results_dir, **kwargs), ExperimentPaths.of(results_dir, config.algo, config.seed))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """A session-wide persistent compilation cache: each program compiles once for the whole suite."""
-    from jaxrl_lander.train import enable_compilation_cache
+    """A persistent compilation cache for this run of the suite: each program compiles once, in whichever test
+    process (pytest-xdist worker, or CLI subprocess) needs it first."""
+    from jaxrl_lander.runtime import enable_compilation_cache
 
-    os.environ["JAXRL_LANDER_JAX_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))  # for CLI subprocesses too
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"  # workers share it
+    cache.mkdir(exist_ok=True)
+    os.environ["JAXRL_LANDER_JAX_CACHE"] = str(cache)  # for CLI subprocesses too
     enable_compilation_cache()
 
 
 @pytest.fixture(scope="session")
-def short_runs(tmp_path_factory):
-    """One short real training run per algorithm: {algo: (trainer, results, results_dir)}."""
-    from jaxrl_lander.train import Trainer
-
-    runs = {}
-    for algo in ("ppo", "a2c"):
-        results_dir = tmp_path_factory.mktemp(f"results_{algo}")
-        trainer = Trainer(short_config(algo), results_dir)
-        runs[algo] = (trainer, trainer.train(), results_dir)
-    return runs
+def short_runs(tmp_path_factory) -> dict[str, Run]:
+    """One short real training run per algorithm."""
+    return {algo: train_run(short_config(algo), tmp_path_factory.mktemp(f"results_{algo}")) for algo in ("ppo", "a2c")}

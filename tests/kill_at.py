@@ -31,16 +31,16 @@ def arm(point: str) -> None:
         return calls[0] == int(arg)
 
     if kind == "rollout":
-        import jaxrl_lander.train as train
+        import jaxrl_lander.collect as collect
 
-        step_envs = train.step_envs
+        step_envs = collect.step_envs
 
         def step_then_maybe_die(*args, **kwargs):
             if nth_call():
                 die()
             return step_envs(*args, **kwargs)
 
-        train.step_envs = step_then_maybe_die
+        collect.step_envs = step_then_maybe_die
     elif kind in ("checkpoint", "model"):
         from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
 
@@ -54,16 +54,16 @@ def arm(point: str) -> None:
 
         AtomicRenameTemporaryPath.finalize = finalize_or_die
     elif kind == "json":
-        import jaxrl_lander.recording as recording
+        import jaxrl_lander.files as files
 
-        real_os = recording.os
+        real_os = files.os
 
         def replace_or_die(src, dst):
             if nth_call():
                 die()
             return real_os.replace(src, dst)
 
-        recording.os = types.SimpleNamespace(**{**vars(real_os), "replace": replace_or_die})
+        files.os = types.SimpleNamespace(**{**vars(real_os), "replace": replace_or_die})
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

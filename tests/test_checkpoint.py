@@ -10,17 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_lander import load_policy
-from jaxrl_lander.algos.common import init_state, make_learner
-from jaxrl_lander.checkpoint import CheckpointStore, load_model, save_model
+from jaxrl_lander import Policy, load_policy
+from jaxrl_lander.algos import make_learner
+from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, load_model, save_model
 from jaxrl_lander.config import make_config
-from jaxrl_lander.evaluate import greedy_policy
+from jaxrl_lander.errors import UnreadableModel
 from jaxrl_lander.policy import sample_action
 
 
 def _state(seed=0):
-    learner = make_learner(make_config("ppo"), num_actions=4)
-    state = init_state(policy=learner.policy, tx=learner.tx, key=jax.random.key(seed), obs_dim=8)
+    learner = make_learner(make_config("ppo"), obs_dim=8, num_actions=4)
+    state = learner.init(jax.random.key(seed))
     # Perturb so the test cannot pass on freshly initialised (deterministic) parameters alone.
     state = state.replace(params=jax.tree.map(lambda p: p + 0.01 * jnp.sin(jnp.arange(p.size).reshape(p.shape)),
                                               state.params))
@@ -43,7 +43,7 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
     jax.tree.map(np.testing.assert_array_equal, restored.opt_state, state.opt_state)
     obs = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
-    act = jax.jit(partial(sample_action, learner.policy))
+    act = jax.jit(partial(sample_action, learner.network))
     a1, k1 = act(state.params, obs, state.key)
     a2, k2 = act(restored.params, obs, restored.key)  # same PRNG key restored: same sampled actions
     np.testing.assert_array_equal(a1, a2)
@@ -59,20 +59,49 @@ def test_keep_checkpoints_retains_newest(tmp_path):
     assert CheckpointStore(tmp_path / "ckpt").all_steps() == [2000, 3000]
 
 
+SPEC = ModelSpec(algo="ppo", env_id="LunarLander-v3", seed=1, timestep=1000, obs_dim=8, num_actions=4,
+                 hidden_size=64, first_eval_seed=2**31, observation_normalization=None)
+
+
 def test_model_round_trip_and_load_policy(tmp_path):
     learner, state = _state()
-    save_model(tmp_path / "x_model", state.params, {"num_actions": 4, "hidden_size": 64, "seed": 1,
-                                                  "env_id": "LunarLander-v3"})
-    params, spec = load_model(tmp_path / "x_model")
-    assert spec["num_actions"] == 4
+    save_model(tmp_path / "ppo_seed1" / "ppo_seed1_model", state.params, SPEC)
+    params, spec = load_model(tmp_path / "ppo_seed1" / "ppo_seed1_model")
+    assert spec == SPEC
     jax.tree.map(np.testing.assert_array_equal, params, state.params)
     obs = np.random.default_rng(1).normal(size=(64, 8)).astype(np.float32)
-    expected = greedy_policy(learner.policy, state.params)(obs)
-    for path in (tmp_path / "x_model", tmp_path):  # a model dir, or the experiment dir holding it
+    expected = np.argmax(np.asarray(learner.network.apply(state.params, obs)[0]), axis=-1)
+    for path in (tmp_path / "ppo_seed1" / "ppo_seed1_model", tmp_path / "ppo_seed1"):  # model, or its experiment
         actions = load_policy(path)(obs)
         assert actions.shape == (64,) and actions.dtype == np.int32
         np.testing.assert_array_equal(actions, expected)
     assert len(set(expected.tolist())) > 1  # perturbed params: not a constant policy
+    with pytest.raises(UnreadableModel, match="no trained model in"):
+        load_policy(tmp_path)  # a directory that is neither
+
+
+def test_policy_samples_with_an_explicit_key_or_seed(tmp_path):
+    learner, state = _state()
+    policy = Policy(learner.network, state.params)
+    obs = np.zeros((4000, 8), np.float32)
+    sampled = policy(obs, deterministic=False, seed=3)
+    assert sampled.shape == (4000,) and sampled.dtype == np.int32
+    np.testing.assert_array_equal(sampled, policy(obs, deterministic=False, key=jax.random.key(3)))
+    np.testing.assert_array_equal(sampled, policy.sampler(3)(obs))  # a sampler's first draw is the same
+    assert len(set(sampled.tolist())) > 1 and len(set(policy(obs).tolist())) == 1  # sampled vs argmax
+    assert not np.array_equal(sampled, policy(obs, deterministic=False, seed=4))
+    with pytest.raises(ValueError, match="exactly one of key= or seed="):
+        policy(obs, deterministic=False)
+    np.testing.assert_allclose(policy.value(obs[:2]), learner.network.apply(state.params, obs[:2])[1], rtol=1e-6)
+
+
+def test_model_spec_must_be_whole(tmp_path):
+    learner, state = _state()
+    save_model(tmp_path / "x_model", state.params, SPEC)
+    spec_file = tmp_path / "x_model" / "policy" / "metadata"
+    spec_file.write_text(spec_file.read_text().replace('"first_eval_seed"', '"first_seed"'))
+    with pytest.raises(UnreadableModel, match="x_model is unreadable .*first_seed"):
+        load_model(tmp_path / "x_model")
 
 
 def test_restore_into_another_architecture_is_refused(tmp_path):
@@ -80,29 +109,24 @@ def test_restore_into_another_architecture_is_refused(tmp_path):
     store = CheckpointStore(tmp_path / "ckpt")
     store.save(1000, state, {"timestep": 1000})
     store.close()
-    wider = make_learner(make_config("ppo", {"hidden_size": 32}), num_actions=4)
-    template = init_state(policy=wider.policy, tx=wider.tx, key=jax.random.key(0), obs_dim=8)
+    wider = make_learner(make_config("ppo", {"hidden_size": 32}), obs_dim=8, num_actions=4)
+    template = wider.init(jax.random.key(0))
     with pytest.raises(ValueError, match="does not match the structure"):
         CheckpointStore(tmp_path / "ckpt").restore(1000, template)
 
 
-def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypatch, caplog):
+def test_read_failure_echoes_are_dropped_and_nothing_else(monkeypatch, caplog):
     # When orbax fails to read a checkpoint, reads still in flight report "Event loop is closed" as unraisable
-    # exceptions, which must not reach stderr after the real error; any other report still must. (The end-to-end
-    # case, a resume from truncated arrays giving exactly one error line, is in test_cli.py.)
-    _, state = _state()
+    # exceptions, which must not reach stderr after the real error; any other report still must. The command
+    # line sets these hooks once for its process. (The end-to-end case, a resume from truncated arrays giving
+    # exactly one error line, is in test_cli.py.)
+    from jaxrl_lander.cli import drop_read_failure_echoes
+
     seen, printed = [], []
-    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])  # the filter a failure leaves goes after
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
     monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
     monkeypatch.setattr(sys, "excepthook", lambda t, e, tb: printed.append(str(e)))  # reader threads print too
-    store = CheckpointStore(tmp_path / "ckpt")
-
-    def failing_restore(*args, **kwargs):
-        raise ValueError("OUT_OF_RANGE: Error reading")
-
-    monkeypatch.setattr(store.manager, "restore", failing_restore)
-    with pytest.raises(ValueError, match="OUT_OF_RANGE"):
-        store.restore(1000, state)
+    drop_read_failure_echoes()
     for message in ("Event loop is closed", "something else"):
         sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError(message),
                                                  exc_traceback=None, err_msg=None, object=None))
@@ -117,12 +141,19 @@ def test_failed_restore_silences_only_the_closed_loop_reports(tmp_path, monkeypa
     assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
-def test_successful_read_restores_the_hooks(tmp_path):
+def test_reads_leave_the_process_hooks_alone(tmp_path, monkeypatch):
     _, state = _state()
     store = CheckpointStore(tmp_path / "ckpt")
     store.save(1000, state, {"timestep": 1000})
     store.wait()
     hooks = (sys.unraisablehook, sys.excepthook, list(logging.getLogger("asyncio").filters))
     store.restore(1000, state)
+
+    def failing_restore(*args, **kwargs):
+        raise ValueError("OUT_OF_RANGE: Error reading")
+
+    monkeypatch.setattr(store.manager, "restore", failing_restore)
+    with pytest.raises(ValueError, match="OUT_OF_RANGE"):
+        store.restore(1000, state)
     store.close()
     assert (sys.unraisablehook, sys.excepthook, logging.getLogger("asyncio").filters) == hooks

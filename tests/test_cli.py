@@ -68,7 +68,7 @@ BAD = [
     (["sweep", "--algo", "a2c", "--seeds", "0", "--set", "gamma"], "--set expects KEY=VALUE, got 'gamma'", None),
     (["train"], "the following arguments are required: --algo", None),
     (["train", "--algo", "ppo", "--results-dir", "a_file/results"], "is not writable", None),
-    (["evaluate", "nowhere"], "no trained model found", None),
+    (["evaluate", "nowhere"], "no trained model in nowhere", None),
     (["train", "--algo", "ppo", "--device", "quantum"], "invalid choice: 'quantum'", None),
     (RESUME[:-2] + ["lr.toml", "--resume"], "config differs from the checkpoint in learning_rate", None),
     (RESUME, "checkpoints/400 is unreadable", _corrupt_checkpoint_metadata),
@@ -153,11 +153,11 @@ def test_missing_gpu_is_a_usage_error(tmp_path):
 
 
 def test_action_sampling_defaults_to_the_host_cpu():
-    from jaxrl_lander.train import resolve_act_device
+    from jaxrl_lander.runtime import Devices
 
-    accelerator = object()  # stands in for the update's device; "auto" must not follow it
-    assert resolve_act_device("auto", accelerator) == jax.devices("cpu")[0]
-    assert resolve_act_device("cpu", accelerator) == jax.devices("cpu")[0]
+    assert Devices.resolve().act == jax.devices("cpu")[0]
+    assert Devices.resolve("auto", "cpu").act == jax.devices("cpu")[0]
+    assert Devices.resolve().update == jax.devices()[0]
 
 
 def test_reproduce_records_sc004(tmp_path):

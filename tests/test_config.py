@@ -5,14 +5,20 @@ from pathlib import Path
 
 import pytest
 
+from jaxrl_lander.cli import parse_settings
 from jaxrl_lander.config import A2CConfig, ConfigError, PPOConfig, config_to_toml, load_config, make_config
+
+
+def load_with_settings(algo, path=None, options=None, settings=()):
+    """The command line's order: the file, then the --set items, then --seed and --steps."""
+    return load_config(path, algo, {**parse_settings(algo, list(settings)), **(options or {})})
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize("algo,cls", [("ppo", PPOConfig), ("a2c", A2CConfig)])
 def test_shipped_toml_equals_defaults(algo, cls):
-    assert load_config(algo, CONFIGS / f"{algo}.toml") == cls()
+    assert load_config(CONFIGS / f"{algo}.toml") == load_config(CONFIGS / f"{algo}.toml", algo) == cls()
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
@@ -20,7 +26,7 @@ def test_every_shipped_config_loads(path):
     import tomllib
 
     algo = tomllib.loads(path.read_text())["algo"]
-    config = load_config(algo, path, {})
+    config = load_config(path)
     assert config.algo == algo and config.total_timesteps % config.checkpoint_interval == 0
 
 
@@ -29,11 +35,11 @@ def test_config_written_as_toml_reads_back_equal(path, tmp_path):
     import tomllib
 
     algo = tomllib.loads(path.read_text())["algo"]
-    config = load_config(algo, path, {"seed": 7}, ["gamma=0.97", "env_id=LunarLander-v3"])
+    config = load_with_settings(algo, path, {"seed": 7}, ["gamma=0.97", "env_id=LunarLander-v3"])
     written = tmp_path / "written.toml"
     written.write_text(config_to_toml(config, omit=("seed",)))
     assert "seed" not in tomllib.loads(written.read_text())
-    assert load_config(algo, written, {"seed": 7}) == config
+    assert load_config(written, algo, {"seed": 7}) == config
 
 
 def test_seed_hyperparameters():
@@ -57,10 +63,10 @@ def test_set_items_override_the_file_and_the_command_line_options_override_them(
     path = tmp_path / "c.toml"
     path.write_text("ent_coef = 1e-5\nnum_envs = 4\n")
     settings = ["ent_coef=1e-3", "optimizer=adam", 'env_id="LunarLander-v3"', "anneal_lr=true", "max_grad_norm=1"]
-    config = load_config("a2c", path, {"seed": 3}, settings)
+    config = load_with_settings("a2c", path, {"seed": 3}, settings)
     assert (config.ent_coef, config.num_envs, config.optimizer, config.anneal_lr) == (1e-3, 4, "adam", True)
     assert config.max_grad_norm == 1.0 and isinstance(config.max_grad_norm, float) and config.seed == 3
-    assert load_config("a2c", path, settings=[]) == load_config("a2c", path)
+    assert load_with_settings("a2c", path, settings=[]) == load_config(path, "a2c")
 
 
 @pytest.mark.parametrize(
@@ -79,13 +85,13 @@ def test_set_items_override_the_file_and_the_command_line_options_override_them(
 )
 def test_bad_set_items_give_one_named_error(item, message):
     with pytest.raises(ConfigError) as err:
-        load_config("a2c", settings=[item])
+        load_with_settings("a2c", settings=[item])
     assert message in str(err.value)
 
 
 def test_set_refuses_a_key_given_twice():
     with pytest.raises(ConfigError, match="--set gives 'gamma' twice"):
-        load_config("a2c", settings=["gamma=0.9", "gamma=0.99"])
+        load_with_settings("a2c", settings=["gamma=0.9", "gamma=0.99"])
 
 
 @pytest.mark.parametrize(
@@ -107,12 +113,12 @@ def test_bad_files_give_one_named_error(tmp_path, toml, message):
     path = tmp_path / "c.toml"
     path.write_text(toml + "\n")
     if message is None:
-        assert load_config("ppo", path).clip_range == 0.1
+        assert load_config(path, "ppo").clip_range == 0.1
         with pytest.raises(ConfigError, match="unknown config key 'clip_range'"):
-            load_config("a2c", path)
+            load_config(path, "a2c")
         return
     with pytest.raises(ConfigError) as err:
-        load_config("ppo", path)
+        load_config(path, "ppo")
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -137,15 +143,20 @@ def test_select_best_checkpoint_needs_a_checkpoint_at_every_evaluation(values):
 
 def test_missing_file_and_unknown_algo():
     with pytest.raises(ConfigError, match="config file not found"):
-        load_config("ppo", "does/not/exist.toml")
+        load_config("does/not/exist.toml", "ppo")
     with pytest.raises(ConfigError, match="unknown algorithm 'dqn'"):
         make_config("dqn")
 
 
-def test_readme_documents_every_config_field():
+def test_readme_config_table_is_the_field_docstrings():
+    """The README's table is written from the docstrings: regenerate it with
+    python -c 'from jaxrl_lander.config import markdown_table; print(markdown_table(), end="")'"""
+    from jaxrl_lander.config import field_docs, markdown_table
+
     readme = (CONFIGS.parent / "README.md").read_text()
     fields = {f.name for cls in (PPOConfig, A2CConfig) for f in dataclasses.fields(cls)}
-    assert sorted(name for name in fields if f"| `{name}` |" not in readme) == []
+    assert sorted(fields) == sorted(field_docs())  # every field has its docstring
+    assert markdown_table() in readme
 
 
 @pytest.mark.parametrize("values", [
@@ -160,3 +171,29 @@ def test_selection_candidates_and_episodes_go_together_with_select_best_checkpoi
     with pytest.raises(ConfigError, match="^selection_candidates must be >= 1 and selection_episodes >= 0, got 0"):
         make_config("a2c", {**base, "selection_candidates": 0})
     assert make_config("a2c", {**base, "selection_candidates": 3, "selection_episodes": 5}).selection_episodes == 5
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: PPOConfig(batch_size=7), "batch_size 7 must divide the rollout size"),
+    (lambda: PPOConfig(gamma=3.0), "gamma must lie in [0, 1], got 3.0"),
+    (lambda: A2CConfig(learning_rate="fast"), "config key 'learning_rate' must be float, got str 'fast'"),
+    (lambda: A2CConfig(normalize_rewards=1), "config key 'normalize_rewards' must be bool"),
+    (lambda: PPOConfig(algo="a2c"), "algo 'a2c' does not name PPOConfig's algorithm"),
+    (lambda: dataclasses.replace(A2CConfig(), rms_decay=1.0), "rms_decay must lie in [0, 1)"),
+])
+def test_no_invalid_config_object_can_exist(make, message):
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert message in str(err.value)
+    assert isinstance(err.value, ValueError)  # what a Python user catches
+
+
+def test_load_config_takes_the_algorithm_from_the_file(tmp_path):
+    config = load_config(CONFIGS / "ppo_solve.toml", overrides={"seed": 3})
+    assert isinstance(config, PPOConfig) and config.gamma == 0.999 and config.seed == 3
+    with pytest.raises(ConfigError, match="config for 'ppo', not for 'a2c'"):
+        load_config(CONFIGS / "ppo_solve.toml", "a2c")
+    (tmp_path / "bare.toml").write_text("gamma = 0.9\n")
+    with pytest.raises(ConfigError, match="names no algorithm"):
+        load_config(tmp_path / "bare.toml")
+    assert load_config(tmp_path / "bare.toml", "a2c") == A2CConfig(gamma=0.9)

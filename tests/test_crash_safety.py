@@ -10,10 +10,11 @@ from pathlib import Path
 from conftest import load_json
 from test_train_e2e import _validate
 
+from conftest import template_state
+
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
-from jaxrl_lander.train import Trainer
 
 HERE = Path(__file__).parent
 STEPS, CHECKPOINT_EVERY = 2_000, 200
@@ -65,7 +66,7 @@ def test_sigkill_at_four_moments_then_resume_gives_a_complete_valid_run(tmp_path
     config = make_config("a2c", {"seed": 7, "total_timesteps": STEPS, "checkpoint_interval": CHECKPOINT_EVERY,
                                  "eval_episodes": 2})
     exp = tmp_path / "results" / "experiments" / NAME
-    template = Trainer(config, tmp_path / "scratch").initial_state()
+    template = template_state(config)
 
     for i, (point, leftover, latest) in enumerate(KILLS):
         killed = run(TRAIN + (["--resume"] if i else []), tmp_path, point)

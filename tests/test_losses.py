@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrl_lander.algos import a2c, ppo
-from jaxrl_lander.algos.common import Batch, all_finite, init_state
+from jaxrl_lander.algos.base import Batch, Rollout, all_finite, init_state
 from jaxrl_lander.config import make_config
 from jaxrl_lander.policy import ActorCritic
 
@@ -144,8 +144,6 @@ def test_update_changes_params_and_threads_key():
     policy = ActorCritic(num_actions=ACTIONS)
     tx = ppo.make_optimizer(config)
     state = init_state(policy=policy, tx=tx, key=jax.random.key(1), obs_dim=OBS_DIM)
-    from jaxrl_lander.rollout import Rollout
-
     rng = np.random.default_rng(1)
     rollout = Rollout(
         obs=jnp.asarray(rng.normal(size=(256, 8, OBS_DIM)), jnp.float32),

@@ -1,4 +1,5 @@
-"""The jitted act and update compile once and never retrace across real LunarLander rollouts."""
+"""The jitted act and update compile once and never retrace: over real LunarLander rollouts, and over a whole
+run of the training loop with its checkpoints, records and evaluations."""
 
 from functools import partial
 
@@ -7,11 +8,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl_lander.algos.common import init_state, make_learner
+from jaxrl_lander.algos import make_learner
+from jaxrl_lander.collect import HostCollector, RolloutBuffer
 from jaxrl_lander.config import make_config
-from jaxrl_lander.envs import make_vector_env, step_envs
+from jaxrl_lander.envs.gymnasium import make_vector_env, step_envs
+from jaxrl_lander.loop import Progress, train_loop
+from jaxrl_lander.outputs import Outputs
+from jaxrl_lander.outputs.metrics import MetricsRecorder
 from jaxrl_lander.policy import sample_action, state_value
-from jaxrl_lander.rollout import RolloutBuffer
+from jaxrl_lander.runtime import Devices
 
 
 @pytest.mark.parametrize("algo,n_steps", [("ppo", 16), ("a2c", 5)])
@@ -19,13 +24,14 @@ def test_act_and_update_trace_once(algo, n_steps):
     chex.clear_trace_counter()
     config = make_config(algo, {"num_envs": 4, "n_steps": n_steps, "batch_size": 16} if algo == "ppo"
                          else {"num_envs": 4})
-    learner = make_learner(config, num_actions=4, wrap=partial(chex.assert_max_traces, n=1))
+    learner = make_learner(config, obs_dim=8, num_actions=4, wrap=partial(chex.assert_max_traces, n=1))
+
     def act_fn(params, obs, key):
-        return sample_action(learner.policy, params, obs, key)
+        return sample_action(learner.network, params, obs, key)
 
     act = jax.jit(chex.assert_max_traces(act_fn, n=1))
-    value = jax.jit(partial(state_value, learner.policy))
-    state = init_state(policy=learner.policy, tx=learner.tx, key=jax.random.key(0), obs_dim=8)
+    value = jax.jit(partial(state_value, learner.network))
+    state = learner.init(jax.random.key(0))
     envs = make_vector_env("LunarLander-v3", config.num_envs)
     obs, _ = envs.reset(seed=0)
     buffer = RolloutBuffer(config.n_steps, config.num_envs, 8)
@@ -42,3 +48,37 @@ def test_act_and_update_trace_once(algo, n_steps):
         losses.append(float(metrics["loss"]))
     envs.close()
     assert len(set(losses)) == 3 and all(np.isfinite(losses))  # three real, different updates ran
+
+
+class CountingHooks:
+    def __init__(self):
+        self.checkpoints, self.evaluations = [], 0
+
+    def evaluate(self, params):
+        self.evaluations += 1
+        return {"episodes": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
+
+    def checkpoint(self, state, progress, training_seconds):
+        self.checkpoints.append(progress.timestep)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_act_and_update_compiled_once_over_a_whole_loop(algo):
+    """Four PPO updates (or 51 A2C updates), checkpoints inside rollouts, records and evaluations: one trace each."""
+    small = {"n_steps": 64} if algo == "ppo" else {}
+    config = make_config(algo, {"total_timesteps": 2048, "checkpoint_interval": 500, "eval_interval": 700, **small})
+    learner = make_learner(config, obs_dim=8, num_actions=4)
+    envs = make_vector_env(config.env_id, config.num_envs)
+    collector = HostCollector(envs, learner.network, config, Devices.resolve())
+    state = learner.init(jax.random.key(0))
+    collector.start(state, env_seed=0)
+    hooks, progress = CountingHooks(), Progress()
+    recorder = MetricsRecorder("x", algo, config.env_id, 0, config.recording_interval)
+    result = train_loop(config, learner, collector, state, progress, Outputs(recorder, []), hooks, lambda: False)
+    collector.close()
+    assert result.failure is None and progress.timestep == 2048
+    assert progress.updates == 2048 // config.rollout_size
+    assert hooks.checkpoints == [504, 1000, 1504, 2000, 2048] and hooks.evaluations == 2
+    assert [e["timestep"] for e in progress.evaluations] == [704, 1400]  # the first vector step past each
+    assert len(recorder.records) == 2048 // 100
+    assert collector.act._cache_size() == 1 and collector.value._cache_size() <= 1

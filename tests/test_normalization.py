@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxrl_lander.normalization import CLIP, PRIOR_COUNT, Normalizer, RunningMeanStd, observation_function
+from jaxrl_lander.envs.normalization import CLIP, PRIOR_COUNT, Normalizer, RunningMeanStd, observation_function
 
 
 def pooled_moments(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,5 +82,5 @@ def test_state_round_trip_continues_the_statistics_and_restarts_the_returns():
 def test_a_normaliser_of_rewards_only_passes_observations_through():
     normalizer = Normalizer(obs_dim=2, num_envs=1, gamma=0.99, observations=False, rewards=True)
     obs = np.array([[100.0, -100.0]], np.float32)
-    assert normalizer.observations(obs) is obs and normalizer.frozen_observations() is None
+    assert normalizer.observations(obs) is obs and normalizer.observation_spec() is None
     assert normalizer.state_dict()["observations"] is None

@@ -22,7 +22,7 @@ def sb3_hyperparameters():
 
 
 def test_a2c_long_translates_to_sb3_rmsprop(sb3_hyperparameters):
-    kwargs = sb3_hyperparameters(load_config("a2c", ROOT / "configs" / "a2c_long.toml"))
+    kwargs = sb3_hyperparameters(load_config(ROOT / "configs" / "a2c_long.toml"))
     assert kwargs == {
         "learning_rate": 4e-4, "linear_lr": True, "n_steps": 5, "gamma": 0.995, "gae_lambda": 1.0,
         "ent_coef": 1e-5, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize_advantage": False,
@@ -31,7 +31,7 @@ def test_a2c_long_translates_to_sb3_rmsprop(sb3_hyperparameters):
 
 
 def test_ppo_and_adam_a2c_carry_their_optimiser_settings(sb3_hyperparameters):
-    ppo = sb3_hyperparameters(load_config("ppo", ROOT / "configs" / "ppo_solve.toml"))
+    ppo = sb3_hyperparameters(load_config(ROOT / "configs" / "ppo_solve.toml"))
     assert (ppo["n_steps"], ppo["batch_size"], ppo["n_epochs"], ppo["gamma"], ppo["gae_lambda"]) == (
         256, 64, 10, 0.999, 0.98)
     assert ppo["linear_lr"] is False and ppo["policy_kwargs"]["optimizer_kwargs"] == {"eps": 1e-5}
@@ -45,7 +45,7 @@ def test_normalisation_translates_to_vecnormalize(sb3_hyperparameters):
     assert both["normalize"] == {"norm_obs": True, "norm_reward": True}
     rewards_only = sb3_hyperparameters(make_config("ppo", {"normalize_rewards": True}))
     assert rewards_only["normalize"] == {"norm_obs": False, "norm_reward": True}
-    assert "normalize" not in sb3_hyperparameters(load_config("a2c", ROOT / "configs" / "a2c_long.toml"))
+    assert "normalize" not in sb3_hyperparameters(load_config(ROOT / "configs" / "a2c_long.toml"))
 
 
 @pytest.mark.parametrize("values,named", [({"reward_scale": 0.01}, "reward_scale"), ({"rms_decay": 0.9}, "rms_decay")])

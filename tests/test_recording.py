@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from jaxrl_lander.recording import MetricsRecorder, is_partial_write, replaced_atomically, write_json_atomic
+from jaxrl_lander.files import is_partial_write, replaced_atomically, write_json_atomic
+from jaxrl_lander.outputs.metrics import MetricsRecorder
 
 
 def _recorder():

@@ -6,16 +6,19 @@ import subprocess
 import sys
 import time
 
+import jax
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
 from conftest import load_json
 from test_train_e2e import _validate
 
+from jaxrl_lander import train
+from jaxrl_lander.algos import make_learner
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
 from jaxrl_lander.errors import TrainingFailed
+from jaxrl_lander.files import ExperimentPaths
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
-from jaxrl_lander.train import Trainer
 
 
 def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path):
@@ -53,15 +56,18 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path):
 def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     config = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
                                  "batch_size": 32, "total_timesteps": 1024, "checkpoint_interval": 64})
-    trainer = Trainer(config, tmp_path)
+    paths = ExperimentPaths.of(tmp_path, "ppo", 42)
     with pytest.raises(TrainingFailed, match="non-finite loss nan at update 1 \\(step 128\\)"):
-        trainer.train()
-    results = load_json(trainer.paths.results)
+        train(config, tmp_path)
+    results = load_json(paths.results)
     _validate(results, EXPERIMENT_RESULTS)
     assert results["status"] == "failed" and "non-finite loss" in results["reason"]
-    assert results["evaluation"] is None and not trainer.paths.model.exists()
+    assert results["evaluation"] is None and not paths.model.exists()
+    assert results["updates"] == 1
+    _validate(load_json(paths.metrics), TRAINING_METRICS)
     # Only checkpoints taken before the bad update exist, and they restore.
-    store = CheckpointStore(trainer.paths.checkpoints)
+    store = CheckpointStore(paths.checkpoints)
     assert store.all_steps() == [64]
-    restored, meta = store.restore(64, trainer.initial_state())
+    template = make_learner(config, obs_dim=1, num_actions=2).init(jax.random.key(0))
+    restored, meta = store.restore(64, template)
     assert meta["timestep"] == 64 and meta["updates"] == 0

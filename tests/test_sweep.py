@@ -71,8 +71,8 @@ def test_tiny_real_sweep(tmp_path):
     assert summary["final_evaluation"]["values"] == [r["evaluation"]["mean"] for r in per_seed]
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # every seed trained from the config the sweep resolved once and kept beside its results
-    kept = load_config("a2c", out / "config.toml", {"seed": 0})
-    assert kept == load_config("a2c", tmp_path / "tiny.toml", {"seed": 0, "total_timesteps": 400}, ["gamma=0.95"])
+    kept = load_config(out / "config.toml", "a2c", {"seed": 0})
+    assert kept == load_config(tmp_path / "tiny.toml", "a2c", {"seed": 0, "total_timesteps": 400, "gamma": 0.95})
     assert all(r["hyperparameters"] == {**kept.to_dict(), "seed": r["seed"]} for r in per_seed)
 
 

@@ -4,11 +4,10 @@ import struct
 from collections import defaultdict
 
 import pytest
-from conftest import load_json
+from conftest import load_json, train_run
 
 from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.config import make_config
-from jaxrl_lander.train import Trainer
 
 event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
 
@@ -33,10 +32,10 @@ def test_event_files_hold_the_run(tmp_path, algo):
     extra = {"n_steps": 16, "batch_size": 32} if algo == "ppo" else {}
     config = make_config(algo, {"total_timesteps": 1_024, "checkpoint_interval": 512, "eval_interval": 400,
                                 "eval_interval_episodes": 1, "eval_episodes": 2, "anneal_lr": True, **extra})
-    trainer = Trainer(config, tmp_path, tensorboard=True)
-    results = trainer.train()
-    scalars = read_scalars(trainer.paths.root / "tensorboard")
-    metrics = load_json(trainer.paths.metrics)
+    _, results, paths = train_run(config, tmp_path, tensorboard=True)
+    results = results.to_dict()
+    scalars = read_scalars(paths.tensorboard)
+    metrics = load_json(paths.metrics)
 
     expected = {"train/loss", "train/policy_loss", "train/value_loss", "train/entropy", "train/explained_variance",
                 "train/learning_rate", "episode/return", "episode/length", "rollout/ep_rew_mean",
@@ -67,12 +66,11 @@ def test_a_selection_that_chooses_the_last_parameters_reuses_their_evaluation(tm
     config = make_config("a2c", {"total_timesteps": 1200, "checkpoint_interval": 200, "eval_interval": 200,
                                  "eval_interval_episodes": 1, "eval_episodes": 3, "normalize_observations": True,
                                  "select_best_checkpoint": True})
-    trainer = Trainer(config, tmp_path, tensorboard=True)
-    results = trainer.train()
-    selected, evaluation = results["selected_checkpoint"], results["evaluation"]
+    _, results, paths = train_run(config, tmp_path, tensorboard=True)
+    selected, evaluation = results.selected_checkpoint, results.evaluation
     assert selected["timestep"] == 1200  # on this seed the best evaluation during training is the last
     assert {k: evaluation[k] for k in selected["last_parameters_evaluation"]} == selected["last_parameters_evaluation"]
-    assert evaluation["seeds"][0] == load_model(trainer.paths.model)[1]["first_eval_seed"]
-    evals = read_scalars(trainer.paths.root / "tensorboard")["eval/mean_return"]
+    assert evaluation["seeds"][0] == load_model(paths.model)[1].first_eval_seed
+    evals = read_scalars(paths.tensorboard)["eval/mean_return"]
     assert evals[-1] == (1200, pytest.approx(evaluation["mean"], rel=1e-5))
     assert len(evals) == 6 + 1  # six evaluations during training, then the final one

@@ -7,15 +7,14 @@ import jax
 import jsonschema
 import numpy as np
 import pytest
-from conftest import SHORT_STEPS, load_json, short_config
+from conftest import SHORT_STEPS, load_json, short_config, template_state, train_run
 
-from jaxrl_lander import load_policy
+from jaxrl_lander import Policy, load_policy, train
 from jaxrl_lander.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import ConfigError
-from jaxrl_lander.envs import EVAL_SEED_OFFSET, eval_env_seed
 from jaxrl_lander.evaluate import evaluate_experiment
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS, load_schema
-from jaxrl_lander.train import RunKeys, Trainer
+from jaxrl_lander.seeding import EVAL_SEED_OFFSET, RunKeys, eval_env_seed
 
 ALGOS = ["ppo", "a2c"]
 
@@ -23,6 +22,10 @@ ALGOS = ["ppo", "a2c"]
 def _validate(instance, schema_name):
     jsonschema.Draft202012Validator(load_schema(schema_name),
                                     format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(instance)
+
+
+def _same_params(a, b) -> None:
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def _without_times(metrics):
@@ -33,28 +36,28 @@ def _without_times(metrics):
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_full_artifact_set(short_runs, algo):
-    trainer, results, _ = short_runs[algo]
-    root = trainer.paths.root
+    _, results, paths = short_runs[algo]
+    root = paths.root
     assert root.name == f"{algo}_seed42"
     for name in (f"{algo}_seed42_model", f"{algo}_seed42_metrics.json", f"{algo}_seed42_results.json"):
         assert (root / name).exists(), name
     steps = CheckpointStore(root / "checkpoints").all_steps()
     assert steps == [1000, 2000, 3000, 4000, SHORT_STEPS]  # every 1,000 env steps, and the end of the run
-    assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in steps]
-    assert results["success_criteria"]["SC-005"]["passed"] is True
+    assert results.artifacts["checkpoints"] == [f"checkpoints/{s}" for s in steps]
+    assert results.success_criteria["SC-005"]["passed"] is True
     assert not list(root.rglob("*.tmp"))  # no temporary JSON left behind
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_outputs_match_their_schemas_and_values(short_runs, algo):
-    trainer, results, _ = short_runs[algo]
-    metrics = load_json(trainer.paths.metrics)
+    config, results, paths = short_runs[algo]
+    metrics = load_json(paths.metrics)
     _validate(metrics, TRAINING_METRICS)
-    on_disk = load_json(trainer.paths.results)
+    on_disk = load_json(paths.results)
     _validate(on_disk, EXPERIMENT_RESULTS)
-    assert on_disk == results
+    assert on_disk == results.to_dict()
 
-    config = trainer.config
+    results = results.to_dict()
     assert results["total_timesteps"] == SHORT_STEPS and results["status"] == "completed"
     assert results["updates"] == SHORT_STEPS // config.rollout_size
     assert results["hyperparameters"] == config.to_dict()
@@ -76,52 +79,44 @@ def test_outputs_match_their_schemas_and_values(short_runs, algo):
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_evaluation_is_deterministic_on_fresh_seeds(short_runs, algo):
-    trainer, results, _ = short_runs[algo]
-    ev = results["evaluation"]
+    _, results, paths = short_runs[algo]
+    ev = results.evaluation
     assert ev["episodes"] == 3 and len(ev["returns"]) == 3
     first = ev["seeds"][0]
     assert first >= EVAL_SEED_OFFSET and ev["seeds"] == [first, first + 1, first + 2]
     assert ev["mean"] == pytest.approx(np.mean(ev["returns"]))
-    again = evaluate_experiment(trainer.paths.root, 3)
+    again = evaluate_experiment(paths.root, 3)
     assert again["returns"] == ev["returns"]  # the same greedy policy on the same seeds
-    sampled = evaluate_experiment(trainer.paths.root, 3, sample=True)
+    sampled = evaluate_experiment(paths.root, 3, sample=True)
     assert sampled["seeds"] == ev["seeds"]
-    assert sampled["returns"] == evaluate_experiment(trainer.paths.root, 3, sample=True)["returns"]  # seeded key
+    assert sampled["returns"] == evaluate_experiment(paths.root, 3, sample=True)["returns"]  # seeded key
     assert sampled["returns"] != ev["returns"]  # a barely trained policy is far from deterministic
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_final_model_and_last_checkpoint_hold_the_final_params(short_runs, algo):
-    trainer, _, _ = short_runs[algo]
-    final = trainer.final_state
-    store = CheckpointStore(trainer.paths.checkpoints)
-    restored, meta = store.restore(store.latest_step(), trainer.initial_state())
+    config, _, paths = short_runs[algo]
+    store = CheckpointStore(paths.checkpoints)
+    restored, meta = store.restore(store.latest_step(), template_state(config))
     store.close()
-    assert meta["timestep"] == SHORT_STEPS and meta["config"] == trainer.config.to_dict()
-    jax.tree.map(np.testing.assert_array_equal, restored.params, final.params)
+    assert meta["timestep"] == SHORT_STEPS and meta["config"] == config.to_dict()
+    final, spec = load_model(paths.model)
+    _same_params(restored.params, final)
+    assert spec.timestep == SHORT_STEPS
     obs = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
-    policy = load_policy(trainer.paths.root)
-    from jaxrl_lander.evaluate import greedy_policy
-
-    np.testing.assert_array_equal(policy(obs), greedy_policy(trainer.learner.policy, final.params)(obs))
-
-
-def test_act_compiled_once_over_the_whole_run(short_runs):
-    for algo in ALGOS:
-        assert short_runs[algo][0].act._cache_size() == 1
+    policy = load_policy(paths.root)
+    np.testing.assert_array_equal(policy(obs), Policy(policy.network, restored.params)(obs))
 
 
 def test_same_seed_same_run(short_runs, tmp_path):
     """SC-004 on a short run: identical metrics (timestamps aside) and identical final parameters."""
-    first, first_results, _ = short_runs["ppo"]
-    second = Trainer(short_config("ppo"), tmp_path)
-    second_results = second.train()
+    first = short_runs["ppo"]
+    second = train_run(short_config("ppo"), tmp_path)
     assert _without_times(load_json(second.paths.metrics)) == _without_times(load_json(first.paths.metrics))
-    jax.tree.map(np.testing.assert_array_equal, second.final_state.params, first.final_state.params)
-    assert second_results["evaluation"]["returns"] == first_results["evaluation"]["returns"]
+    _same_params(load_model(second.paths.model)[0], load_model(first.paths.model)[0])
+    assert second.results.evaluation["returns"] == first.results.evaluation["returns"]
 
-    other = Trainer(short_config("ppo", seed=7), tmp_path)  # and another seed gives another run
-    other.train()
+    other = train_run(short_config("ppo", seed=7), tmp_path)  # and another seed gives another run
     assert load_json(other.paths.metrics)["episodes"] != load_json(first.paths.metrics)["episodes"]
 
 
@@ -136,62 +131,59 @@ def _interrupted_copy(src, dst, keep_up_to):
 
 
 def test_resume_is_deterministic_and_leaves_no_gaps(short_runs, tmp_path):
-    trainer, _, _ = short_runs["a2c"]
+    finished = short_runs["a2c"]
     outcomes = []
     for name in ("a", "b"):
         results_dir = tmp_path / name / "results"
-        _interrupted_copy(trainer.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
-        resumed = Trainer(short_config("a2c"), results_dir)
-        results = resumed.train(resume=True)
-        assert results["resumed_from_timestep"] == 2000
+        _interrupted_copy(finished.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
+        resumed = train_run(short_config("a2c"), results_dir, resume=True)
+        assert resumed.results.resumed_from_timestep == 2000
         metrics = load_json(resumed.paths.metrics)
         _validate(metrics, TRAINING_METRICS)
-        _validate(results, EXPERIMENT_RESULTS)
+        _validate(resumed.results.to_dict(), EXPERIMENT_RESULTS)
         steps = [r["timestep"] for r in metrics["records"]]
         assert steps == sorted(set(steps)) and len(steps) == SHORT_STEPS // 100  # no gap, no duplicate
         assert CheckpointStore(resumed.paths.checkpoints).all_steps() == [1000, 2000, 3000, 4000, SHORT_STEPS]
-        outcomes.append((_without_times(metrics), resumed.final_state.params))
+        outcomes.append((_without_times(metrics), load_model(resumed.paths.model)[0]))
     assert outcomes[0][0] == outcomes[1][0]
-    jax.tree.map(np.testing.assert_array_equal, outcomes[0][1], outcomes[1][1])
+    _same_params(outcomes[0][1], outcomes[1][1])
 
 
 def test_resume_of_a_finished_run_does_nothing(short_runs):
-    trainer, results, results_dir = short_runs["ppo"]
-    before = trainer.paths.results.stat().st_mtime_ns
-    again = Trainer(short_config("ppo"), results_dir).train(resume=True)
-    assert again == results and trainer.paths.results.stat().st_mtime_ns == before
+    finished = short_runs["ppo"]
+    before = finished.paths.results.stat().st_mtime_ns
+    again = train(short_config("ppo"), finished.paths.root.parents[1], resume=True)
+    assert again == finished.results and finished.paths.results.stat().st_mtime_ns == before
 
 
 def test_keep_checkpoints_holds_across_a_resume(tmp_path):
     """Retention applies to the checkpoints of earlier processes too, and may change on resume."""
-    first = Trainer(short_config("a2c", total_timesteps=800, checkpoint_interval=200, keep_checkpoints=3,
-                                 eval_episodes=1), tmp_path)
-    first.train()
-    assert CheckpointStore(first.paths.checkpoints).all_steps() == [400, 600, 800]
-    resumed = Trainer(short_config("a2c", total_timesteps=1200, checkpoint_interval=200, keep_checkpoints=2,
+    first = train_run(short_config("a2c", total_timesteps=800, checkpoint_interval=200, keep_checkpoints=3,
                                    eval_episodes=1), tmp_path)
-    results = resumed.train(resume=True)
-    assert results["resumed_from_timestep"] == 800
-    assert results["artifacts"]["checkpoints"] == ["checkpoints/1000", "checkpoints/1200"]
-    assert results["success_criteria"]["SC-005"]["passed"] is True
+    assert CheckpointStore(first.paths.checkpoints).all_steps() == [400, 600, 800]
+    resumed = train_run(short_config("a2c", total_timesteps=1200, checkpoint_interval=200, keep_checkpoints=2,
+                                     eval_episodes=1), tmp_path, resume=True)
+    results = resumed.results
+    assert results.resumed_from_timestep == 800
+    assert results.artifacts["checkpoints"] == ["checkpoints/1000", "checkpoints/1200"]
+    assert results.success_criteria["SC-005"]["passed"] is True
     assert sorted(p.name for p in resumed.paths.checkpoints.iterdir()) == ["1000", "1200"]
 
 
 def test_fresh_rerun_replaces_the_old_experiment(tmp_path):
     config = short_config("a2c", total_timesteps=400, checkpoint_interval=200, eval_episodes=1)
-    Trainer(config, tmp_path).train()
+    train(config, tmp_path)
     stale = tmp_path / "experiments" / "a2c_seed42" / "checkpoints" / "999999"
     stale.mkdir()
-    trainer = Trainer(config, tmp_path)
-    trainer.train()
+    rerun = train_run(config, tmp_path)
     assert not stale.exists()
-    assert CheckpointStore(trainer.paths.checkpoints).all_steps() == [200, 400]
+    assert CheckpointStore(rerun.paths.checkpoints).all_steps() == [200, 400]
 
 
 def test_evaluations_during_training_and_time_to_solve(tmp_path):
     config = short_config("a2c", total_timesteps=600, checkpoint_interval=600, eval_interval=200,
                           eval_interval_episodes=2, eval_episodes=2, solve_threshold=-1e9)
-    results = Trainer(config, tmp_path).train()
+    results = train(config, tmp_path).to_dict()
     _validate(results, EXPERIMENT_RESULTS)
     evals = results["evaluations_during_training"]
     assert [e["timestep"] for e in evals] == [200, 400, 600] and all(e["episodes"] == 2 for e in evals)
@@ -207,8 +199,8 @@ def test_select_best_checkpoint_delivers_the_best_evaluated_parameters(tmp_path)
     its observation statistics included; the last parameters' evaluation is recorded beside them."""
     config = short_config("a2c", total_timesteps=1200, checkpoint_interval=200, eval_interval=400,
                           eval_interval_episodes=2, normalize_observations=True, select_best_checkpoint=True)
-    trainer = Trainer(config, tmp_path)
-    results = trainer.train()
+    _, results, paths = train_run(config, tmp_path)
+    results = results.to_dict()
     _validate(results, EXPERIMENT_RESULTS)
     best = max(results["evaluations_during_training"], key=lambda e: e["mean"])
     assert best["timestep"] != 1200  # this seed's best is not the end, so delivering it changes the model
@@ -218,41 +210,45 @@ def test_select_best_checkpoint_delivers_the_best_evaluated_parameters(tmp_path)
     assert selected["candidates"] == [{"timestep": best["timestep"], "evaluation_during_training": best["mean"],
                                        "selection_evaluation": None}]
 
-    store = CheckpointStore(trainer.paths.checkpoints)
-    state, meta = store.restore(best["timestep"], trainer.initial_state())
+    store = CheckpointStore(paths.checkpoints)
+    state, meta = store.restore(best["timestep"], template_state(config))
+    last, _ = store.restore(1200, template_state(config))
     store.close()
-    params, spec = load_model(trainer.paths.model)
-    jax.tree.map(np.testing.assert_array_equal, params, state.params)
-    assert spec["timestep"] == best["timestep"]
-    assert spec["observation_normalization"] == meta["normalizer"]["observations"]
-    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params, trainer.final_state.params)))
+    params, spec = load_model(paths.model)
+    _same_params(params, state.params)
+    assert spec.timestep == best["timestep"]
+    assert spec.observation_normalization == meta["normalizer"]["observations"]
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params, last.params)))
     # The verdict is on episodes past the 2 each evaluation during training played, so not on those it was
     # selected by; the delivered model replays it by default, and SC-006 judges it.
     first = eval_env_seed(RunKeys.from_seed(config.seed).eval) + 2
-    assert results["evaluation"]["seeds"] == [first, first + 1, first + 2] and spec["first_eval_seed"] == first
-    assert evaluate_experiment(trainer.paths.root, 3)["returns"] == results["evaluation"]["returns"]
+    assert results["evaluation"]["seeds"] == [first, first + 1, first + 2] and spec.first_eval_seed == first
+    assert evaluate_experiment(paths.root, 3)["returns"] == results["evaluation"]["returns"]
     assert results["success_criteria"]["SC-006"]["value"] == results["evaluation"]["mean"]
 
 
-def test_resume_accepts_a_checkpoint_that_predates_a_config_key(short_runs, tmp_path):
-    """A key added to the config later counts as its default when the checkpoint lacks it."""
-    trainer, _, _ = short_runs["a2c"]
+def test_resume_refuses_a_checkpoint_whose_config_differs(short_runs, tmp_path):
+    """A checkpoint whose config lacks a key, or holds another value, is refused, naming the key."""
+    finished = short_runs["a2c"]
     results_dir = tmp_path / "results"
     root = results_dir / "experiments" / "a2c_seed42"
-    _interrupted_copy(trainer.paths.root, root, keep_up_to=4000)
+    _interrupted_copy(finished.paths.root, root, keep_up_to=4000)
     meta_path = root / "checkpoints" / "4000" / "metadata" / "metadata"
     meta = load_json(meta_path)
-    del meta["config"]["solve_threshold"], meta["evaluations"]
+    before = meta_path.read_text()
+    del meta["config"]["solve_threshold"]
     meta_path.write_text(json.dumps(meta))
-    results = Trainer(short_config("a2c"), results_dir).train(resume=True)
-    assert results["resumed_from_timestep"] == 4000 and results["status"] == "completed"
+    with pytest.raises(ConfigError, match="differs from the checkpoint in solve_threshold$"):
+        train(short_config("a2c"), results_dir, resume=True)
 
-    meta["config"]["gamma"] = 0.5  # a real difference is still refused, naming the key
+    meta_path.write_text(before)
+    meta["config"] = load_json(meta_path)["config"] | {"gamma": 0.5}  # a real difference is refused too
     meta_path.write_text(json.dumps(meta))
-    shutil.rmtree(root / "checkpoints" / str(SHORT_STEPS))
-    (root / "a2c_seed42_results.json").unlink()
     with pytest.raises(ConfigError, match="differs from the checkpoint in gamma$"):
-        Trainer(short_config("a2c"), results_dir).train(resume=True)
+        train(short_config("a2c"), results_dir, resume=True)
+    meta_path.write_text(before)  # and the checkpoint as saved resumes
+    results = train(short_config("a2c"), results_dir, resume=True)
+    assert results.resumed_from_timestep == 4000 and results.status == "completed"
 
 
 def test_render_one_episode_to_gif(short_runs, tmp_path):
@@ -260,11 +256,11 @@ def test_render_one_episode_to_gif(short_runs, tmp_path):
 
     from jaxrl_lander.evaluate import render_episode_gif
 
-    trainer, results, _ = short_runs["ppo"]
-    first_seed = results["evaluation"]["seeds"][0]
-    gif, episode_return = render_episode_gif(trainer.paths.root, out=tmp_path / "x.gif", seed=first_seed)
+    _, results, paths = short_runs["ppo"]
+    first_seed = results.evaluation["seeds"][0]
+    gif, episode_return = render_episode_gif(paths.root, out=tmp_path / "x.gif", seed=first_seed)
     # The rendered episode is the first evaluation episode: same greedy policy, same seed.
-    assert episode_return == pytest.approx(results["evaluation"]["returns"][0])
+    assert episode_return == pytest.approx(results.evaluation["returns"][0])
     with Image.open(gif) as im:
         assert im.n_frames > 2 and im.size == (300, 200)
 
@@ -273,11 +269,10 @@ def test_normalised_run_keeps_its_statistics_in_checkpoints_and_model(tmp_path):
     """Observation and reward normalisation: the statistics grow with every training observation, go into each
     checkpoint (a resume continues them) and into the model, which then plays as the final evaluation did."""
     config = short_config("a2c", normalize_observations=True, normalize_rewards=True)
-    trainer = Trainer(config, tmp_path / "full")
-    results = trainer.train()
-    store = CheckpointStore(trainer.paths.checkpoints)
-    _, meta = store.restore(SHORT_STEPS, trainer.initial_state())
-    _, meta_2000 = store.restore(2000, trainer.initial_state())
+    full = train_run(config, tmp_path / "full")
+    store = CheckpointStore(full.paths.checkpoints)
+    _, meta = store.restore(SHORT_STEPS, template_state(config))
+    _, meta_2000 = store.restore(2000, template_state(config))
     store.close()
     saved = meta["normalizer"]
     # The reset's observations and one per env step; one discounted return per env step.
@@ -285,16 +280,15 @@ def test_normalised_run_keeps_its_statistics_in_checkpoints_and_model(tmp_path):
     assert saved["returns"]["count"] == pytest.approx(SHORT_STEPS, abs=1e-3)
     assert max(saved["observations"]["var"]) != 1.0 and saved["returns"]["var"] != 1.0
 
-    _, spec = load_model(trainer.paths.model)
-    assert spec["observation_normalization"] == saved["observations"]
-    assert evaluate_experiment(trainer.paths.root, 3)["returns"] == results["evaluation"]["returns"]
+    _, spec = load_model(full.paths.model)
+    assert spec.observation_normalization == saved["observations"]
+    assert evaluate_experiment(full.paths.root, 3)["returns"] == full.results.evaluation["returns"]
 
     results_dir = tmp_path / "resumed"
-    _interrupted_copy(trainer.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
-    resumed = Trainer(config, results_dir)
-    resumed.train(resume=True)
+    _interrupted_copy(full.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
+    resumed = train_run(config, results_dir, resume=True)
     store = CheckpointStore(resumed.paths.checkpoints)
-    _, meta_resumed = store.restore(SHORT_STEPS, resumed.initial_state())
+    _, meta_resumed = store.restore(SHORT_STEPS, template_state(config))
     store.close()
     # Continued from the checkpoint's statistics: its count, plus the new reset and the remaining steps.
     expected = meta_2000["normalizer"]["observations"]["count"] + config.num_envs + SHORT_STEPS - 2000
@@ -307,8 +301,8 @@ def test_selection_candidates_play_further_episodes_and_the_best_there_is_delive
     config = short_config("a2c", total_timesteps=1200, checkpoint_interval=200, eval_interval=200,
                           eval_interval_episodes=1, normalize_observations=True, select_best_checkpoint=True,
                           selection_candidates=2, selection_episodes=2)
-    trainer = Trainer(config, tmp_path)
-    results = trainer.train()
+    _, results, paths = train_run(config, tmp_path)
+    results = results.to_dict()
     _validate(results, EXPERIMENT_RESULTS)
     ranked = sorted(results["evaluations_during_training"], key=lambda e: -e["mean"])[:2]
     selected = results["selected_checkpoint"]
@@ -322,28 +316,26 @@ def test_selection_candidates_play_further_episodes_and_the_best_there_is_delive
     assert selected["timestep"] == chosen["timestep"]
     assert selected["evaluation_during_training"] == chosen["evaluation_during_training"]
 
-    store = CheckpointStore(trainer.paths.checkpoints)
-    state, meta = store.restore(chosen["timestep"], trainer.initial_state())
+    store = CheckpointStore(paths.checkpoints)
+    state, meta = store.restore(chosen["timestep"], template_state(config))
     store.close()
-    params, spec = load_model(trainer.paths.model)
-    jax.tree.map(np.testing.assert_array_equal, params, state.params)
-    assert spec["observation_normalization"] == meta["normalizer"]["observations"]
+    params, spec = load_model(paths.model)
+    _same_params(params, state.params)
+    assert spec.observation_normalization == meta["normalizer"]["observations"]
     # The candidates played seeds past the evaluations during training; the verdict plays seeds past both.
     first = eval_env_seed(RunKeys.from_seed(config.seed).eval) + 1 + 2
-    assert results["evaluation"]["seeds"] == [first, first + 1, first + 2] and spec["first_eval_seed"] == first
-    assert evaluate_experiment(trainer.paths.root, 3)["returns"] == results["evaluation"]["returns"]
+    assert results["evaluation"]["seeds"] == [first, first + 1, first + 2] and spec.first_eval_seed == first
+    assert evaluate_experiment(paths.root, 3)["returns"] == results["evaluation"]["returns"]
 
 
 def test_a_resume_may_change_how_candidates_are_chosen_but_not_whether(tmp_path):
     """The selection keys act once training is over, on checkpoints every evaluation kept; select_best_checkpoint
     itself may not change, since a run without it may have dropped the checkpoints it would need."""
-    selecting = dict(total_timesteps=1200, checkpoint_interval=200, eval_interval=200,
-                     select_best_checkpoint=True)
-    saved = short_config("a2c", **selecting).to_dict()
-    trainer = Trainer(short_config("a2c", **selecting, selection_candidates=3, selection_episodes=5), tmp_path)
-    trainer._check_resumable_config(saved)
-    trainer.envs.close()
-    trainer = Trainer(short_config("a2c", total_timesteps=1200, checkpoint_interval=200, eval_interval=200), tmp_path)
+    selecting = dict(checkpoint_interval=200, eval_interval=200, eval_interval_episodes=1)
+    first = train(short_config("a2c", **selecting, select_best_checkpoint=True, total_timesteps=400), tmp_path)
+    assert first.status == "completed"
+    resumed = train(short_config("a2c", **selecting, select_best_checkpoint=True, total_timesteps=1200,
+                                 selection_candidates=3, selection_episodes=5), tmp_path, resume=True)
+    assert resumed.resumed_from_timestep == 400 and len(resumed.selected_checkpoint["candidates"]) == 3
     with pytest.raises(ConfigError, match="differs from the checkpoint in select_best_checkpoint$"):
-        trainer._check_resumable_config(saved)
-    trainer.envs.close()
+        train(short_config("a2c", **selecting, total_timesteps=1400), tmp_path, resume=True)

@@ -5,8 +5,9 @@ import flax.struct
 import jax
 import optax
 
-from jaxrl_lander.algos.common import (
+from jaxrl_lander.algos.base import (
     Batch,
+    Rollout,
     TrainState,
     explained_variance,
     hparams_from_config,
@@ -15,7 +16,6 @@ from jaxrl_lander.algos.common import (
     normalize,
 )
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
-from jaxrl_lander.rollout import Rollout
 
 
 @flax.struct.dataclass

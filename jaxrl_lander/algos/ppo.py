@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrl_lander.algos.common import (
+from jaxrl_lander.algos.base import (
     Batch,
+    Rollout,
     TrainState,
     explained_variance,
     hparams_from_config,
@@ -16,7 +17,6 @@ from jaxrl_lander.algos.common import (
     normalize,
 )
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
-from jaxrl_lander.rollout import Rollout
 
 
 @flax.struct.dataclass

@@ -1,4 +1,4 @@
-"""Gymnasium vector env construction, seed derivation and the time-limit bootstrap.
+"""The gymnasium vector env: construction, one step turned into learning targets, the time-limit bootstrap.
 
 The vector env resets a finished sub-env within the same step (AutoresetMode.SAME_STEP): the observation it
 returns is the first of the next episode, and the true last observation is in info["final_obs"]. So every
@@ -9,15 +9,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import gymnasium as gym
-import jax
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from jaxrl_lander.normalization import Normalizer
-
-# Training env seeds lie below EVAL_SEED_OFFSET and evaluation seeds at or above it, so they never meet.
-TRAIN_SEED_RANGE = 2**30
-EVAL_SEED_OFFSET = 2**31
+from jaxrl_lander.envs.normalization import Normalizer
 
 
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
@@ -29,17 +24,6 @@ def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
-
-
-def train_env_seed(env_key: jax.Array, timestep: int) -> int:
-    """Base seed for the training envs when (re)starting at `timestep`; sub-env i gets base + i."""
-    key = jax.random.fold_in(env_key, timestep)
-    return int(jax.random.randint(key, (), 0, TRAIN_SEED_RANGE))
-
-
-def eval_env_seed(eval_key: jax.Array) -> int:
-    """Base seed for evaluation episodes; episode j gets base + j, disjoint from every training seed."""
-    return EVAL_SEED_OFFSET + int(jax.random.randint(eval_key, (), 0, TRAIN_SEED_RANGE))
 
 
 def finished_episodes(info: dict) -> list[tuple[int, float, int]]:

@@ -1,4 +1,4 @@
-"""What PPO and A2C share: the train state, the batch they learn from, and building an algorithm's update."""
+"""What PPO and A2C share: the train state, the rollout and batch they learn from, GAE, and the Learner."""
 
 import dataclasses
 from collections.abc import Callable
@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_lander.policy import ActorCritic, log_prob
-from jaxrl_lander.rollout import Rollout, gae
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -21,6 +20,16 @@ class TrainState(flax.struct.PyTreeNode):
     params: Any
     opt_state: Any
     key: jax.Array
+
+
+class Rollout(NamedTuple):
+    """One rollout of T vector steps over B sub-envs, as fed to an update."""
+
+    obs: jax.Array  # (T, B, obs_dim) observation each action was taken in
+    actions: jax.Array  # (T, B) int32
+    rewards: jax.Array  # (T, B) float32, time-limit bootstrap already added
+    dones: jax.Array  # (T, B) float32, 1.0 where the episode ended after this step
+    last_obs: jax.Array  # (B, obs_dim) observation after the last step, for the bootstrap value
 
 
 class Batch(NamedTuple):
@@ -32,6 +41,32 @@ class Batch(NamedTuple):
     old_values: jax.Array  # (N,)
     advantages: jax.Array  # (N,)
     returns: jax.Array  # (N,)
+
+
+@jax.jit
+def gae(
+    rewards: jax.Array, values: jax.Array, dones: jax.Array, last_value: jax.Array, gamma, gae_lambda
+) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimates and value targets.
+
+    delta_t = r_t + gamma * (1 - d_t) * v_{t+1} - v_t
+    A_t     = delta_t + gamma * lambda * (1 - d_t) * A_{t+1}
+    R_t     = A_t + v_t
+    with v_T = last_value. Inputs are time-major (T, B); last_value is (B,). Returns (advantages, returns).
+    """
+    chex.assert_rank([rewards, values, dones, last_value], [2, 2, 2, 1])
+    chex.assert_equal_shape([rewards, values, dones])
+    not_done = 1.0 - dones
+    v_tp1 = jnp.concatenate([values[1:], last_value[None]], axis=0)
+    deltas = rewards + gamma * not_done * v_tp1 - values
+
+    def backward(a_tp1, x):
+        delta_t, not_done_t = x
+        a_t = delta_t + gamma * gae_lambda * not_done_t * a_tp1
+        return a_t, a_t
+
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(last_value), (deltas, not_done), reverse=True)
+    return advantages, advantages + values
 
 
 def make_batch(policy: ActorCritic, params, rollout: Rollout, gamma, gae_lambda) -> Batch:
@@ -87,12 +122,6 @@ def learning_rate(config, gradient_steps_per_update: int) -> float | optax.Sched
     return optax.linear_schedule(config.learning_rate, 0.0, total_updates * gradient_steps_per_update)
 
 
-def learning_rate_at(config, update: int) -> float:
-    """The step size at the first gradient step of update number `update` (counting from 0)."""
-    schedule = learning_rate(config, 1)
-    return float(schedule(update)) if callable(schedule) else float(schedule)
-
-
 @partial(jax.jit, static_argnames=("policy", "tx", "obs_dim"))
 def init_state(policy: ActorCritic, tx: optax.GradientTransformation, key: jax.Array, obs_dim: int) -> TrainState:
     """Fresh parameters and optimiser state; compiled as one program rather than dozens of small ones."""
@@ -101,34 +130,43 @@ def init_state(policy: ActorCritic, tx: optax.GradientTransformation, key: jax.A
     return TrainState(params=params, opt_state=tx.init(params), key=key)
 
 
-class Learner(NamedTuple):
-    """An algorithm made concrete for one config: its policy, optimiser, hyperparameters and jitted update."""
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """An algorithm made concrete for one config and env: network, optimiser, hyperparameters, jitted update."""
 
-    policy: ActorCritic
+    config: Any
+    network: ActorCritic
+    obs_dim: int
     tx: optax.GradientTransformation
     hparams: Any
     update: Callable[[TrainState, Rollout], tuple[TrainState, dict[str, jax.Array]]]
 
+    def init(self, key: jax.Array) -> TrainState:
+        """A fresh train state from `key` (also the template a checkpoint is restored into)."""
+        return init_state(policy=self.network, tx=self.tx, key=key, obs_dim=self.obs_dim)
 
-def make_learner(config, num_actions: int, wrap: Callable | None = None) -> Learner:
-    """Build the policy, optimiser and the jitted `update(state, rollout)` for config.algo.
+    def learning_rate_at(self, update: int) -> float:
+        """The step size at the first gradient step of update number `update` (counting from 0)."""
+        schedule = learning_rate(self.config, 1)
+        return float(schedule(update)) if callable(schedule) else float(schedule)
 
-    `wrap` (tests) wraps the pure update before jit, e.g. with chex.assert_max_traces.
+
+def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Callable | None = None) -> Learner:
+    """`algorithm` (a module with HParams, make_optimizer, static_args and update) made concrete for `config`.
+
+    The jitted update also reports whether the new parameters are all finite. `wrap` (tests) wraps the pure
+    update before jit, e.g. with chex.assert_max_traces.
     """
-    from jaxrl_lander.algos import a2c, ppo
-
-    module = {"ppo": ppo, "a2c": a2c}[config.algo]
-    policy = ActorCritic(num_actions=num_actions, hidden_size=config.hidden_size)
-    tx = module.make_optimizer(config)
-    hparams = module.HParams.from_config(config)
-    static = module.static_args(config)
+    network = ActorCritic(num_actions=num_actions, hidden_size=config.hidden_size)
+    tx = algorithm.make_optimizer(config)
+    hparams = algorithm.HParams.from_config(config)
+    static = algorithm.static_args(config)
 
     def pure_update(state: TrainState, rollout: Rollout, hparams):
-        state, metrics = module.update(state, rollout, hparams, policy=policy, tx=tx, **static)
+        state, metrics = algorithm.update(state, rollout, hparams, policy=network, tx=tx, **static)
         metrics["params_finite"] = all_finite(state.params)
         return state, metrics
 
-    if wrap is not None:
-        pure_update = wrap(pure_update)
-    jitted = jax.jit(pure_update)
-    return Learner(policy=policy, tx=tx, hparams=hparams, update=lambda state, rollout: jitted(state, rollout, hparams))
+    jitted = jax.jit(wrap(pure_update) if wrap is not None else pure_update)
+    return Learner(config=config, network=network, obs_dim=obs_dim, tx=tx, hparams=hparams,
+                   update=lambda state, rollout: jitted(state, rollout, hparams))

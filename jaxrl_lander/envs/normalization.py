@@ -80,12 +80,9 @@ class Normalizer:
         self.returns[dones] = 0.0
         return scaled
 
-    def frozen_observations(self):
-        """A function standardising observations with a copy of the current statistics (for evaluation)."""
-        return observation_function(self.observation_spec())
-
     def observation_spec(self) -> dict[str, Any] | None:
-        """What a saved model needs to standardise its inputs: the observation statistics."""
+        """What a saved model needs to standardise its inputs: a copy of the observation statistics (None
+        without observation normalisation); evaluations use it as it stands, later steps leave it alone."""
         return None if self.obs_stats is None else self.obs_stats.to_dict()
 
     def state_dict(self) -> dict[str, Any]:

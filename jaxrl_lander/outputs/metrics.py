@@ -1,68 +1,21 @@
-"""Host-side metrics recorder (TrainingMetrics JSON) and atomic JSON files.
+"""The metrics recorder: finished episodes and a time series of records, saved as TrainingMetrics JSON.
 
-The recorder never touches device arrays: the training loop hands it plain Python numbers.
+It never touches device arrays: the loop hands it plain Python numbers.
 """
 
-import contextlib
-import json
 import math
-import os
-import tempfile
 from collections import deque
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from jaxrl_lander.files import read_json, write_json_atomic
 
 RECENT_EPISODES = 100  # the window of the rolling means, as Stable-Baselines3's ep_rew_mean
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-# Every atomic write goes through a hidden temporary file beside its target, named ".<target name>...tmp...".
-def is_partial_write(path: Path) -> bool:
-    """Whether `path` is the temporary file of an atomic write that never finished (its process died)."""
-    return path.name.startswith(".") and ".tmp" in path.name and path.is_file()
-
-
-@contextlib.contextmanager
-def replaced_atomically(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write to; rename it over `path` on success, delete it on failure.
-
-    The temporary keeps the target's suffix, for writers that choose the format by it (matplotlib, Pillow).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> None:
-    """Write JSON to a temporary file beside `path`, fsync it, then rename it over `path`.
-
-    A reader (or a crash) sees either the old complete file or the new complete file, never a mix.
-    indent=None gives compact output, which the C encoder writes several times faster.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        text = json.dumps(data, indent=indent, allow_nan=False)  # dumps, unlike dump, uses the C encoder
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _mean(xs) -> float | None:
@@ -163,5 +116,4 @@ class MetricsRecorder:
 
     @classmethod
     def load(cls, path: str | Path) -> "MetricsRecorder":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(read_json(path))

@@ -1,0 +1,150 @@
+"""The training loop: collect, update, notify. It writes no file itself: the experiment's checkpoint and
+evaluation hooks are called when due, and every other event goes to the outputs.
+
+The collector runs until the rollout is full or the next checkpoint or evaluation is due, so those happen at
+the same env step as if the loop went one vector step at a time; the episodes and metrics records of the steps
+in between are then told in the order they happened.
+"""
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from jaxrl_lander.algos.base import Learner, TrainState
+from jaxrl_lander.collect import Collector, Episode
+from jaxrl_lander.config import RunConfig
+from jaxrl_lander.outputs import Outputs
+
+
+@dataclasses.dataclass
+class Progress:
+    """The counters a checkpoint carries from one process to the next."""
+
+    timestep: int = 0
+    updates: int = 0
+    wall_time: float = 0.0  # training seconds spent by earlier processes
+    loss: float | None = None  # of the latest update
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class Clock:
+    """This process's training time: wall time since the loop started, evaluations during training excluded."""
+
+    def __init__(self):
+        self.start, self.excluded = time.perf_counter(), 0.0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start - self.excluded
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - start
+
+
+class Hooks(Protocol):
+    """What the experiment does when the loop says so."""
+
+    def evaluate(self, params) -> dict[str, Any]:
+        """Deterministic episodes with `params`: the summary to record."""
+
+    def checkpoint(self, state: TrainState, progress: Progress, training_seconds: float) -> None:
+        """Save the run as it stands at progress.timestep."""
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: TrainState  # the last good state, with the acting key
+    clock: Clock  # still running: the experiment's last checkpoint write counts as training time
+    failure: str | None = None  # why training stopped on a numerical fault
+    last_checkpoint: int | None = None  # the step of this process's latest checkpoint
+    first_update_seconds: float | None = None  # compile included
+
+
+def crossed(before: int, after: int, interval: int) -> bool:
+    """Whether a multiple of `interval` lies in (before, after]."""
+    return after // interval > before // interval
+
+
+def next_due(config: RunConfig, timestep: int) -> int:
+    """The first env step after `timestep` at which a checkpoint, an evaluation or the end is due."""
+    due = [(timestep // config.checkpoint_interval + 1) * config.checkpoint_interval, config.total_timesteps]
+    if config.eval_interval:
+        due.append((timestep // config.eval_interval + 1) * config.eval_interval)
+    return min(due)
+
+
+def train_loop(config: RunConfig, learner: Learner, collector: Collector, state: TrainState, progress: Progress,
+               outputs: Outputs, hooks: Hooks, should_stop) -> LoopResult:
+    """Collect, update and notify from progress.timestep until total_timesteps, a stop, or a non-finite update."""
+    result, size = LoopResult(state=state, clock=Clock()), collector.num_envs
+    while progress.timestep < config.total_timesteps and not should_stop():
+        start = progress.timestep
+        collection = collector.collect(start, next_due(config, start) - start, should_stop)
+        end = progress.timestep = start + collection.steps
+        update = None
+        if collection.rollout is not None:
+            update = _update(learner, result, result.state.replace(key=collector.key),
+                             collection.rollout, progress)
+            if update is not None:
+                collector.act_with(result.state)
+        _tell(outputs, config, start, end, size, collection.episodes, update, learned=result.failure is None)
+        if result.failure:
+            break
+        if config.eval_interval and crossed(end - size, end, config.eval_interval):
+            with result.clock.paused():
+                summary = hooks.evaluate(result.state.params)
+            progress.evaluations.append({"timestep": end, "training_seconds": progress.wall_time
+                                         + result.clock.seconds(), **summary})
+            outputs.evaluation(end, summary)
+        if crossed(end - size, end, config.checkpoint_interval) or end >= config.total_timesteps:
+            hooks.checkpoint(result.state.replace(key=collector.key), progress,
+                             progress.wall_time + result.clock.seconds())
+            result.last_checkpoint = end
+    result.state = result.state.replace(key=collector.key)
+    return result
+
+
+def _update(learner: Learner, result: LoopResult, state: TrainState, rollout, progress: Progress
+            ) -> dict[str, float] | None:
+    """One update; the new state goes into `result` unless it is not finite (then result.failure says why).
+    Returns the update's metrics as host floats, with the step size it started from."""
+    t_update = time.perf_counter()
+    state, metrics = learner.update(state, rollout)
+    metrics = jax.device_get(metrics)  # the one host sync of an update
+    progress.loss, progress.updates = float(metrics.pop("loss")), progress.updates + 1
+    if result.first_update_seconds is None:
+        result.first_update_seconds = time.perf_counter() - t_update
+    if not (np.isfinite(progress.loss) and metrics.pop("params_finite")):  # stop before it reaches a checkpoint
+        what = f"non-finite loss {progress.loss}" if not np.isfinite(progress.loss) else "non-finite parameters"
+        result.failure = f"{what} at update {progress.updates} (step {progress.timestep})"
+        return None
+    result.state = state
+    return {"loss": progress.loss, **{k: float(v) for k, v in metrics.items()},
+            "learning_rate": learner.learning_rate_at(progress.updates - 1)}
+
+
+def _tell(outputs: Outputs, config: RunConfig, start: int, end: int, size: int, episodes: list[Episode],
+          update: dict[str, float] | None, learned: bool) -> None:
+    """Tell the outputs what happened over the vector steps from `start` to `end`, in order: at each step its
+    finished episodes, then (at the last step) the update, then the metrics record when one is due. After a
+    failed update the last step's record is not made."""
+    last_record = end if learned else end - size
+    records = [t for t in range(start + size, last_record + 1, size) if crossed(t - size, t, config.recording_interval)]
+    events = [(e.step, 0, e) for e in episodes] + [(t, 2, None) for t in records]
+    if update is not None:
+        events.append((end, 1, update))
+    for step, kind, payload in sorted(events, key=lambda event: event[:2]):
+        if kind == 0:
+            outputs.episode(step, payload.episode_return, payload.length)
+        elif kind == 1:
+            outputs.update(step, payload)
+        else:
+            outputs.record(step)

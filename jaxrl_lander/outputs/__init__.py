@@ -1,0 +1,62 @@
+"""Where a run's events go. The loop tells Outputs once per event; Outputs keeps the metrics recorder (the
+TrainingMetrics JSON, whose records the other sinks are shown) and passes each event on to every sink.
+
+A sink overrides the hooks it cares about; adding one touches no loop code.
+"""
+
+from typing import Any
+
+from jaxrl_lander.outputs.metrics import MetricsRecorder
+
+
+class Sink:
+    """One destination of a run's events; every hook does nothing unless overridden."""
+
+    def episode(self, step: int, episode_return: float, length: int) -> None:
+        """A training episode ended at env step `step`."""
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        """An update finished at `step`: its loss terms and learning_rate, as host floats."""
+
+    def record(self, record: dict[str, Any]) -> None:
+        """A metrics record (MetricsRecorder.record): rolling means at its timestep."""
+
+    def evaluation(self, step: int, summary: dict[str, Any]) -> None:
+        """Deterministic episodes were played with the parameters at `step` (during training, or the final one)."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+class Outputs:
+    """The metrics recorder and the sinks, told of each event in the order it happened."""
+
+    def __init__(self, recorder: MetricsRecorder, sinks: list[Sink], loss: float | None = None):
+        self.recorder, self.sinks = recorder, sinks
+        self.loss = loss  # of the latest update, for the next record (a resumed run starts with its checkpoint's)
+
+    def episode(self, step: int, episode_return: float, length: int) -> None:
+        self.recorder.add_episode(step, episode_return, length)
+        for sink in self.sinks:
+            sink.episode(step, episode_return, length)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        self.loss = metrics["loss"]
+        for sink in self.sinks:
+            sink.update(step, metrics)
+
+    def record(self, step: int) -> None:
+        record = self.recorder.record(step, self.loss)
+        for sink in self.sinks:
+            sink.record(record)
+
+    def evaluation(self, step: int, summary: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.evaluation(step, summary)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+__all__ = ["MetricsRecorder", "Outputs", "Sink"]

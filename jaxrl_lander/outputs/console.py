@@ -1,0 +1,62 @@
+"""What a person watching sees: a progress bar on a terminal (rich), or a log line every tenth of the run."""
+
+import logging
+import time
+from typing import Any
+
+from jaxrl_lander.outputs import Sink
+
+log = logging.getLogger("jaxrl_lander")
+
+
+def _speed(start_step: int, start_time: float, step: int) -> float:
+    return (step - start_step) / max(time.perf_counter() - start_time, 1e-9)
+
+
+class ProgressBar(Sink):
+    """Steps, steps/s, episodes, recent mean return and time left, refreshed at each metrics record."""
+
+    def __init__(self, total: int, start: int):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+            TextColumn("{task.fields[rate]} steps/s"), TextColumn("{task.fields[episodes]} episodes"),
+            TextColumn("return {task.fields[recent]}"), TimeRemainingColumn(), transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total, completed=start, rate="-", episodes=0, recent="-")
+        self.start, self.t0 = start, time.perf_counter()
+
+    def record(self, record: dict[str, Any]) -> None:
+        recent = record["reward"]
+        self.progress.update(self.task, completed=record["timestep"],
+                             rate=f"{_speed(self.start, self.t0, record['timestep']):,.0f}",
+                             episodes=record["episode"], recent="-" if recent is None else f"{recent:.1f}")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class LogLines(Sink):
+    """INFO lines: progress every tenth of the run, each evaluation; DEBUG: each update's losses."""
+
+    def __init__(self, total: int, start: int, progress_lines: bool = True):
+        self.total, self.start, self.t0 = total, start, time.perf_counter()
+        self.every = max(total // 10, 1)
+        self.next_line = start + self.every if progress_lines else None
+
+    def record(self, record: dict[str, Any]) -> None:
+        step = record["timestep"]
+        if self.next_line is None or step < self.next_line:
+            return
+        self.next_line += self.every
+        recent = record["reward"]
+        log.info("step %d/%d | %.0f steps/s | %d episodes | recent return %s", step, self.total,
+                 _speed(self.start, self.t0, step), record["episode"], "n/a" if recent is None else f"{recent:.1f}")
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        log.debug("update at step %d: %s", step, metrics)
+
+    def evaluation(self, step: int, summary: dict[str, Any]) -> None:
+        log.info("evaluation at step %d: %.1f over %d episodes", step, summary["mean"], summary["episodes"])

@@ -1,0 +1,131 @@
+"""The ExperimentResults entity: what a run reports (typed, and as the results JSON), success criteria included.
+
+The success criteria are the seed document's: SC-003 training under 30 minutes, SC-004 reproducible (measured
+by `reproduce`), SC-005 every artifact present, SC-006 mean evaluation return above the solve threshold, SC-008
+the rolling training return higher at the last checkpoint than at the first.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from jaxrl_lander.config import RunConfig, make_config
+from jaxrl_lander.files import ExperimentPaths, read_json
+from jaxrl_lander.outputs.metrics import MetricsRecorder
+
+SC003_SECONDS = 1800.0
+SC004_STD = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """One run's outcome, as its {name}_results.json holds it (schemas/experiment_results.schema.json)."""
+
+    experiment_id: str
+    status: str  # "completed", "interrupted" or "failed"
+    reason: str | None  # why an interrupted or failed run stopped
+    timestep: int  # env steps reached
+    algorithm: str
+    environment: str
+    seed: int
+    total_timesteps: int
+    updates: int
+    hyperparameters: dict[str, Any]
+    start_time: str
+    end_time: str
+    training_time_seconds: float
+    steps_per_second: float | None
+    first_update_seconds: float | None
+    compile_seconds: float
+    resumed_from_timestep: int | None
+    final_metrics: dict[str, Any]
+    evaluation: dict[str, Any] | None  # the final deterministic evaluation: mean, std, min, max, returns, seeds
+    selected_checkpoint: dict[str, Any] | None
+    evaluations_during_training: list[dict[str, Any]]
+    solved: dict[str, Any]
+    learning_progression: list[dict[str, Any]]
+    artifacts: dict[str, Any]
+    package_versions: dict[str, str]
+    device: dict[str, str]
+    success_criteria: dict[str, dict[str, Any]]
+    reproducibility: dict[str, Any] | None = None  # after `reproduce`
+
+    @property
+    def config(self) -> RunConfig:
+        return make_config(self.algorithm, self.hyperparameters, source="results")
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.artifacts["experiment_dir"])
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if data["reproducibility"] is None:
+            del data["reproducibility"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Results":
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Results":
+        return cls.from_dict(read_json(path))
+
+
+def _criterion(description: str, value: Any, threshold: float | None, passed: bool | None) -> dict[str, Any]:
+    return {"description": description, "value": value, "threshold": threshold, "passed": passed}
+
+
+def reproducibility_criterion(std: float | None) -> dict[str, Any]:
+    """SC-004: the std of the final evaluation return over two runs of the same seed (None: not measured)."""
+    return _criterion("reproducible: std of the final evaluation return between two runs of the same seed < 0.01",
+                      std, SC004_STD, None if std is None else std < SC004_STD)
+
+
+def build_results(config: RunConfig, paths: ExperimentPaths, recorder: MetricsRecorder, checkpoint_steps: list[int],
+                  evaluation: dict[str, Any] | None, evaluations: list[dict[str, Any]], **run: Any) -> Results:
+    """The Results of a run. `run` holds the rest of the fields that the run itself measured: status, reason,
+    timestep, updates, start_time, end_time, training_time_seconds, steps_per_second, first_update_seconds,
+    compile_seconds, resumed_from_timestep, selected_checkpoint, package_versions, device."""
+    progression = [{"timestep": s, "reward": recorder.reward_at(s)} for s in checkpoint_steps]
+    with_reward = [p["reward"] for p in progression if p["reward"] is not None]
+    expected_checkpoints = -(-config.total_timesteps // config.checkpoint_interval)
+    if config.keep_checkpoints:
+        expected_checkpoints = min(expected_checkpoints, config.keep_checkpoints)
+    artifacts = {
+        "experiment_dir": str(paths.root),
+        "model": paths.model.name,
+        "metrics": paths.metrics.name,
+        "results": paths.results.name,
+        "checkpoints": [f"{paths.checkpoints.name}/{s}" for s in checkpoint_steps],
+    }
+    missing = [name for name in (artifacts["model"], artifacts["metrics"]) if not (paths.root / name).exists()]
+    eval_mean = evaluation["mean"] if evaluation else None
+    threshold = config.solve_threshold
+    first_solve = next((e for e in evaluations if e["mean"] >= threshold), None)
+    training_time = run["training_time_seconds"]
+    criteria = {
+        "SC-003": _criterion("training finishes in under 30 minutes", training_time, SC003_SECONDS,
+                             training_time < SC003_SECONDS),
+        "SC-004": reproducibility_criterion(None),
+        "SC-005": _criterion(
+            "every artifact present: model, metrics, results and one checkpoint per interval",
+            {"checkpoints": len(checkpoint_steps), "expected_checkpoints": expected_checkpoints, "missing": missing},
+            None, not missing and len(checkpoint_steps) == expected_checkpoints),
+        "SC-006": _criterion(f"mean deterministic evaluation return > {threshold:g}", eval_mean, threshold,
+                             None if eval_mean is None else eval_mean > threshold),
+        "SC-008": _criterion(
+            "learning progression: recent return at the last checkpoint above that at the first",
+            {"first": with_reward[0] if with_reward else None, "last": with_reward[-1] if with_reward else None},
+            None, len(with_reward) >= 2 and with_reward[-1] > with_reward[0]),
+    }
+    return Results(
+        experiment_id=paths.name, algorithm=config.algo, environment=config.env_id, seed=config.seed,
+        total_timesteps=config.total_timesteps, hyperparameters=config.to_dict(),
+        final_metrics={**recorder.statistics(), "recent_reward_mean": recorder.recent_reward_mean},
+        evaluation=evaluation, evaluations_during_training=evaluations,
+        solved={"threshold": threshold, "timestep": first_solve["timestep"] if first_solve else None,
+                "training_seconds": first_solve["training_seconds"] if first_solve else None},
+        learning_progression=progression, artifacts=artifacts, success_criteria=criteria, **run,
+    )
