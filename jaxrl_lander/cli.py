@@ -16,6 +16,7 @@ from typing import Any
 
 from jaxrl_lander.config import CONFIG_CLASSES, check_keys_and_types, field_table, load_config, toml_value
 from jaxrl_lander.errors import ConfigError, ResumeError, SweepFailed, TrainingFailed, UnreadableModel
+from jaxrl_lander.files import check_writable
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -152,17 +153,9 @@ def _config(args, seed: int):
     return load_config(args.config, args.algo, {**parse_settings(args.algo, args.settings), **options})
 
 
-def _check_writable(results_dir: Path) -> None:
-    probe = results_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"results directory {results_dir} is not writable")
-
-
 def _train(args) -> int:
     config = _config(args, args.seed)
-    _check_writable(args.results_dir)
+    check_writable(args.results_dir)
     from jaxrl_lander.experiment import train  # heavy imports once the input is good
 
     results = train(config, args.results_dir, resume=args.resume, device=args.device, act_device=args.act_device,
@@ -180,7 +173,7 @@ def _train(args) -> int:
 
 def _reproduce(args) -> int:
     config = _config(args, args.seed)
-    _check_writable(args.results_dir)
+    check_writable(args.results_dir)
     from jaxrl_lander.reproduce import reproduce
 
     results = reproduce(config, args.results_dir)
@@ -196,7 +189,7 @@ def _sweep(args) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     configs = [_config(args, seed) for seed in args.seeds]  # all valid before any process starts
-    _check_writable(args.results_dir)
+    check_writable(args.results_dir)
     from jaxrl_lander.sweep import run_sweep
 
     name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings])

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jaxrl_lander.errors import ConfigError
+
 # orbax writes a checkpoint or model into "<name>.orbax-checkpoint-tmp-<n>" and renames it when complete.
 ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
 
@@ -58,6 +60,15 @@ class ExperimentPaths:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+
+def check_writable(results_dir: str | Path) -> None:
+    """Raise ConfigError unless `results_dir` is, or can be created as, a writable directory."""
+    probe = Path(results_dir)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"results directory {results_dir} is not writable")
 
 
 def is_partial_write(path: Path) -> bool:
