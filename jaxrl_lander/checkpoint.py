@@ -75,6 +75,10 @@ class CheckpointStore:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The JSON metadata saved at `step`, without reading the state."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())).metadata)
+
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The state saved at `step`, shaped like `template` (a freshly initialised state of the same config)."""
         restored = self.manager.restore(

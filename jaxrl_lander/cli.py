@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("reproduce", "train the same experiment twice and record SC-004 (reproducibility)")):
         p = command(name, help, keys)
         config_options(p)
-        p.add_argument("--seed", type=_int_arg("seed", 0), default=42, help="the run's one seed")
+        p.add_argument("--seed", type=_int_arg("seed", 0), default=None,
+                       help="the run's one seed (default: the config's seed, 42 unless set)")
         p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     train = sub.choices["train"]
     train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
@@ -147,9 +148,9 @@ def parse_settings(algo: str, items: list[str]) -> dict[str, Any]:
     return check_keys_and_types(algo, settings, "--set")
 
 
-def _config(args, seed: int):
-    """The validated config of a command: file, then --set, then --seed and --steps."""
-    options = {"seed": seed, **({"total_timesteps": args.steps} if args.steps is not None else {})}
+def _config(args, seed: int | None):
+    """The validated config of a command: file, then --set, then --seed and --steps (where given)."""
+    options = {k: v for k, v in (("seed", seed), ("total_timesteps", args.steps)) if v is not None}
     return load_config(args.config, args.algo, {**parse_settings(args.algo, args.settings), **options})
 
 
@@ -192,7 +193,9 @@ def _sweep(args) -> int:
     check_writable(args.results_dir)
     from jaxrl_lander.sweep import run_sweep
 
-    name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings])
+    name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings]).replace("/", "-")
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--name must be a plain directory name, got '{name}'")
     out_dir = args.results_dir / "sweeps" / name
     jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
     summary = run_sweep(args.algo, args.seeds, configs[0], out_dir, jobs)  # they differ in the seed alone

@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import math
+import numbers
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -201,14 +202,14 @@ def _field_types(cls: type[RunConfig]) -> dict[str, type]:
 
 
 def _checked(name: str, value: Any, expected: type, source: str | None = None) -> Any:
-    """`value` as `expected` (an int is taken where a float is expected), or a ConfigError naming `source`."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {bool: isinstance(value, bool), int: number and isinstance(value, int), float: number}.get(
-        expected, isinstance(value, expected))
+    """`value` as `expected` (ints taken as floats, numpy scalars as Python's), or a ConfigError naming `source`."""
+    flag = isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b"  # numpy's bool
+    ok = {bool: flag, int: isinstance(value, numbers.Integral) and not flag,
+          float: isinstance(value, numbers.Real) and not flag}.get(expected, isinstance(value, expected))
     if not ok:
         where = f" in {source}" if source else ""
         raise ConfigError(f"config key '{name}'{where} must be {expected.__name__}, got {type(value).__name__} {value!r}")
-    return float(value) if expected is float else value
+    return expected(value) if expected in (bool, int, float) else value
 
 
 def check_keys_and_types(algo: str, values: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -287,8 +288,7 @@ def field_docs() -> dict[str, str]:
 
 def field_table() -> list[tuple[str, Any, Any, str]]:
     """(key, PPO default, A2C default, docstring) for every config key; None where an algorithm lacks the key."""
-    ppo, a2c = PPOConfig().to_dict(), A2CConfig().to_dict()
-    docs = field_docs()
+    ppo, a2c, docs = PPOConfig().to_dict(), A2CConfig().to_dict(), field_docs()
     return [(name, ppo.get(name), a2c.get(name), docs[name]) for name in {**ppo, **a2c}]
 
 

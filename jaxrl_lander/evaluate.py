@@ -70,14 +70,20 @@ class Policy:
 
 
 def model_path(path: str | Path) -> Path:
-    """Accept either a model directory or an experiment directory holding its model."""
+    """A model directory, or the model of an experiment directory: the one named after it, else its only
+    *_model (a renamed copy of an experiment)."""
     path = Path(path)
     if path.name.endswith("_model"):
         return path
     model = ExperimentPaths.at(path).model
-    if not model.is_dir():
-        raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
-    return model
+    if model.is_dir():
+        return model
+    models = sorted(p.name for p in path.glob("*_model")) if path.is_dir() else []
+    if len(models) == 1:
+        return path / models[0]
+    if models:
+        raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(models)}): give the one to use")
+    raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
 
 
 def load_agent(path: str | Path) -> tuple[Policy, ModelSpec]:

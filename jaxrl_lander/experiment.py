@@ -132,11 +132,14 @@ class Experiment:
         """State, metrics and counters of the latest checkpoint; raises before anything is written."""
         step = self.store.latest_step()
         try:
+            # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
+            self._check_resumable(self.store.metadata(step)["config"])
             state, meta = self.store.restore(step, self.learner.init(self.keys.state))
+        except ConfigError:
+            raise
         except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
             raise ResumeError(f"checkpoint {self.store.directory / str(step)} is unreadable ({first_line(exc)}); "
                               "delete that directory to resume from the checkpoint before it") from None
-        self._check_resumable(meta["config"])
         try:
             self.recorder = MetricsRecorder.load(self.paths.metrics)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -217,7 +220,7 @@ class Experiment:
             evaluation = delivery.evaluation or evaluate(delivery.policy, self.config.env_id,
                                                          self.config.eval_episodes, self.seeds.final, timed=True)
             outputs.evaluation(progress.timestep, evaluation)
-        outputs.close()
+        outputs.close(progress.timestep)
         self.recorder.save(self.paths.metrics)
         results = build_results(
             self.config, self.paths, self.recorder, self.store.all_steps(), evaluation, progress.evaluations,

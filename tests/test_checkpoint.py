@@ -78,6 +78,11 @@ def test_model_round_trip_and_load_policy(tmp_path):
     assert len(set(expected.tolist())) > 1  # perturbed params: not a constant policy
     with pytest.raises(UnreadableModel, match="no trained model in"):
         load_policy(tmp_path)  # a directory that is neither
+    (tmp_path / "ppo_seed1").rename(tmp_path / "renamed")  # a copy of an experiment under another name
+    np.testing.assert_array_equal(load_policy(tmp_path / "renamed")(obs), expected)
+    save_model(tmp_path / "renamed" / "a2c_seed1_model", state.params, SPEC)
+    with pytest.raises(UnreadableModel, match="holds 2 models \\(a2c_seed1_model, ppo_seed1_model\\): give the one"):
+        load_policy(tmp_path / "renamed")
 
 
 def test_policy_samples_with_an_explicit_key_or_seed(tmp_path):

@@ -67,6 +67,7 @@ BAD = [
      "normalize_rewards and reward_scale 0.1 both rescale", None),
     (["sweep", "--algo", "a2c", "--seeds", "0", "--set", "gamma"], "--set expects KEY=VALUE, got 'gamma'", None),
     (["train"], "the following arguments are required: --algo", None),
+    (["sweep", "--algo", "a2c", "--seeds", "0", "--name", "../escape"], "--name must be a plain directory name", None),
     (["train", "--algo", "ppo", "--results-dir", "a_file/results"], "is not writable", None),
     (["evaluate", "nowhere"], "no trained model in nowhere", None),
     (["train", "--algo", "ppo", "--device", "quantum"], "invalid choice: 'quantum'", None),
@@ -118,9 +119,9 @@ def test_bad_input_one_line_exit_2_nothing_changed(finished_experiment, tmp_path
 
 
 def test_tiny_run_through_the_cli(tmp_path):
-    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
-    proc = run_cli("train", "--algo", "a2c", "--seed", "3", "--steps", "400", "--config", "tiny.toml", "--quiet",
-                   cwd=tmp_path)
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\nseed = 3\n")
+    proc = run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet",
+                   cwd=tmp_path)  # the seed is the config file's
     assert proc.returncode == 0, proc.stderr
     assert "INFO" not in proc.stderr  # --quiet: no progress lines
     assert "a2c_seed3: 400 steps" in proc.stdout and "evaluation over 2 episodes" in proc.stdout

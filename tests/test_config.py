@@ -188,6 +188,21 @@ def test_no_invalid_config_object_can_exist(make, message):
     assert isinstance(err.value, ValueError)  # what a Python user catches
 
 
+def test_numpy_scalars_are_taken_as_python_numbers():
+    import json
+
+    import numpy as np
+
+    config = PPOConfig(n_steps=np.int64(128), gamma=np.float32(0.5), anneal_lr=np.bool_(True), seed=np.uint32(3))
+    assert (config.n_steps, config.gamma, config.anneal_lr, config.seed) == (128, 0.5, True, 3)
+    assert type(config.n_steps) is int and type(config.gamma) is float and type(config.anneal_lr) is bool
+    json.dumps(config.to_dict())  # a results JSON can hold it
+    with pytest.raises(ConfigError, match="config key 'n_steps' must be int, got float64"):
+        PPOConfig(n_steps=np.float64(128))
+    with pytest.raises(ConfigError, match="config key 'anneal_lr' must be bool, got int64"):
+        PPOConfig(anneal_lr=np.int64(1))
+
+
 def test_load_config_takes_the_algorithm_from_the_file(tmp_path):
     config = load_config(CONFIGS / "ppo_solve.toml", overrides={"seed": 3})
     assert isinstance(config, PPOConfig) and config.gamma == 0.999 and config.seed == 3

@@ -48,6 +48,17 @@ def test_steps_are_told_in_the_order_they_happened():
     assert outputs.loss == 0.25 and [r["timestep"] for r in outputs.recorder.records] == [104, 200]
 
 
+def test_the_progress_bar_ends_at_the_last_step_not_the_last_record():
+    from jaxrl_lander.outputs.console import ProgressBar
+
+    bar = ProgressBar(total=4096, start=0)
+    outputs = Outputs(MetricsRecorder("x", "ppo", "LunarLander-v3", 0, 100), [bar])
+    outputs.record(4000)
+    assert bar.progress.tasks[0].completed == 4000
+    outputs.close(4096)
+    assert bar.progress.tasks[0].completed == 4096 and bar.progress.tasks[0].finished
+
+
 def test_a_failed_update_makes_no_record_at_its_step():
     config = short_config("a2c", recording_interval=100)
     outputs, heard = _outputs(loss=0.5)

@@ -246,7 +246,10 @@ def test_resume_refuses_a_checkpoint_whose_config_differs(short_runs, tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="differs from the checkpoint in gamma$"):
         train(short_config("a2c"), results_dir, resume=True)
-    meta_path.write_text(before)  # and the checkpoint as saved resumes
+    meta_path.write_text(before)
+    with pytest.raises(ConfigError, match="differs from the checkpoint in hidden_size$"):  # not "unreadable"
+        train(short_config("a2c", hidden_size=32), results_dir, resume=True)
+    # and the checkpoint as saved resumes
     results = train(short_config("a2c"), results_dir, resume=True)
     assert results.resumed_from_timestep == 4000 and results.status == "completed"
 

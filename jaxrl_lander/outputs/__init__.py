@@ -24,8 +24,8 @@ class Sink:
     def evaluation(self, step: int, summary: dict[str, Any]) -> None:
         """Deterministic episodes were played with the parameters at `step` (during training, or the final one)."""
 
-    def close(self) -> None:
-        """The run is over."""
+    def close(self, step: int) -> None:
+        """The run is over, at env step `step`."""
 
 
 class Outputs:
@@ -54,9 +54,9 @@ class Outputs:
         for sink in self.sinks:
             sink.evaluation(step, summary)
 
-    def close(self) -> None:
+    def close(self, step: int) -> None:
         for sink in self.sinks:
-            sink.close()
+            sink.close(step)
 
 
 __all__ = ["MetricsRecorder", "Outputs", "Sink"]

@@ -34,7 +34,8 @@ class ProgressBar(Sink):
                              rate=f"{_speed(self.start, self.t0, record['timestep']):,.0f}",
                              episodes=record["episode"], recent="-" if recent is None else f"{recent:.1f}")
 
-    def close(self) -> None:
+    def close(self, step: int) -> None:
+        self.progress.update(self.task, completed=step)  # past the last record
         self.progress.stop()
 
 

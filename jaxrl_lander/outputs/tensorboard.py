@@ -60,5 +60,5 @@ class TensorBoardLog(Sink):
     def evaluation(self, step: int, summary: dict[str, Any]) -> None:
         self.writer.add_scalar("eval/mean_return", summary["mean"], step)
 
-    def close(self) -> None:
+    def close(self, step: int) -> None:
         self.writer.close()
