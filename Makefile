@@ -17,7 +17,8 @@ SET_ARGS := $(foreach item,$(SET),--set $(item))
 ifneq ($(and $(SET),$(filter parity,$(MAKECMDGOALS))),)
 $(error make parity takes CONFIG only, not SET: write the changed keys into a config file)
 endif
-TRAIN_ARGS := --algo $(ALGO) --seed $(SEED) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard)
+# SEED goes to the command line only when given, so that a config file's seed holds otherwise (eval and plot use 42).
+TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard)
 
 RUNS ?= 3
 BENCH_VENV := .venv-bench

@@ -165,10 +165,11 @@ def _train(args) -> int:
         print(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
               " Continue with --resume.")
         return 128 + (signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT)
-    ev = results.evaluation
-    print(f"{results.experiment_id}: {results.total_timesteps} steps in {results.training_time_seconds:.1f} s"
-          f" ({results.steps_per_second or 0:.0f} steps/s) | evaluation over {ev['episodes']} episodes:"
-          f" {ev['mean']:.1f} +/- {ev['std']:.1f} | artifacts in {results.experiment_dir}")
+    ev, resumed = results.evaluation, results.resumed_from_timestep
+    speed = f"{results.steps_per_second or 0:.0f} steps/s" + (f" since the resume at step {resumed}" if resumed else "")
+    print(f"{results.experiment_id}: {results.timestep} steps in {results.training_time_seconds:.1f} s of training"
+          f" ({speed}) | evaluation over {ev['episodes']} episodes: {ev['mean']:.1f} +/- {ev['std']:.1f}"
+          f" | artifacts in {results.experiment_dir}")
     return 0
 
 
@@ -239,7 +240,8 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
 
 class _DropReadFailureEchoes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Task exception was never retrieved")
+        # asyncio's words for a Task, Future or _GatheringFuture whose failure nobody awaits
+        return "exception was never retrieved" not in record.getMessage().partition("\n")[0]
 
 
 def drop_read_failure_echoes() -> None:
@@ -249,13 +251,18 @@ def drop_read_failure_echoes() -> None:
     Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop closes while the others
     are in flight, and each of them reports RuntimeError("Event loop is closed") from a reader thread, through
     sys.unraisablehook or sys.excepthook, after the caller's own error; a read that fails on its own later is
-    logged by asyncio as "Task exception was never retrieved". Those reports are dropped; any other goes on.
+    logged by asyncio as "Task (or Future) exception was never retrieved", or reported with its orbax coroutine when that is
+    finalised unawaited. Those reports are dropped; any other goes on.
     """
     def closed_loop(exc: BaseException | None) -> bool:
         return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
 
+    def orbax_coroutine(obj) -> bool:
+        return "/orbax/checkpoint/" in getattr(getattr(obj, "cr_code", None), "co_filename", "")
+
     previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
-    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else previous_unraisable(u)
+    sys.unraisablehook = lambda u: (None if closed_loop(u.exc_value) or orbax_coroutine(u.object)
+                                    else previous_unraisable(u))
     sys.excepthook = lambda t, e, tb: None if closed_loop(e) else previous_except(t, e, tb)
     logging.getLogger("asyncio").addFilter(_DropReadFailureEchoes())
 

@@ -70,17 +70,14 @@ class Policy:
 
 
 def model_path(path: str | Path) -> Path:
-    """A model directory, or the model of an experiment directory: the one named after it, else its only
-    *_model (a renamed copy of an experiment)."""
+    """A model directory, or the model of an experiment directory (ExperimentPaths.at: a renamed copy too)."""
     path = Path(path)
     if path.name.endswith("_model"):
         return path
     model = ExperimentPaths.at(path).model
     if model.is_dir():
         return model
-    models = sorted(p.name for p in path.glob("*_model")) if path.is_dir() else []
-    if len(models) == 1:
-        return path / models[0]
+    models = sorted(p.name for p in path.glob("*_model"))
     if models:
         raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(models)}): give the one to use")
     raise UnreadableModel(f"no trained model in {path} (expected {model.name})")

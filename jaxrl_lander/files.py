@@ -25,13 +25,18 @@ class ExperimentPaths:
 
     @classmethod
     def of(cls, results_dir: str | Path, algo: str, seed: int) -> "ExperimentPaths":
-        return cls.at(Path(results_dir) / "experiments" / f"{algo}_seed{seed}")
+        name = f"{algo}_seed{seed}"
+        return cls(root=Path(results_dir) / "experiments" / name, name=name)
 
     @classmethod
     def at(cls, directory: str | Path) -> "ExperimentPaths":
-        """The paths of the experiment in `directory` (named after it)."""
+        """The paths of the experiment in `directory`: named after it, or in a renamed copy, after the one
+        experiment whose model or metrics it holds."""
         directory = Path(directory)
-        return cls(root=directory, name=directory.name)
+        held = {p.name.removesuffix("_model").removesuffix("_metrics.json")
+                for pattern in ("*_model", "*_metrics.json") for p in directory.glob(pattern)}
+        name = held.pop() if len(held) == 1 and directory.name not in held else directory.name
+        return cls(root=directory, name=name)
 
     @property
     def model(self) -> Path:

@@ -136,12 +136,21 @@ def test_read_failure_echoes_are_dropped_and_nothing_else(monkeypatch, caplog):
         sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError(message),
                                                  exc_traceback=None, err_msg=None, object=None))
     assert seen == ["something else"]
+    # A read coroutine of orbax's, finalised unawaited with its own error: dropped; anyone else's: kept.
+    orbax_read = types.SimpleNamespace(cr_code=types.SimpleNamespace(
+        co_filename="/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py"))
+    mine = types.SimpleNamespace(cr_code=types.SimpleNamespace(co_filename="/home/me/app.py"))
+    for obj, message in ((orbax_read, "Encountered error while reading array index"), (mine, "mine")):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=Exception, exc_value=Exception(message),
+                                                 exc_traceback=None, err_msg=None, object=obj))
+    assert seen == ["something else", "mine"]
     for message in ("Event loop is closed", "something else"):
         sys.excepthook(RuntimeError, RuntimeError(message), None)
     assert printed == ["something else"]
     # A failed read task nobody awaits any more is logged by asyncio: dropped too, other asyncio errors kept.
     with caplog.at_level(logging.ERROR, logger="asyncio"):
-        for message in ("Task exception was never retrieved\nfuture: <Task finished>", "something else"):
+        for message in ("Task exception was never retrieved\nfuture: <Task finished>", "something else",
+                        "_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished>"):
             logging.getLogger("asyncio").error(message)
     assert [r.getMessage() for r in caplog.records] == ["something else"]
 

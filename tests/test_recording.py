@@ -86,6 +86,22 @@ def test_replaced_atomically_and_partial_write_names(tmp_path):
     assert is_partial_write(tmp_path / ".r.json.k2j4.tmp")
 
 
+def test_experiment_paths_of_a_run_and_of_a_renamed_copy(tmp_path):
+    from jaxrl_lander.files import ExperimentPaths
+
+    paths = ExperimentPaths.of(tmp_path, "ppo", 7)
+    assert paths.root == tmp_path / "experiments" / "ppo_seed7" and paths.name == "ppo_seed7"
+    assert paths.results.name == "ppo_seed7_results.json" and paths.model.name == "ppo_seed7_model"
+    copy = tmp_path / "my copy"
+    copy.mkdir()
+    assert ExperimentPaths.at(copy).name == "my copy"  # holds nothing yet: named after itself
+    (copy / "ppo_seed7_metrics.json").write_text("{}")
+    (copy / "ppo_seed7_model").mkdir()
+    assert ExperimentPaths.at(copy).metrics == copy / "ppo_seed7_metrics.json"  # the one experiment it holds
+    (copy / "a2c_seed1_model").mkdir()
+    assert ExperimentPaths.at(copy).name == "my copy"  # two: no guess
+
+
 def test_plot_rolling_mean_matches_the_recorder():
     import numpy as np
 
