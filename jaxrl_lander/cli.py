@@ -156,7 +156,6 @@ def _config(args, seed: int | None):
 
 def _train(args) -> int:
     config = _config(args, args.seed)
-    check_writable(args.results_dir)
     from jaxrl_lander.experiment import train  # heavy imports once the input is good
 
     results = train(config, args.results_dir, resume=args.resume, device=args.device, act_device=args.act_device,
@@ -175,8 +174,7 @@ def _train(args) -> int:
 
 def _reproduce(args) -> int:
     config = _config(args, args.seed)
-    check_writable(args.results_dir)
-    from jaxrl_lander.reproduce import reproduce
+    from jaxrl_lander.reproduce import reproduce  # it trains with train(), which checks the results directory
 
     results = reproduce(config, args.results_dir)
     verdict = results.reproducibility
@@ -191,7 +189,7 @@ def _sweep(args) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     configs = [_config(args, seed) for seed in args.seeds]  # all valid before any process starts
-    check_writable(args.results_dir)
+    check_writable(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep
 
     name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings]).replace("/", "-")

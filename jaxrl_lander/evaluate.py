@@ -90,6 +90,14 @@ def load_agent(path: str | Path) -> tuple[Policy, ModelSpec]:
     return Policy(network, params, spec.observation_normalization), spec
 
 
+def _player(path: str | Path, seed: int | None, sample: bool):
+    """(how to act, spec, first episode seed) of a saved agent, as `evaluate` plays it: from the seed of its final
+    evaluation unless `seed` says otherwise; argmax, or sampled with a key from that seed."""
+    policy, spec = load_agent(path)
+    seed = spec.first_eval_seed if seed is None else seed
+    return (policy.sampler(seed) if sample else policy), spec, seed
+
+
 def load_policy(path: str | Path) -> Policy:
     """Load a trained agent from a model directory, or an experiment directory holding one."""
     return load_agent(path)[0]
@@ -143,9 +151,8 @@ def evaluate(policy: Policy, env_id: str, episodes: int, seed: int, timed: bool 
 def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = None, sample: bool = False) -> dict:
     """Play an experiment's model: by default on the seeds its final evaluation played, deterministically
     (argmax); with `sample`, actions drawn from the policy with a key seeded by the first episode's seed."""
-    policy, spec = load_agent(path)
-    seed = spec.first_eval_seed if seed is None else seed
-    return summarize(run_episodes(policy.sampler(seed) if sample else policy, spec.env_id, num_episodes, seed))
+    act, spec, seed = _player(path, seed, sample)
+    return summarize(run_episodes(act, spec.env_id, num_episodes, seed))
 
 
 def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None, sample: bool = False,
@@ -155,9 +162,7 @@ def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | No
     import gymnasium as gym
     from PIL import Image
 
-    policy, spec = load_agent(path)
-    seed = spec.first_eval_seed if seed is None else seed
-    act = policy.sampler(seed) if sample else policy
+    act, spec, seed = _player(path, seed, sample)
     env = gym.make(spec.env_id, render_mode="rgb_array", max_episode_steps=max_steps)
     frames, total = [], 0.0
     try:
