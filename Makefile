@@ -10,6 +10,7 @@ STEPS ?=
 CONFIG ?=
 SET ?=
 RESUME ?=
+OVERWRITE ?=
 TENSORBOARD ?=
 EPISODES ?= 10
 
@@ -18,7 +19,7 @@ ifneq ($(and $(SET),$(filter parity,$(MAKECMDGOALS))),)
 $(error make parity takes CONFIG only, not SET: write the changed keys into a config file)
 endif
 # SEED goes to the command line only when given, so that a config file's seed holds otherwise (eval and plot use 42).
-TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard)
+TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
 RUNS ?= 3
 BENCH_VENV := .venv-bench
@@ -28,7 +29,7 @@ SB3_SPEC ?= stable-baselines3==2.9.2
 
 SEEDS ?= 0 1 2 3 4
 
-.PHONY: setup train reproduce sweep plot eval test bench bench-solve parity clean
+.PHONY: setup train reproduce sweep plot eval test soak bench bench-solve parity clean
 
 setup: $(STAMP)
 
@@ -55,6 +56,9 @@ eval: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto  # one test process per CPU (pytest-xdist)
+
+soak: $(STAMP)
+	JAXRL_LANDER_SOAK=1 $(PY) -m pytest -q tests/test_soak.py  # 20 kill -9s and resumes of one run
 
 $(BENCH_VENV)/.installed:
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

@@ -10,7 +10,10 @@ checkpoint per 1,000 steps. Restoring unpacks with the structure of a freshly bu
 The final model keeps the ordinary parameter tree.
 """
 
+import contextlib
 import dataclasses
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrl_lander.algos.base import TrainState
-from jaxrl_lander.errors import UnreadableModel, first_line
+from jaxrl_lander.errors import UnreadableModel, WriteFailed, first_line
 
 
 def pack(tree) -> dict[str, np.ndarray]:
@@ -48,9 +51,12 @@ def unpack(packed: dict[str, np.ndarray], template):
     return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in rebuilt])
 
 
-def _to_tree(state: TrainState) -> dict[str, Any]:
-    # A typed PRNG key is stored as its raw uint32 data.
-    return {"state": pack((state.params, state.opt_state)), "key": np.asarray(jax.random.key_data(state.key))}
+def _to_tree(state: TrainState, rollout: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    # A typed PRNG key is stored as its raw uint32 data; the partly collected rollout, packed, beside the state.
+    tree = {"state": pack((state.params, state.opt_state)), "key": np.asarray(jax.random.key_data(state.key))}
+    if rollout is not None:
+        tree["rollout"] = pack(rollout)
+    return tree
 
 
 class CheckpointStore:
@@ -62,12 +68,18 @@ class CheckpointStore:
         )
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
+        self._in_flight: int | None = None  # the step of the latest save, committed in the background
 
-    def save(self, step: int, state: TrainState, metadata: dict[str, Any]) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata)),
-        )
+    def save(self, step: int, state: TrainState, metadata: dict[str, Any],
+             rollout: dict[str, np.ndarray] | None = None) -> None:
+        """Save `state` and `metadata` at `step`, with the partly collected `rollout` (numpy arrays) when given."""
+        tree = _to_tree(state, rollout)
+        self.wait()  # orbax would wait for the previous save anyway; this way its failure is named as its own
+        with _writing(f"checkpoint {step}"):
+            self.manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(metadata)),
+            )
+        self._in_flight = step
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -81,20 +93,48 @@ class CheckpointStore:
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The state saved at `step`, shaped like `template` (a freshly initialised state of the same config)."""
+        state, metadata, _ = self.restore_run(step, template)
+        return state, metadata
+
+    def restore_run(self, step: int, template: TrainState, rollout: dict[str, np.ndarray] | None = None
+                    ) -> tuple[TrainState, dict[str, Any], dict[str, np.ndarray] | None]:
+        """As `restore`, plus the partly collected rollout shaped like the arrays of `rollout` (None when the
+        checkpoint holds none)."""
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
         )
         tree = restored.state
         params, opt_state = unpack(tree["state"], (template.params, template.opt_state))
         key = jax.random.wrap_key_data(jnp.asarray(tree["key"], jnp.uint32))
-        return TrainState(params=params, opt_state=opt_state, key=key), dict(restored.metadata)
+        pending = None
+        if rollout is not None and "rollout" in tree:
+            pending = jax.device_get(unpack(tree["rollout"], rollout))
+        return TrainState(params=params, opt_state=opt_state, key=key), dict(restored.metadata), pending
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the checkpoint being committed in the background; WriteFailed if that commit failed."""
+        with _writing(f"checkpoint {self._in_flight}"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _writing(what: str):
+    """Turn any failure of an orbax write (tensorstore reports a full disk as a ValueError) into WriteFailed."""
+    try:
+        yield
+    except Exception as exc:
+        raise WriteFailed(f"could not write {what} ({os_error(exc) or first_line(exc)})") from None
+
+
+def os_error(exc: BaseException) -> str | None:
+    """The operating system's words for the error under `exc` ("No space left on device"), when it has one:
+    tensorstore buries it at the end of a long message, as os_error_code='28'."""
+    code = getattr(exc, "errno", None) or next(iter(re.findall(r"os_error_code='(\d+)'", str(exc))), None)
+    return os.strerror(int(code)) if code else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +165,7 @@ class ModelSpec:
 def save_model(path: str | Path, params, spec: ModelSpec) -> None:
     """Save final policy parameters and their spec (JSON) as one orbax checkpoint."""
     path = Path(path).absolute()
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    with _writing(f"the model {path.name}"), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(
             path,
             args=ocp.args.Composite(params=ocp.args.StandardSave(params), policy=ocp.args.JsonSave(spec.to_dict())),

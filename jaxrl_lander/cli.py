@@ -1,7 +1,8 @@
 """Command line: `python -m jaxrl_lander train|reproduce|sweep|plot|evaluate ...` (also `jaxrl-lander ...`).
 
 Usage and configuration errors, and an experiment that cannot be resumed, print one line and exit with status 2
-before anything is written; a failure during training prints one line and exits with status 1.
+before anything is written; a failure during training prints one line and exits with status 1. Ctrl-C stops a
+training loop at its next step (exit 130, resumable); anywhere else it prints one line and exits with 130.
 """
 
 import argparse
@@ -14,9 +15,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.config import CONFIG_CLASSES, check_keys_and_types, field_table, load_config, toml_value
-from jaxrl_lander.errors import ConfigError, ResumeError, SweepFailed, TrainingFailed, UnreadableModel
-from jaxrl_lander.files import check_writable
+from jaxrl_lander.config import CONFIG_CLASSES, check_keys_and_types, load_config, toml_value
+from jaxrl_lander.config_docs import field_table
+from jaxrl_lander.errors import (ConfigError, ExperimentInUse, ResumeError, SweepFailed, TrainingFailed,
+                                  UnreadableModel)
+from jaxrl_lander.files import ExperimentPaths, check_writable
+from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -77,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
 
+    def results_dir(text: str) -> Path:
+        if not text:  # Path("") is the current directory
+            raise argparse.ArgumentTypeError("results directory must not be empty")
+        return Path(text)
+
     def config_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
         p.add_argument("--steps", type=_int_arg("steps", 1), default=None,
@@ -85,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
                        help="set one config key over the config file (repeatable), e.g. ent_coef=1e-3")
-        p.add_argument("--results-dir", type=Path, default=Path("results"), help="where experiments are written")
+        p.add_argument("--results-dir", type=results_dir, default=Path("results"), help="where experiments are written")
         p.add_argument("--verbose", action="store_true", help="DEBUG logging (each update's losses)")
 
     for name, help in (("train", "train an agent, checkpointing and recording as it goes"),
@@ -96,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the run's one seed (default: the config's seed, 42 unless set)")
         p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     train = sub.choices["train"]
-    train.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue the experiment from its latest checkpoint")
+    for p in (train, sub.choices["reproduce"]):
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an existing experiment of this algorithm and seed (once the new run has"
+                            " committed its first checkpoint)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
                        help="where the update runs; auto: JAX's default device")
     train.add_argument("--act-device", default="auto", choices=["auto", "cpu", "gpu", "tpu"],
@@ -154,12 +167,25 @@ def _config(args, seed: int | None):
     return load_config(args.config, args.algo, {**parse_settings(args.algo, args.settings), **options})
 
 
+def _run_config(args, seed: int | None, resume: bool = False):
+    """The config of a command that trains, refused here (before the heavy imports) when train() would refuse it:
+    a re-run over an existing experiment without --resume or --overwrite, an env the policy cannot drive."""
+    config = _config(args, seed)
+    from jaxrl_lander.claim import check_rerun
+    from jaxrl_lander.envs.gymnasium import check_env
+
+    check_env(config.env_id)
+    check_rerun(ExperimentPaths.of(args.results_dir, config.algo, config.seed), resume, args.overwrite)
+    return config
+
+
 def _train(args) -> int:
-    config = _config(args, args.seed)
+    config = _run_config(args, args.seed, args.resume)
     from jaxrl_lander.experiment import train  # heavy imports once the input is good
 
-    results = train(config, args.results_dir, resume=args.resume, device=args.device, act_device=args.act_device,
-                    tensorboard=args.tensorboard, progress_bar=sys.stderr.isatty() and not args.quiet)
+    results = train(config, args.results_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                    act_device=args.act_device, tensorboard=args.tensorboard,
+                    progress_bar=sys.stderr.isatty() and not args.quiet)
     if results.status == "interrupted":
         print(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
               " Continue with --resume.")
@@ -173,10 +199,10 @@ def _train(args) -> int:
 
 
 def _reproduce(args) -> int:
-    config = _config(args, args.seed)
+    config = _run_config(args, args.seed)
     from jaxrl_lander.reproduce import reproduce  # it trains with train(), which checks the results directory
 
-    results = reproduce(config, args.results_dir)
+    results = reproduce(config, args.results_dir, overwrite=args.overwrite)
     verdict = results.reproducibility
     sc004 = "PASS" if results.success_criteria["SC-004"]["passed"] else "FAIL"
     print(f"{results.experiment_id}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
@@ -189,6 +215,9 @@ def _sweep(args) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     configs = [_config(args, seed) for seed in args.seeds]  # all valid before any process starts
+    from jaxrl_lander.envs.gymnasium import check_env
+
+    check_env(configs[0].env_id)
     check_writable(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep
 
@@ -232,47 +261,19 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.getLogger("jaxrl_lander").setLevel(level)
-    for noisy in ("absl", "orbax", "jax"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-class _DropReadFailureEchoes(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        # asyncio's words for a Task, Future or _GatheringFuture whose failure nobody awaits
-        return "exception was never retrieved" not in record.getMessage().partition("\n")[0]
-
-
-def drop_read_failure_echoes() -> None:
-    """Keep one error line when orbax fails to read a checkpoint or model (the process's hooks; the command line
-    owns the process, so it sets them once).
-
-    Orbax reads the arrays concurrently on an asyncio loop; when one read fails, the loop closes while the others
-    are in flight, and each of them reports RuntimeError("Event loop is closed") from a reader thread, through
-    sys.unraisablehook or sys.excepthook, after the caller's own error; a read that fails on its own later is
-    logged by asyncio as "Task (or Future) exception was never retrieved", or reported with its orbax coroutine when that is
-    finalised unawaited. Those reports are dropped; any other goes on.
-    """
-    def closed_loop(exc: BaseException | None) -> bool:
-        return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-    def orbax_coroutine(obj) -> bool:
-        return "/orbax/checkpoint/" in getattr(getattr(obj, "cr_code", None), "co_filename", "")
-
-    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
-    sys.unraisablehook = lambda u: (None if closed_loop(u.exc_value) or orbax_coroutine(u.object)
-                                    else previous_unraisable(u))
-    sys.excepthook = lambda t, e, tb: None if closed_loop(e) else previous_except(t, e, tb)
-    logging.getLogger("asyncio").addFilter(_DropReadFailureEchoes())
+    for noisy in ("absl", "orbax", "jax"):  # their failures reach us as exceptions, told in one line
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
-    drop_read_failure_echoes()
     commands = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "plot": _plot, "evaluate": _evaluate}
     try:
+        catch_interrupts()
+        args = build_parser().parse_args(argv)
+        _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+        drop_read_failure_echoes()
         return commands[args.command](args)
-    except (ConfigError, ResumeError, UnreadableModel, FileNotFoundError) as exc:  # refused before anything was written
+    except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel, FileNotFoundError) as exc:  # refused before anything was written
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_USAGE
     except TrainingFailed as exc:
@@ -284,3 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. the disk filled up while writing
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_RUNTIME
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handling, or a second one during its stop
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 128 + signal.SIGINT

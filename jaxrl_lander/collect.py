@@ -56,6 +56,12 @@ class Collector(Protocol):
         """Act from env step `timestep` until the rollout is full, at least `max_steps` env steps are taken, or
         should_stop() says so (checked before each vector step)."""
 
+    def pending(self) -> tuple[dict[str, np.ndarray], int]:
+        """The partly collected rollout, for a checkpoint: its arrays and the vector steps collected."""
+
+    def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
+        """Continue the partly collected rollout of a checkpoint (after `start`)."""
+
     def close(self) -> None: ...
 
 
@@ -81,6 +87,16 @@ class RolloutBuffer:
     @property
     def full(self) -> bool:
         return self.pos == self.n_steps
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The buffer's arrays, whole (rows from `pos` on are stale)."""
+        return {"obs": self.obs, "actions": self.actions, "rewards": self.rewards, "dones": self.dones}
+
+    def load(self, arrays: dict[str, np.ndarray], filled: int) -> None:
+        """Take back `arrays` (as `arrays()` gave them), `filled` rows of them collected."""
+        for name, array in self.arrays().items():
+            array[...] = arrays[name]
+        self.pos = filled
 
     def rollout(self, last_obs: np.ndarray, device: jax.Device | None = None) -> Rollout:
         """The filled rollout as arrays on `device` (one transfer per update); empties the buffer."""
@@ -108,7 +124,8 @@ class HostCollector:
         self.buffer = RolloutBuffer(config.n_steps, config.num_envs, obs_dim)
         self.act = jax.jit(partial(sample_action, network))
         self.value = jax.jit(partial(state_value, network))
-        self.obs = self.params = self._key = None
+        self.obs = np.zeros((config.num_envs, obs_dim), np.float32)  # until start() resets the envs
+        self.params = self._key = None
 
     def start(self, state: TrainState, env_seed: int) -> None:
         self.obs = reset_envs(self.envs, env_seed, self.normalizer)
@@ -136,6 +153,23 @@ class HostCollector:
             episodes += [Episode(timestep + taken, ret, length) for _, ret, length in out.episodes]
         rollout = buffer.rollout(self.obs, self.devices.update) if buffer.full else None
         return Collection(taken, episodes, rollout)
+
+    def pending(self) -> tuple[dict[str, np.ndarray], int]:
+        """The partly collected rollout (a checkpoint keeps it): the buffer's arrays with the observation the next
+        step acts on, and the number of vector steps collected."""
+        return {**self.buffer.arrays(), "next_obs": np.asarray(self.obs, np.float32)}, self.buffer.pos
+
+    def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
+        """Continue a partly collected rollout after `start` (its envs cannot be restored, so they began new
+        episodes): the last transition before the cut becomes a time-limit truncation, bootstrapped with the value
+        of the observation it led to, as `step_envs` does for a real time limit."""
+        self.buffer.load(arrays, filled)
+        if filled:
+            last = filled - 1
+            cut = 1.0 - self.buffer.dones[last]  # an episode that ended right there needs no bootstrap
+            values = np.asarray(self.value(self.params, arrays["next_obs"]), np.float32)
+            self.buffer.rewards[last] += self.config.gamma * values * cut
+            self.buffer.dones[last] = 1.0
 
     def close(self) -> None:
         self.envs.close()

@@ -1,10 +1,8 @@
 """Run configuration: every hyperparameter with its default in frozen dataclasses validated at construction,
 and TOML files of them. The field docstrings are the one source of `--help` and of the README's config table."""
 
-import ast
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import numbers
@@ -104,6 +102,9 @@ class RunConfig:
 
     def _validate(self) -> None:
         """Raise ConfigError naming the first unusable value."""
+        for name, kind in _field_types(type(self)).items():
+            value = getattr(self, name)
+            _require(kind is not float or math.isfinite(value), f"{name} must be a finite number, got {value}")
         for name in self._POSITIVE:
             _require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}")
         _require(0 <= self.seed, f"seed must be a non-negative integer, got {self.seed}")
@@ -123,16 +124,19 @@ class RunConfig:
         _require(several == (self.selection_episodes > 0) and (self.select_best_checkpoint or not several),
                  "selection_candidates > 1 needs select_best_checkpoint and selection_episodes > 0, and only it does"
                  f" (got {self.select_best_checkpoint}, {self.selection_candidates}, {self.selection_episodes})")
-        _require(0.0 < self.learning_rate, f"learning_rate must be > 0, got {self.learning_rate}")
+        _require(self.total_timesteps >= self.rollout_size,
+                 f"total_timesteps {self.total_timesteps} is less than one rollout (num_envs x n_steps ="
+                 f" {self.rollout_size}): no update would run")
+        _require(0.0 < self.learning_rate <= 1.0, f"learning_rate must lie in (0, 1], got {self.learning_rate}")
         for name in ("gamma", "gae_lambda"):
             _require(0.0 <= getattr(self, name) <= 1.0, f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        _require(math.isfinite(self.reward_scale) and self.reward_scale > 0.0,
-                 f"reward_scale must be a finite number > 0, got {self.reward_scale}")
+        _require(self.reward_scale > 0.0, f"reward_scale must be > 0, got {self.reward_scale}")
         _require(not (self.normalize_rewards and self.reward_scale != 1.0),
                  f"normalize_rewards and reward_scale {self.reward_scale} both rescale rewards; use one of them")
-        for name in ("ent_coef", "vf_coef", "max_grad_norm"):
-            value = getattr(self, name)
-            _require(math.isfinite(value) and value >= 0.0, f"{name} must be a finite number >= 0, got {value}")
+        for name in ("ent_coef", "vf_coef"):
+            _require(getattr(self, name) >= 0.0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(self.max_grad_norm > 0.0,
+                 f"max_grad_norm must be > 0 (gradients clipped to 0 learn nothing), got {self.max_grad_norm}")
         _require(self.adam_eps > 0.0, f"adam_eps must be > 0, got {self.adam_eps}")
 
 
@@ -159,7 +163,7 @@ class PPOConfig(RunConfig):
         super()._validate()
         _require(self.rollout_size % self.batch_size == 0,
                  f"batch_size {self.batch_size} must divide the rollout size num_envs * n_steps = {self.rollout_size}")
-        _require(self.clip_range > 0.0, f"clip_range must be > 0, got {self.clip_range}")
+        _require(0.0 < self.clip_range <= 1.0, f"clip_range must lie in (0, 1], got {self.clip_range}")
 
 
 A2C_OPTIMIZERS = ("rmsprop", "adam")
@@ -237,7 +241,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict, every failure turned into one ConfigError line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file {path} is a directory, not a file" if path.is_dir() else
+                          f"config file not found: {path}")
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
@@ -272,29 +277,3 @@ def toml_value(value: Any) -> str:
 def config_to_toml(config: RunConfig, omit: tuple[str, ...] = ()) -> str:
     """Every field of `config` but those in `omit`, as a flat TOML file that load_config reads back equal."""
     return "".join(f"{k} = {toml_value(v)}\n" for k, v in config.to_dict().items() if k not in omit)
-
-
-@functools.cache
-def field_docs() -> dict[str, str]:
-    """{field: its docstring on one line}, over both algorithms' configs (read from this file's source)."""
-    docs: dict[str, str] = {}
-    for cls in (RunConfig, PPOConfig, A2CConfig):
-        body = ast.parse(inspect.getsource(cls)).body[0].body
-        for node, after in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-                docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
-def field_table() -> list[tuple[str, Any, Any, str]]:
-    """(key, PPO default, A2C default, docstring) for every config key; None where an algorithm lacks the key."""
-    ppo, a2c, docs = PPOConfig().to_dict(), A2CConfig().to_dict(), field_docs()
-    return [(name, ppo.get(name), a2c.get(name), docs[name]) for name in {**ppo, **a2c}]
-
-
-def markdown_table() -> str:
-    """The README's config table, written from the field docstrings."""
-    show = lambda value: "-" if value is None else toml_value(value)  # noqa: E731
-    rows = ["| key | PPO default | A2C default | meaning |", "| --- | --- | --- | --- |"]
-    rows += [f"| `{k}` | {show(p)} | {show(a)} | {doc} |" for k, p, a, doc in field_table()]
-    return "\n".join(rows) + "\n"

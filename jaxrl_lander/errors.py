@@ -26,3 +26,12 @@ def first_line(exc: BaseException) -> str:
     """The exception's type and the first line of its message: enough for a one-line error."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+class ExperimentInUse(RuntimeError):
+    """Another process holds the experiment's lock; the message names it. Raised before anything is written."""
+
+
+class WriteFailed(RuntimeError):
+    """A file of the run could not be written (a full disk, a read-only or vanished directory); the message names
+    what was being written and why."""

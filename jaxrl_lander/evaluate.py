@@ -1,6 +1,7 @@
 """Playing a trained agent: Policy and load_policy (the public way to use one), and evaluation episodes."""
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from jaxrl_lander.files import ExperimentPaths, replaced_atomically
 from jaxrl_lander.policy import ActorCritic, greedy_action, sample_action, state_value
 
 MAX_PARALLEL_EPISODES = 64
+PROGRESS_SECONDS = 10.0  # between the progress lines of a long evaluation
+log = logging.getLogger("jaxrl_lander")
 
 
 @functools.cache
@@ -77,9 +80,12 @@ def model_path(path: str | Path) -> Path:
     model = ExperimentPaths.at(path).model
     if model.is_dir():
         return model
-    models = sorted(p.name for p in path.glob("*_model"))
+    models = sorted(p for p in path.glob("*_model") if p.is_dir())
+    if len(models) == 1:
+        return models[0]
     if models:
-        raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(models)}): give the one to use")
+        raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(m.name for m in models)}): give the one"
+                              f" to use, e.g. {models[0]}, or rename one to {model.name}")
     raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
 
 
@@ -103,8 +109,10 @@ def load_policy(path: str | Path) -> Policy:
     return load_agent(path)[0]
 
 
-def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, num_episodes: int, seed: int) -> list[dict]:
-    """Play `num_episodes` episodes with `act`; episode j is seeded `seed + j`. Returns [{seed, return, length}]."""
+def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, num_episodes: int, seed: int,
+                 played: Callable[[int], None] | None = None) -> list[dict]:
+    """Play `num_episodes` episodes with `act`; episode j is seeded `seed + j`. Returns [{seed, return, length}].
+    `played(n)` hears of each batch of up to MAX_PARALLEL_EPISODES episodes: n of them are done."""
     results = []
     for start in range(0, num_episodes, MAX_PARALLEL_EPISODES):
         n = min(MAX_PARALLEL_EPISODES, num_episodes - start)
@@ -120,7 +128,26 @@ def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, num_episo
         finally:
             envs.close()
         results.extend(first)
+        if played:
+            played(len(results))
     return results
+
+
+def progress_lines(total: int, every: float = PROGRESS_SECONDS) -> Callable[[int], None]:
+    """A `played` for run_episodes logging "played n/total episodes" after the first batch, then every `every`
+    seconds, while episodes remain (one batch, the usual case, logs nothing)."""
+    start = last = time.perf_counter()
+
+    def played(n: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if n < total and (last == start or now - last >= every):
+            last = now
+            left = (now - start) / n * (total - n)
+            eta = f"{left / 3600:.1f} h" if left >= 3600 else f"{left:.0f} s"
+            log.info("played %d/%d episodes in %.0f s; about %s to go", n, total, now - start, eta)
+
+    return played
 
 
 def summarize(episodes: list[dict]) -> dict:
@@ -152,7 +179,7 @@ def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = 
     """Play an experiment's model: by default on the seeds its final evaluation played, deterministically
     (argmax); with `sample`, actions drawn from the policy with a key seeded by the first episode's seed."""
     act, spec, seed = _player(path, seed, sample)
-    return summarize(run_episodes(act, spec.env_id, num_episodes, seed))
+    return summarize(run_episodes(act, spec.env_id, num_episodes, seed, progress_lines(num_episodes)))
 
 
 def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None, sample: bool = False,

@@ -4,7 +4,6 @@ its checkpoints and evaluations, and finish it (model, final evaluation, metrics
 import logging
 import shutil
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,19 @@ import jax
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.algos.base import TrainState
 from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, save_model
+from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, holds_experiment,
+                                 recover_interrupted_overwrite)
 from jaxrl_lander.collect import HostCollector, env_dims
 from jaxrl_lander.config import RunConfig
-from jaxrl_lander.envs.gymnasium import make_vector_env
-from jaxrl_lander.errors import ConfigError, ResumeError, TrainingFailed, first_line
+from jaxrl_lander.envs.gymnasium import check_env, make_vector_env
+from jaxrl_lander.errors import ConfigError, ResumeError, TrainingFailed, WriteFailed, first_line
 from jaxrl_lander.evaluate import Policy, brief, evaluate
 from jaxrl_lander.files import ExperimentPaths, check_writable, remove_partial_writes, write_json_atomic
 from jaxrl_lander.loop import LoopResult, Progress, train_loop
-from jaxrl_lander.outputs import Outputs, Sink
-from jaxrl_lander.outputs.console import LogLines, ProgressBar
+from jaxrl_lander.outputs import Outputs
+from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.metrics import MetricsRecorder, now_iso
+from jaxrl_lander.plotting import plot_learning_curve
 from jaxrl_lander.results import Results, build_results
 from jaxrl_lander.runtime import CompileClock, Devices, StopOnSignal, enable_compilation_cache, package_versions
 from jaxrl_lander.seeding import EvalSeeds, RunKeys, train_env_seed
@@ -37,51 +39,48 @@ RESUMABLE_CHANGES = {
 }
 
 
-def train(config: RunConfig, results_dir: str | Path = "results", *, resume: bool = False, device: str = "auto",
-          act_device: str = "auto", tensorboard: bool = False, progress_bar: bool | None = None) -> Results:
+def train(config: RunConfig, results_dir: str | Path = "results", *, resume: bool = False, overwrite: bool = False,
+          device: str = "auto", act_device: str = "auto", tensorboard: bool = False,
+          progress_bar: bool | None = None) -> Results:
     """Train `config` into results_dir/experiments/{algo}_seed{seed}/, as `python -m jaxrl_lander train` does.
 
-    A run without `resume` replaces an earlier experiment of the same algorithm and seed; with it, continues
-    from the latest complete checkpoint (and returns a finished run's results untouched). `device` runs the
+    An existing experiment of the same algorithm and seed is continued from its latest complete checkpoint with
+    `resume` (a finished run's results are returned untouched), replaced with `overwrite` (once the new run has
+    committed its first checkpoint; until then the old one stays whole), and otherwise refused. `device` runs the
     update, `act_device` the per-step action sampling (auto: JAX's default device, and the host CPU).
     `progress_bar` (default: when stderr is a terminal) replaces the progress log lines; `tensorboard` adds event
-    files. Raises ConfigError or ResumeError, with nothing written, when the run is refused, and TrainingFailed
-    after writing the results of a run stopped by a numerical fault.
+    files. Raises ConfigError, ResumeError or ExperimentInUse (another process is writing the experiment), with
+    nothing written, when the run is refused, and TrainingFailed after writing the results of a run stopped by a
+    numerical fault.
     """
     paths = ExperimentPaths.of(results_dir, config.algo, config.seed)
+    check_rerun(paths, resume, overwrite)
     done = _previous_results(paths) if resume else None
     if done and done.status == "completed" and done.total_timesteps >= config.total_timesteps:
         log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
         return done
     check_writable(results_dir)
+    check_env(config.env_id)
     if tensorboard:
         from jaxrl_lander.outputs.tensorboard import require_tensorboard
 
         require_tensorboard()
-    enable_compilation_cache()
     devices = Devices.resolve(device, act_device)
-    with jax.default_device(devices.update):
-        experiment = Experiment(config, paths, devices)
-        try:
-            state, progress = experiment.open(resume)
-        except BaseException:
-            experiment.collector.close()
-            raise
-        outputs = Outputs(experiment.recorder, _sinks(config, paths, progress.timestep, tensorboard, progress_bar),
-                          loss=progress.loss)
-        return experiment.run(state, progress, outputs)
-
-
-def _sinks(config: RunConfig, paths: ExperimentPaths, start: int, tensorboard: bool,
-           progress_bar: bool | None) -> list[Sink]:
-    bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-    sinks: list[Sink] = [ProgressBar(config.total_timesteps, start)] if bar else []
-    sinks.append(LogLines(config.total_timesteps, start, progress_lines=not bar))
-    if tensorboard:
-        from jaxrl_lander.outputs.tensorboard import TensorBoardLog
-
-        sinks.append(TensorBoardLog(paths.tensorboard, start))
-    return sinks
+    with ExperimentLock(paths):
+        recover_interrupted_overwrite(paths)
+        replace = Overwrite(paths) if overwrite and holds_experiment(paths) else None
+        enable_compilation_cache()
+        with jax.default_device(devices.update):
+            experiment = Experiment(config, paths, devices, replace)
+            try:
+                state, progress = experiment.open(resume)
+            except BaseException:
+                experiment.collector.close()
+                raise
+            sinks = run_sinks(config.total_timesteps, progress.timestep,
+                              experiment.paths.tensorboard if tensorboard else None, progress_bar)
+            outputs = Outputs(experiment.recorder, sinks, loss=progress.loss)
+            return experiment.run(state, progress, outputs)
 
 
 def _previous_results(paths: ExperimentPaths) -> Results | None:
@@ -96,13 +95,15 @@ def _previous_results(paths: ExperimentPaths) -> Results | None:
 class Experiment:
     """One run of one experiment directory: the loop's checkpoint and evaluation hooks, and its finish."""
 
-    def __init__(self, config: RunConfig, paths: ExperimentPaths, devices: Devices):
-        self.config, self.paths, self.devices = config, paths, devices
+    def __init__(self, config: RunConfig, paths: ExperimentPaths, devices: Devices, replace: Overwrite | None = None):
+        self.config, self.devices, self.replace = config, devices, replace
+        self.paths = replace.staged if replace else paths  # an overwrite writes aside until its first checkpoint
         self.keys, self.seeds = RunKeys.from_seed(config.seed), EvalSeeds.of(config)
         envs = make_vector_env(config.env_id, config.num_envs)
         self.learner = make_learner(config, *env_dims(envs))
         self.collector = HostCollector(envs, self.learner.network, config, devices)
         self.recorder: MetricsRecorder | None = None
+        self.pending: tuple[dict, int] | None = None  # a resumed checkpoint's partly collected rollout
         self.store: CheckpointStore | None = None
 
     # ---------------------------------------------------------------- open
@@ -119,9 +120,8 @@ class Experiment:
             self.store.close()
         if resume:
             log.info("no checkpoint to resume from in %s; starting afresh", self.paths.root)
-        if self.paths.root.exists():
-            log.info("replacing the previous experiment at %s", self.paths.root)
-            shutil.rmtree(self.paths.root)
+        if self.paths.root.exists():  # a resume that found no checkpoint (a run killed before its first), or a
+            shutil.rmtree(self.paths.root)  # staging directory: nothing committed is lost
         config = self.config
         self.recorder = MetricsRecorder(self.paths.name, config.algo, config.env_id, config.seed,
                                         config.recording_interval)
@@ -133,29 +133,36 @@ class Experiment:
         step = self.store.latest_step()
         try:
             # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
-            self._check_resumable(self.store.metadata(step)["config"])
-            state, meta = self.store.restore(step, self.learner.init(self.keys.state))
+            self._check_resumable(self.store.metadata(step)["config"], step)
+            state, meta, rollout = self.store.restore_run(step, self.learner.init(self.keys.state),
+                                                          self.collector.pending()[0])
         except ConfigError:
             raise
         except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
             raise ResumeError(f"checkpoint {self.store.directory / str(step)} is unreadable ({first_line(exc)}); "
                               "delete that directory to resume from the checkpoint before it") from None
+        source = self.paths.metrics_journal if self.paths.metrics_journal.is_file() else self.paths.metrics
         try:
-            self.recorder = MetricsRecorder.load(self.paths.metrics)
+            self.recorder = MetricsRecorder.load(source, until=step)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ResumeError(f"metrics file {self.paths.metrics} is unreadable ({first_line(exc)}); train without"
+            raise ResumeError(f"metrics file {source} is unreadable ({first_line(exc)}); train without"
                               " --resume to start afresh") from None
-        self.recorder.truncate(step)
+        self.recorder.continue_journal(self.paths.metrics_journal, step)
         removed = remove_partial_writes(self.paths)
         if removed:
             log.info("removed %d partial write(s) left by a killed run: %s", len(removed), ", ".join(removed))
         log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
         if self.collector.normalizer is not None:
             self.collector.normalizer.load_state_dict(meta["normalizer"])
+        if rollout is not None:  # a checkpoint written before rollouts were kept resumes at a rollout's start
+            self.pending = rollout, meta["rollout_filled"]
         return state, Progress(timestep=meta["timestep"], updates=meta["updates"], wall_time=meta["wall_time"],
                                loss=meta["loss"], evaluations=meta["evaluations"])
 
-    def _check_resumable(self, saved: dict[str, Any]) -> None:
+    def _check_resumable(self, saved: dict[str, Any], step: int) -> None:
+        if step > self.config.total_timesteps:
+            raise ConfigError(f"cannot resume {self.paths.root}: its checkpoint is at step {step}, past"
+                              f" total_timesteps {self.config.total_timesteps}; give more steps")
         current = self.config.to_dict()
         differing = sorted(k for k in set(saved) | set(current)
                            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
@@ -176,8 +183,9 @@ class Experiment:
 
     def checkpoint(self, state: TrainState, progress: Progress, training_seconds: float) -> None:
         """Metrics first, so that they always reach at least the latest checkpoint; then the orbax checkpoint."""
-        self.recorder.save(self.paths.metrics)
+        self.recorder.append_journal(self.paths.metrics_journal, progress.timestep)
         normalizer = self.collector.normalizer
+        rollout, filled = self.collector.pending()
         self.store.save(progress.timestep, state, {
             "timestep": progress.timestep,
             "updates": progress.updates,
@@ -189,39 +197,56 @@ class Experiment:
             "saved_at": now_iso(),
             "config": self.config.to_dict(),
             "normalizer": normalizer.state_dict() if normalizer else None,
-        })
+            "rollout_filled": filled,  # vector steps of the rollout in progress, saved with the state
+        }, rollout)
+        if self.replace:
+            self._take_place()
+
+    def _take_place(self) -> None:
+        """An overwrite's first checkpoint is committed: swap the staged run in for the old experiment."""
+        self.store.close()  # waits for the checkpoint to be committed
+        self.paths, self.replace = self.replace.commit(), None
+        self.store = CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
+        log.info("replaced the previous experiment at %s", self.paths.root)
 
     # ---------------------------------------------------------------- run and finish
     def run(self, state: TrainState, progress: Progress, outputs: Outputs) -> Results:
         start_time, start_step, compile_clock = now_iso(), progress.timestep, CompileClock()
         self.collector.start(state, train_env_seed(self.keys.env, progress.timestep))
+        if self.pending:
+            self.collector.resume_pending(*self.pending)
         with StopOnSignal() as stop:
             result = train_loop(self.config, self.learner, self.collector, state, progress, outputs, self, stop)
-        status, reason = "completed", None
-        if result.failure:
-            status, reason = "failed", result.failure
-        elif stop.signum is not None:
+        status, reason = ("failed", result.failure) if result.failure else ("completed", None)
+        if stop.signum is not None and not result.failure:
             status = "interrupted"
             reason = f"stopped by {signal.Signals(stop.signum).name} at step {progress.timestep}"
             if result.last_checkpoint != progress.timestep:
-                self.checkpoint(result.state, progress, progress.wall_time + result.clock.seconds())
-        self.store.wait()  # the last checkpoint's write is training time, as every other's
+                status, reason = self._failed_write(status, reason, lambda: self.checkpoint(
+                    result.state, progress, progress.wall_time + result.clock.seconds()))
+        # the last checkpoint's write is training time, as every other's
+        status, reason = self._failed_write(status, reason, self.store.wait)
+        if self.replace:  # an overwrite that failed before its first checkpoint: the old experiment stays
+            self._failed_write(status, reason, self.store.close)
+            self.collector.close()
+            self.replace.discard()
+            raise TrainingFailed(f"{reason}; the previous experiment at {self.replace.final.root} is kept as it was")
         loop_seconds = result.clock.seconds()  # before the selection's evaluations, which are not
         compile_seconds = compile_clock.seconds()
         delivery = self._deliver(result, progress, status)
-        self.store.close()
+        self._failed_write(status, reason, self.store.close)
         self.collector.close()
-        if reason:
+        if status != "failed":
+            status, reason = self._failed_write(status, reason, lambda: self._save_model(delivery))
+        if status == "interrupted":  # a failure's reason is the error the run ends with
             log.warning("%s: %s", self.paths.name, reason)
         evaluation = None
-        if status != "failed":
-            self._save_model(delivery)
         if status == "completed":
             evaluation = delivery.evaluation or evaluate(delivery.policy, self.config.env_id,
                                                          self.config.eval_episodes, self.seeds.final, timed=True)
             outputs.evaluation(progress.timestep, evaluation)
         outputs.close(progress.timestep)
-        self.recorder.save(self.paths.metrics)
+        status, reason = self._failed_write(status, reason, lambda: self.recorder.save(self.paths.metrics))
         results = build_results(
             self.config, self.paths, self.recorder, self.store.all_steps(), evaluation, progress.evaluations,
             status=status, reason=reason, timestep=progress.timestep, updates=progress.updates,
@@ -230,11 +255,27 @@ class Experiment:
             first_update_seconds=result.first_update_seconds, compile_seconds=compile_seconds,
             resumed_from_timestep=start_step or None, selected_checkpoint=delivery.selected,
             package_versions=package_versions(), device=self.devices.describe())
-        write_json_atomic(self.paths.results, results.to_dict())
+        status, reason = self._failed_write(status, reason, lambda: write_json_atomic(self.paths.results,
+                                                                                       results.to_dict()))
         if status == "failed":
-            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}")
-        _plot_quietly(self.paths.root)
+            hint = ", and --resume continues from it once that is fixed" if reason.startswith("could not") else ""
+            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}{hint}")
+        plot_learning_curve(self.paths.root)
         return results
+
+    @staticmethod
+    def _failed_write(status: str, reason: str | None, write) -> tuple[str, str | None]:
+        """Call `write`; when it fails on the file system (a full disk, a vanished directory) the run has failed
+        for that reason, unless it had already failed for another."""
+        try:
+            write()
+        except WriteFailed as exc:
+            failure = str(exc)
+        except OSError as exc:
+            failure = f"could not write {exc.filename or 'a file'} ({exc.strerror or exc})"
+        else:
+            return status, reason
+        return ("failed", reason) if status == "failed" else ("failed", failure)
 
     def _deliver(self, result: LoopResult, progress: Progress, status: str) -> Delivery:
         last = Delivery(progress.timestep, self.policy(result.state.params))
@@ -249,13 +290,3 @@ class Experiment:
             algo=self.config.algo, env_id=self.config.env_id, seed=self.config.seed, timestep=delivery.step,
             obs_dim=self.learner.obs_dim, num_actions=network.num_actions, hidden_size=network.hidden_size,
             first_eval_seed=self.seeds.final, observation_normalization=delivery.policy.observation_stats))
-
-
-def _plot_quietly(experiment: Path) -> None:
-    """The learning curve beside the results, when matplotlib (the `plot` extra) is installed."""
-    try:
-        from jaxrl_lander.plotting import plot_experiments
-    except ImportError:
-        log.debug("matplotlib not installed; no learning-curve PNG")
-        return
-    plot_experiments([experiment])

@@ -4,8 +4,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ class ExperimentPaths:
         """The paths of the experiment in `directory`: named after it, or in a renamed copy, after the one
         experiment whose model or metrics it holds."""
         directory = Path(directory)
-        held = {p.name.removesuffix("_model").removesuffix("_metrics.json")
-                for pattern in ("*_model", "*_metrics.json") for p in directory.glob(pattern)}
+        held = {p.name.removesuffix(suffix) for suffix in ("_model", "_metrics.json", "_metrics.jsonl")
+                for p in directory.glob(f"*{suffix}")}  # the journal: a run still training, or killed
         name = held.pop() if len(held) == 1 and directory.name not in held else directory.name
         return cls(root=directory, name=name)
 
@@ -45,6 +45,11 @@ class ExperimentPaths:
     @property
     def metrics(self) -> Path:
         return self.root / f"{self.name}_metrics.json"
+
+    @property
+    def metrics_journal(self) -> Path:
+        """What each checkpoint adds to the metrics, one line of JSON each; the JSON is written when a run ends."""
+        return self.root / f"{self.name}_metrics.jsonl"
 
     @property
     def results(self) -> Path:
@@ -68,12 +73,18 @@ class ExperimentPaths:
 
 
 def check_writable(results_dir: str | Path) -> None:
-    """Raise ConfigError unless `results_dir` is, or can be created as, a writable directory."""
-    probe = Path(results_dir)
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"results directory {results_dir} is not writable")
+    """Raise ConfigError unless `results_dir`, and its experiments/ and sweeps/ where they exist, are (or can be
+    created as) writable directories (root passes the mode bits, but not a file in the way or a read-only mount)."""
+    if not str(results_dir):
+        raise ConfigError("results directory must not be empty")
+    for directory in (Path(results_dir), Path(results_dir) / "experiments", Path(results_dir) / "sweeps"):
+        probe = directory
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ConfigError(f"results directory {results_dir} is not writable: {probe} is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ConfigError(f"results directory {results_dir} is not writable: {probe} is read-only")
 
 
 def is_partial_write(path: Path) -> bool:
@@ -109,6 +120,7 @@ def replaced_atomically(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    tmp.unlink(missing_ok=True)  # one a killed run left keeps its mode; a new file's follows the umask
     try:
         yield tmp
         os.replace(tmp, path)
@@ -125,7 +137,7 @@ def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> No
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_beside(path)
     try:
         text = json.dumps(data, indent=indent, allow_nan=False)  # dumps, unlike dump, uses the C encoder
         with os.fdopen(fd, "w") as f:
@@ -134,10 +146,60 @@ def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> No
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new temporary file ".<name>.<random>.tmp" beside `path`, open for writing: mode 0666 less the umask, as
+    open() makes a file (mkstemp's 0600 would leave the JSON unreadable to the group beside a 0644 PNG)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def append_json_lines(path: str | Path, items: list[Any], new: bool = False) -> int:
+    """Append each item as one line of compact JSON, in one write, then fsync; `new` empties the file first.
+
+    A crash leaves every line appended before it whole, and at most one torn line (no newline) after them; a
+    failed write (a full disk) takes back what it wrote. Returns the number of bytes written.
+    """
+    data = "".join(json.dumps(item, separators=(",", ":"), allow_nan=False) + "\n" for item in items).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if new else 0), 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # a write may take less than all of it
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # so that a later append does not follow a torn line
+            exc.filename = exc.filename or str(path)  # os.write's errors name no file
+            raise
+    finally:
+        os.close(fd)
+    return len(data)
+
+
+def read_json_lines(path: str | Path) -> list[tuple[Any, int]]:
+    """The items of the complete lines of a file of JSON lines, each with the offset just past its line.
+
+    A last line without its newline was torn by a process killed mid-append, and is left out; a complete line
+    that is not JSON raises ValueError.
+    """
+    data = Path(path).read_bytes()
+    items, start = [], 0
+    while (end := data.find(b"\n", start)) >= 0:
+        items.append((json.loads(data[start:end]), end + 1))
+        start = end + 1
+    return items

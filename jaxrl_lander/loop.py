@@ -17,6 +17,7 @@ import numpy as np
 from jaxrl_lander.algos.base import Learner, TrainState
 from jaxrl_lander.collect import Collector, Episode
 from jaxrl_lander.config import RunConfig
+from jaxrl_lander.errors import WriteFailed
 from jaxrl_lander.outputs import Outputs
 
 
@@ -63,7 +64,7 @@ class Hooks(Protocol):
 class LoopResult:
     state: TrainState  # the last good state, with the acting key
     clock: Clock  # still running: the experiment's last checkpoint write counts as training time
-    failure: str | None = None  # why training stopped on a numerical fault
+    failure: str | None = None  # why training stopped: a numerical fault, or a checkpoint that could not be written
     last_checkpoint: int | None = None  # the step of this process's latest checkpoint
     first_update_seconds: float | None = None  # compile included
 
@@ -105,8 +106,12 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
                                          + result.clock.seconds(), **summary})
             outputs.evaluation(end, summary)
         if crossed(end - size, end, config.checkpoint_interval) or end >= config.total_timesteps:
-            hooks.checkpoint(result.state.replace(key=collector.key), progress,
-                             progress.wall_time + result.clock.seconds())
+            try:
+                hooks.checkpoint(result.state.replace(key=collector.key), progress,
+                                 progress.wall_time + result.clock.seconds())
+            except (OSError, WriteFailed) as exc:  # a full disk, a vanished directory: stop, keep what is saved
+                result.failure = str(exc) if isinstance(exc, WriteFailed) else f"could not save step {end}: {exc}"
+                break
             result.last_checkpoint = end
     result.state = result.state.replace(key=collector.key)
     return result

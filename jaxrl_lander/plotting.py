@@ -1,12 +1,16 @@
 """Learning-curve PNGs (matplotlib, from the `plot` extra): one experiment, several side by side, or a sweep."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from jaxrl_lander.errors import ConfigError, first_line
 from jaxrl_lander.files import ExperimentPaths, read_json, replaced_atomically
-from jaxrl_lander.outputs.metrics import RECENT_EPISODES
+from jaxrl_lander.outputs.metrics import RECENT_EPISODES, metrics_file, read_metrics
 
+
+log = logging.getLogger("jaxrl_lander")
 
 def _pyplot():
     import matplotlib
@@ -15,6 +19,32 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def check_figure_path(path: Path) -> None:
+    """Raise ConfigError unless matplotlib writes the format that `path`'s suffix names."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        kind = f"'{path.suffix}' files" if path.suffix else "a file without a suffix"
+        raise ConfigError(f"--out {path}: matplotlib cannot write {kind}; give one of .{', .'.join(sorted(formats))}")
+
+
+def _read_curves(paths: ExperimentPaths) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
+    """(episode steps, episode returns, evaluation points) of an experiment; ConfigError names an unreadable file."""
+    file = metrics_file(paths)  # the journal of a run still training, or killed
+    try:
+        episodes = read_metrics(file)["episodes"]
+        steps, returns = np.array([e["timestep"] for e in episodes]), np.array([e["return"] for e in episodes])
+        file = paths.results
+        results = read_json(file) if file.is_file() else None
+        evals = [(e["timestep"], e["mean"]) for e in results["evaluations_during_training"]] if results else []
+        if results and results["evaluation"]:
+            evals.append((results["timestep"], results["evaluation"]["mean"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{file} is unreadable ({first_line(exc)})") from None
+    return steps, returns, evals
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -38,27 +68,20 @@ def plot_experiments(experiment_dirs: list[Path], out: Path | None = None, thres
     One experiment goes to `<dir>/<name>_learning_curve.png` unless `out` is given; several need `out` or go to
     results/plots/<name>_vs_<name>.png.
     """
+    if out is not None:
+        check_figure_path(Path(out))
+    experiments = [ExperimentPaths.at(exp) for exp in experiment_dirs]
+    curves = [_read_curves(paths) for paths in experiments]  # every file read before anything is drawn
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    experiments = [ExperimentPaths.at(exp) for exp in experiment_dirs]
-    for i, paths in enumerate(experiments):
-        if not paths.metrics.is_file():
-            raise FileNotFoundError(f"no metrics file in {paths.root}")
-        metrics = read_json(paths.metrics)
-        results = read_json(paths.results) if paths.results.is_file() else None
+    for i, (paths, (steps, returns, evals)) in enumerate(zip(experiments, curves)):
         color = f"C{i}"
-        steps = np.array([e["timestep"] for e in metrics["episodes"]])
-        returns = np.array([e["return"] for e in metrics["episodes"]])
         if len(returns):
             ax.scatter(steps, returns, s=3, alpha=0.15, color=color, label=f"{paths.name}: episode returns")
             ax.plot(steps, rolling_mean(returns), color=color, label=f"{paths.name}: mean of last 100")
-        if results:
-            evals = [(e["timestep"], e["mean"]) for e in results["evaluations_during_training"]]
-            if results["evaluation"]:
-                evals.append((results["timestep"], results["evaluation"]["mean"]))
-            if evals:
-                ax.plot(*zip(*evals), "o--", color=color, markersize=4, linewidth=0.8,
-                        label=f"{paths.name}: deterministic evaluation")
+        if evals:
+            ax.plot(*zip(*evals), "o--", color=color, markersize=4, linewidth=0.8,
+                    label=f"{paths.name}: deterministic evaluation")
     ax.axhline(threshold, color="grey", linestyle=":", linewidth=1, label=f"solved ({threshold:g})")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
@@ -95,3 +118,14 @@ def plot_sweep_curves(curves: dict[str, list], title: str, path: Path, threshold
     save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def plot_learning_curve(experiment: Path) -> None:
+    """The learning curve beside a finished run's results, when matplotlib (the `plot` extra) is installed and the
+    disk takes it: the run has succeeded either way."""
+    try:
+        plot_experiments([experiment])
+    except ImportError:
+        log.debug("matplotlib not installed; no learning-curve PNG")
+    except OSError as exc:
+        log.warning("could not write the learning curve of %s (%s)", experiment, exc.strerror or exc)

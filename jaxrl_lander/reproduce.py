@@ -26,13 +26,14 @@ def _without_times(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def reproduce(config: RunConfig, results_dir: str | Path = "results") -> Results:
+def reproduce(config: RunConfig, results_dir: str | Path = "results", overwrite: bool = False) -> Results:
     """Train `config` into results_dir and once more into a scratch directory, then record SC-004.
 
     The verdict goes into the first run's results JSON: the std of the final evaluation return over the two
     runs (target < 0.01; 0.0 when the runs are identical) and whether parameters and metrics are identical.
+    An existing experiment is refused unless `overwrite`.
     """
-    first = train(config, results_dir)
+    first = train(config, results_dir, overwrite=overwrite)
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=results_dir, prefix=".reproduce-") as scratch:
         log.info("second run of %s for the reproducibility check", first.experiment_id)

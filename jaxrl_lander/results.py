@@ -83,6 +83,21 @@ def reproducibility_criterion(std: float | None) -> dict[str, Any]:
                       std, SC004_STD, None if std is None else std < SC004_STD)
 
 
+def expected_checkpoints(config: RunConfig, reached: int, found: list[int]) -> list[int]:
+    """The checkpoint steps a run that reached env step `reached` must have kept.
+
+    One at the first vector step at or past each multiple of checkpoint_interval, and one at `reached`. A stop by
+    a signal adds a checkpoint off that grid; it is not required, but with keep_checkpoints it counts among the
+    newest N that are kept.
+    """
+    size = config.num_envs
+    grid = {-(-m // size) * size for m in range(config.checkpoint_interval, reached + 1, config.checkpoint_interval)}
+    grid = sorted(grid | {reached}) if reached else sorted(grid)
+    if config.keep_checkpoints:
+        return sorted(set(grid) | set(found))[-config.keep_checkpoints:]
+    return grid
+
+
 def build_results(config: RunConfig, paths: ExperimentPaths, recorder: MetricsRecorder, checkpoint_steps: list[int],
                   evaluation: dict[str, Any] | None, evaluations: list[dict[str, Any]], **run: Any) -> Results:
     """The Results of a run. `run` holds the rest of the fields that the run itself measured: status, reason,
@@ -90,9 +105,8 @@ def build_results(config: RunConfig, paths: ExperimentPaths, recorder: MetricsRe
     compile_seconds, resumed_from_timestep, selected_checkpoint, package_versions, device."""
     progression = [{"timestep": s, "reward": recorder.reward_at(s)} for s in checkpoint_steps]
     with_reward = [p["reward"] for p in progression if p["reward"] is not None]
-    expected_checkpoints = -(-config.total_timesteps // config.checkpoint_interval)
-    if config.keep_checkpoints:
-        expected_checkpoints = min(expected_checkpoints, config.keep_checkpoints)
+    expected = expected_checkpoints(config, run["timestep"], checkpoint_steps)
+    missing_steps = sorted(set(expected) - set(checkpoint_steps))
     artifacts = {
         "experiment_dir": str(paths.root),
         "model": paths.model.name,
@@ -111,8 +125,9 @@ def build_results(config: RunConfig, paths: ExperimentPaths, recorder: MetricsRe
         "SC-004": reproducibility_criterion(None),
         "SC-005": _criterion(
             "every artifact present: model, metrics, results and one checkpoint per interval",
-            {"checkpoints": len(checkpoint_steps), "expected_checkpoints": expected_checkpoints, "missing": missing},
-            None, not missing and len(checkpoint_steps) == expected_checkpoints),
+            {"checkpoints": len(checkpoint_steps), "expected_checkpoints": len(expected), "missing": missing,
+             "missing_checkpoints": missing_steps},
+            None, not missing and not missing_steps),
         "SC-006": _criterion(f"mean deterministic evaluation return > {threshold:g}", eval_mean, threshold,
                              None if eval_mean is None else eval_mean > threshold),
         "SC-008": _criterion(

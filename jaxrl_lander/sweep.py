@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from jaxrl_lander.config import RunConfig, config_to_toml
-from jaxrl_lander.errors import SweepFailed
+from jaxrl_lander.errors import ConfigError, SweepFailed
 from jaxrl_lander.files import ExperimentPaths, read_json, replaced_atomically, write_json_atomic
 from jaxrl_lander.plotting import plot_sweep_curves
 
@@ -89,16 +89,20 @@ def run_sweep(algo: str, seeds: list[int], config: RunConfig, out_dir: Path, job
 
     The config is written once to out_dir/config.toml (without its seed) and every seed trains from that file:
     the sweep records what it ran, and editing the config file it came from mid-sweep changes nothing.
-    Raises SweepFailed, naming the failed seeds, once every seed has finished; the others' artifacts stay.
+    Every seed runs with --resume, so running a sweep again continues its unfinished seeds and keeps the finished
+    ones; a sweep of the same name with another config is refused (ConfigError). Raises SweepFailed, naming the
+    failed seeds, once every seed has finished; the others' artifacts stay.
     """
-    config_file = out_dir / "config.toml"
+    config_file, text = out_dir / "config.toml", config_to_toml(config, omit=("seed",))
+    if config_file.is_file() and config_file.read_text() != text:
+        raise ConfigError(f"sweep {out_dir} exists with another config: give another --name, or delete it")
     with replaced_atomically(config_file) as tmp:
-        tmp.write_text(config_to_toml(config, omit=("seed",)))
+        tmp.write_text(text)
 
     def train(seed: int) -> str | None:
         """None on success, else the last line the seed's process wrote to stderr."""
         cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed),
-               "--config", str(config_file), "--results-dir", str(out_dir)]
+               "--config", str(config_file), "--results-dir", str(out_dir), "--resume"]  # a re-run continues
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

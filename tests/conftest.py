@@ -62,3 +62,22 @@ def compilation_cache(tmp_path_factory):
 def short_runs(tmp_path_factory) -> dict[str, Run]:
     """One short real training run per algorithm."""
     return {algo: train_run(short_config(algo), tmp_path_factory.mktemp(f"results_{algo}")) for algo in ("ppo", "a2c")}
+
+
+TINY_TOML = "checkpoint_interval = 200\neval_episodes = 2\n"
+
+
+@pytest.fixture(scope="session")
+def finished_cli_run(tmp_path_factory) -> Path:
+    """A directory holding tiny.toml and one 400-step A2C experiment finished through the command line (checkpoints
+    at 200 and 400), made once per test process: tests copy it before changing anything."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("finished_cli_run")
+    (root / "tiny.toml").write_text(TINY_TOML)
+    proc = subprocess.run([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "400", "--config",
+                           "tiny.toml", "--quiet"], cwd=root, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr
+    return root

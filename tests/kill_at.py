@@ -7,6 +7,7 @@ POINT is one of
     checkpoint:STEP  the checkpoint of STEP, fully written to its temporary directory but not yet renamed
     model            the final model, likewise written but not renamed
     json:N           the N-th JSON write (metrics or results), written to its temporary file but not renamed
+    journal:N        the N-th append to the metrics journal, half of its bytes written
 
 Nothing is mocked: the real run proceeds until the chosen moment and then dies by SIGKILL, as it would from
 the out-of-memory killer or a pre-emption.
@@ -53,7 +54,7 @@ def arm(point: str) -> None:
             return await finalize(self)
 
         AtomicRenameTemporaryPath.finalize = finalize_or_die
-    elif kind == "json":
+    elif kind in ("json", "journal"):
         import jaxrl_lander.files as files
 
         real_os = files.os
@@ -63,7 +64,14 @@ def arm(point: str) -> None:
                 die()
             return real_os.replace(src, dst)
 
-        files.os = types.SimpleNamespace(**{**vars(real_os), "replace": replace_or_die})
+        def write_half_or_die(fd, data):
+            if nth_call():
+                real_os.write(fd, data[:len(data) // 2])
+                die()
+            return real_os.write(fd, data)
+
+        hook = {"replace": replace_or_die} if kind == "json" else {"write": write_half_or_die}
+        files.os = types.SimpleNamespace(**{**vars(real_os), **hook})
     else:
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -45,6 +45,36 @@ def _corrupt(name, text):
     return lambda root: (root / EXP / name).write_text(text)
 
 
+def _corrupt_without_journal(text):
+    """An experiment written before the metrics journal, whose metrics JSON is damaged: resume reads the JSON."""
+    def damage(root):
+        (root / EXP / "a2c_seed42_metrics.jsonl").unlink()
+        (root / EXP / "a2c_seed42_metrics.json").write_text(text)
+    return damage
+
+
+def _journal_short_of_the_checkpoint(root):
+    journal = root / EXP / "a2c_seed42_metrics.jsonl"
+    journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:2]))  # the metadata, step 200
+
+
+def _killed_after_400(root):
+    """As a run of more steps killed after its checkpoint at 400 leaves the experiment."""
+    (root / EXP / "a2c_seed42_results.json").unlink()
+    shutil.rmtree(root / EXP / "a2c_seed42_model")
+
+
+def _sweep_of_another_config(root):
+    (root / "results/sweeps/s").mkdir(parents=True)
+    (root / "results/sweeps/s/config.toml").write_text("gamma = 0.9\n")
+
+
+def _two_models(root):
+    """A directory named after neither of the two models it holds."""
+    shutil.copytree(root / EXP / "a2c_seed42_model", root / "mixed" / "a2c_seed42_model")
+    shutil.copytree(root / EXP / "a2c_seed42_model", root / "mixed" / "copy_model")
+
+
 # (arguments, the one line's message, damage done to the existing experiment first)
 BAD = [
     (["train", "--algo", "dqn"], "invalid choice: 'dqn'", None),
@@ -60,7 +90,7 @@ BAD = [
     (["train", "--algo", "ppo", "--config", "unknown.toml"], "unknown config key 'lr'", None),
     (["train", "--algo", "ppo", "--config", "wrongtype.toml"], "must be float", None),
     (["train", "--algo", "ppo", "--config", "no_checkpoints.toml"], "checkpoint_interval must be a positive", None),
-    (["train", "--algo", "ppo", "--config", "nan.toml"], "learning_rate must be > 0, got nan", None),
+    (["train", "--algo", "ppo", "--config", "nan.toml"], "learning_rate must be a finite number, got nan", None),
     (["train", "--algo", "a2c", "--config", "ppo_only.toml"], "config for 'ppo', not for 'a2c'", None),
     (["train", "--algo", "a2c", "--config", "tiny.toml", "--set", "lr=1"], "unknown config key 'lr' in --set", None),
     (["train", "--algo", "a2c", "--set", "normalize_rewards=true", "--set", "reward_scale=0.1"],
@@ -76,20 +106,47 @@ BAD = [
     (RESUME, "checkpoints/400 is unreadable", _delete_checkpoint_state),
     (RESUME, "checkpoints/400 is unreadable", _truncate_checkpoint_arrays),
     (["evaluate", EXP], "a2c_seed42_model is unreadable", _truncate_model_arrays),
-    (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt("a2c_seed42_metrics.json", '{"records": [')),
-    (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt("a2c_seed42_metrics.json", "{}")),
+    (RESUME, "a2c_seed42_metrics.jsonl is unreadable", _corrupt("a2c_seed42_metrics.jsonl", '{"records": [\n')),
+    (RESUME, "a2c_seed42_metrics.jsonl is unreadable", _corrupt("a2c_seed42_metrics.jsonl", "{}\n")),
+    (RESUME, "a2c_seed42_metrics.jsonl is unreadable (ValueError: it reaches step 200, not the checkpoint's step"
+     " 400)", _journal_short_of_the_checkpoint),
+    (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt_without_journal('{"records": [')),
+    (RESUME, "a2c_seed42_metrics.json is unreadable", _corrupt_without_journal("{}")),
     (RESUME, "a2c_seed42_results.json is unreadable", _corrupt("a2c_seed42_results.json", "")),
+    (["train", "--algo", "ppo", "--config", "results"], "config file results is a directory, not a file", None),
+    (["evaluate", "mixed"], "mixed holds 2 models (a2c_seed42_model, copy_model): give the one to use, e.g."
+     " mixed/a2c_seed42_model, or rename one to mixed_model", _two_models),
+    (["train", "--algo", "a2c", "--config", "tiny.toml", "--results-dir", ""], "results directory must not be empty",
+     None),
+    (["plot", EXP, "--out", "x.jpgz"], "--out x.jpgz: matplotlib cannot write '.jpgz' files", None),
+    (["plot", EXP], "a2c_seed42_metrics.json is unreadable", _corrupt("a2c_seed42_metrics.json", '{"records": [')),
+    # Values that used to pass and crash the run late, or train and learn nothing.
+    (["train", "--algo", "ppo", "--set", "clip_range=inf"], "clip_range must be a finite number, got inf", None),
+    (["train", "--algo", "ppo", "--set", "learning_rate=inf"], "learning_rate must be a finite number", None),
+    (["train", "--algo", "ppo", "--set", "adam_eps=inf"], "adam_eps must be a finite number, got inf", None),
+    (["train", "--algo", "a2c", "--set", "solve_threshold=nan"], "solve_threshold must be a finite number", None),
+    (["train", "--algo", "ppo", "--steps", "1000"], "total_timesteps 1000 is less than one rollout", None),
+    (["train", "--algo", "ppo", "--set", "max_grad_norm=0"], "max_grad_norm must be > 0", None),
+    (["train", "--algo", "a2c", "--set", "env_id=Nope-v0"], "env_id 'Nope-v0' cannot be made: NameNotFound", None),
+    (["train", "--algo", "a2c", "--set", "env_id=LunarLanderContinuous-v3"], "has Box actions", None),
+    (["sweep", "--algo", "a2c", "--seeds", "0", "--set", 'env_id="Nope-v0"'], "env_id 'Nope-v0' cannot be made",
+     None),
+    # A re-run that would have replaced the experiment, or run with it.
+    (RESUME[:-1], "already holds an experiment: add --resume to continue it or --overwrite to replace it", None),
+    (["reproduce", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml"], "already holds an experiment",
+     None),
+    ([*RESUME, "--overwrite"], "--resume continues an experiment and --overwrite replaces it", None),
+    (RESUME[:4] + ["200"] + RESUME[5:], "its checkpoint is at step 400, past total_timesteps 200", _killed_after_400),
+    (["sweep", "--algo", "a2c", "--seeds", "0", "--name", "s"], "sweep results/sweeps/s exists with another config",
+     _sweep_of_another_config),
+    (["train", "--algo", "a2c", "--set", "total_timesteps=100"], "--set total_timesteps: use --steps instead", None),
 ]
 
 
-@pytest.fixture(scope="module")
-def finished_experiment(tmp_path_factory):
+@pytest.fixture
+def finished_experiment(finished_cli_run):
     """A directory holding tiny.toml and one finished 400-step A2C experiment (checkpoints at 200 and 400)."""
-    root = tmp_path_factory.mktemp("existing")
-    (root / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
-    proc = run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    return root
+    return finished_cli_run
 
 
 def _snapshot(root):
@@ -163,7 +220,8 @@ def test_action_sampling_defaults_to_the_host_cpu():
 
 def test_reproduce_records_sc004(tmp_path):
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
-    proc = run_cli("reproduce", "--algo", "ppo", "--steps", "600", "--config", "tiny.toml", cwd=tmp_path)
+    proc = run_cli("reproduce", "--algo", "ppo", "--steps", "600", "--config", "tiny.toml", "--set", "n_steps=64",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "SC-004 PASS" in proc.stdout and "parameters identical: True" in proc.stdout
     results = load_json(tmp_path / "results/experiments/ppo_seed42/ppo_seed42_results.json")

@@ -1,6 +1,7 @@
 """Config defaults, TOML files and validation errors."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,9 @@ def test_seed_hyperparameters():
 
 
 def test_overrides_and_int_to_float():
-    config = make_config("ppo", {"learning_rate": 1, "total_timesteps": 10})
+    config = make_config("ppo", {"learning_rate": 1, "total_timesteps": 4096})
     assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
-    assert dataclasses.replace(config).total_timesteps == 10
+    assert dataclasses.replace(config).total_timesteps == 4096
 
 
 def test_set_items_override_the_file_and_the_command_line_options_override_them(tmp_path):
@@ -150,8 +151,8 @@ def test_missing_file_and_unknown_algo():
 
 def test_readme_config_table_is_the_field_docstrings():
     """The README's table is written from the docstrings: regenerate it with
-    python -c 'from jaxrl_lander.config import markdown_table; print(markdown_table(), end="")'"""
-    from jaxrl_lander.config import field_docs, markdown_table
+    python -c 'from jaxrl_lander.config_docs import markdown_table; print(markdown_table(), end="")'"""
+    from jaxrl_lander.config_docs import field_docs, markdown_table
 
     readme = (CONFIGS.parent / "README.md").read_text()
     fields = {f.name for cls in (PPOConfig, A2CConfig) for f in dataclasses.fields(cls)}
@@ -180,6 +181,19 @@ def test_selection_candidates_and_episodes_go_together_with_select_best_checkpoi
     (lambda: A2CConfig(normalize_rewards=1), "config key 'normalize_rewards' must be bool"),
     (lambda: PPOConfig(algo="a2c"), "algo 'a2c' does not name PPOConfig's algorithm"),
     (lambda: dataclasses.replace(A2CConfig(), rms_decay=1.0), "rms_decay must lie in [0, 1)"),
+    # Non-finite values used to pass and crash the run at its first JSON write.
+    (lambda: PPOConfig(clip_range=math.inf), "clip_range must be a finite number, got inf"),
+    (lambda: PPOConfig(learning_rate=math.inf), "learning_rate must be a finite number, got inf"),
+    (lambda: PPOConfig(adam_eps=math.inf), "adam_eps must be a finite number, got inf"),
+    (lambda: PPOConfig(solve_threshold=math.nan), "solve_threshold must be a finite number, got nan"),
+    (lambda: A2CConfig(solve_threshold=-math.inf), "solve_threshold must be a finite number, got -inf"),
+    (lambda: A2CConfig(rms_eps=math.inf), "rms_eps must be a finite number, got inf"),
+    (lambda: PPOConfig(clip_range=1.5), "clip_range must lie in (0, 1], got 1.5"),
+    (lambda: A2CConfig(learning_rate=3.0), "learning_rate must lie in (0, 1], got 3.0"),
+    # Settings that learn nothing used to run and report "completed".
+    (lambda: PPOConfig(total_timesteps=2000), "total_timesteps 2000 is less than one rollout (num_envs x n_steps"),
+    (lambda: A2CConfig(total_timesteps=39), "total_timesteps 39 is less than one rollout"),
+    (lambda: PPOConfig(max_grad_norm=0.0), "max_grad_norm must be > 0"),
 ])
 def test_no_invalid_config_object_can_exist(make, message):
     with pytest.raises(ConfigError) as err:

@@ -14,6 +14,7 @@ from conftest import template_state
 
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
+from jaxrl_lander.outputs.metrics import MetricsRecorder
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
 
 HERE = Path(__file__).parent
@@ -34,8 +35,10 @@ def expected_record_steps(config) -> list[int]:
     return [t for t in steps if t // config.recording_interval > (t - config.num_envs) // config.recording_interval]
 
 
-def assert_only_complete_files(exp: Path, template) -> list[str]:
-    """Every visible file is complete and valid; returns the names of leftover partial writes."""
+def assert_only_complete_files(exp: Path, template, config) -> list[str]:
+    """Every visible file is complete and valid, and the metrics journal holds exactly what an uninterrupted run
+    had recorded at each checkpoint; returns the names of leftover partial writes, and of the journal when its
+    last line is torn."""
     for name, schema in ((f"{NAME}_metrics.json", TRAINING_METRICS), (f"{NAME}_results.json", EXPERIMENT_RESULTS)):
         if (exp / name).exists():
             _validate(load_json(exp / name), schema)
@@ -43,9 +46,17 @@ def assert_only_complete_files(exp: Path, template) -> list[str]:
     for step in store.all_steps():
         _, meta = store.restore(step, template)
         assert meta["timestep"] == step
+        # The journal as a resume from this checkpoint reads it: up to the step, and no further.
+        at_step = MetricsRecorder.load_journal(exp / f"{NAME}_metrics.jsonl", step)
+        _validate(at_step.to_dict(), TRAINING_METRICS)
+        assert [r["timestep"] for r in at_step.records] == [t for t in expected_record_steps(config) if t <= step]
+        assert len(at_step.episodes) == meta["episodes"]
     store.close()
     leftovers = [p.name for d in (exp, exp / "checkpoints") if d.is_dir() for p in d.iterdir()
                  if ".tmp" in p.name or "orbax-checkpoint-tmp" in p.name]  # .x.json.tmp, .curve.png.tmp.png
+    journal = exp / f"{NAME}_metrics.jsonl"
+    if journal.is_file() and not journal.read_bytes().endswith(b"\n"):
+        leftovers.append(f"{journal.name} (torn line)")
     return leftovers
 
 
@@ -55,13 +66,15 @@ def assert_only_complete_files(exp: Path, template) -> list[str]:
 KILLS = [
     ("rollout:133", None, {800, 1_000}),  # step 1,056: mid-rollout, between checkpoints
     ("checkpoint:1400", "1400.orbax-checkpoint-tmp", {1_200}),  # written to its temporary directory only
-    ("json:3", ".tmp", {1_400, 1_600}),  # the process's 3rd JSON write (metrics before the checkpoint of 1,800)
+    ("journal:3", "_metrics.jsonl (torn line)", {1_400, 1_600}),  # half the metrics for the checkpoint of 1,800
+    # The process's 1st JSON write: the metrics JSON, written when a run ends, after its model.
+    ("json:1", f".{NAME}_metrics.json.", {2_000}),
     ("model", "_model.orbax-checkpoint-tmp", {2_000}),  # training done, the final model written, not committed
 ]
 
 
-def test_sigkill_at_four_moments_then_resume_gives_a_complete_valid_run(tmp_path):
-    """One run killed four times in a row, each time resumed, at the moments that matter; then finished."""
+def test_sigkill_at_five_moments_then_resume_gives_a_complete_valid_run(tmp_path):
+    """One run killed five times in a row, each time resumed, at the moments that matter; then finished."""
     (tmp_path / "crash.toml").write_text(f"checkpoint_interval = {CHECKPOINT_EVERY}\neval_episodes = 2\n")
     config = make_config("a2c", {"seed": 7, "total_timesteps": STEPS, "checkpoint_interval": CHECKPOINT_EVERY,
                                  "eval_episodes": 2})
@@ -71,14 +84,14 @@ def test_sigkill_at_four_moments_then_resume_gives_a_complete_valid_run(tmp_path
     for i, (point, leftover, latest) in enumerate(KILLS):
         killed = run(TRAIN + (["--resume"] if i else []), tmp_path, point)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
-        leftovers = assert_only_complete_files(exp, template)
+        leftovers = assert_only_complete_files(exp, template, config)
         assert leftover is None or any(leftover in name for name in leftovers), (point, leftovers)
         assert CheckpointStore(exp / "checkpoints").latest_step() in latest, point  # uncommitted = invisible
         assert not (exp / f"{NAME}_results.json").exists()  # no process reached its results yet
 
     resumed = run([*TRAIN, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert assert_only_complete_files(exp, template) == []  # partial writes cleaned on resume
+    assert assert_only_complete_files(exp, template, config) == []  # partial writes cleaned on resume
     results = load_json(exp / f"{NAME}_results.json")
     assert results["status"] == "completed" and results["timestep"] == STEPS
     assert results["resumed_from_timestep"] == STEPS  # the last process only wrote the model and results

@@ -170,14 +170,15 @@ def test_keep_checkpoints_holds_across_a_resume(tmp_path):
     assert sorted(p.name for p in resumed.paths.checkpoints.iterdir()) == ["1000", "1200"]
 
 
-def test_fresh_rerun_replaces_the_old_experiment(tmp_path):
+def test_overwrite_replaces_the_old_experiment(tmp_path):
     config = short_config("a2c", total_timesteps=400, checkpoint_interval=200, eval_episodes=1)
     train(config, tmp_path)
     stale = tmp_path / "experiments" / "a2c_seed42" / "checkpoints" / "999999"
     stale.mkdir()
-    rerun = train_run(config, tmp_path)
+    rerun = train_run(config, tmp_path, overwrite=True)
     assert not stale.exists()
     assert CheckpointStore(rerun.paths.checkpoints).all_steps() == [200, 400]
+    assert rerun.results.experiment_dir == rerun.paths.root
 
 
 def test_evaluations_during_training_and_time_to_solve(tmp_path):

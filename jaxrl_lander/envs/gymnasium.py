@@ -13,6 +13,25 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from jaxrl_lander.envs.normalization import Normalizer
+from jaxrl_lander.errors import ConfigError, first_line
+
+
+def check_env(env_id: str) -> tuple[int, int]:
+    """(observation size, number of actions) of `env_id`, or a ConfigError when it is not an env the policy can
+    drive: registered with gymnasium, with discrete actions and a flat vector of observations."""
+    try:
+        env = gym.make(env_id)
+    except Exception as exc:  # gymnasium's NameNotFound, VersionNotFound, DependencyNotInstalled, ...
+        raise ConfigError(f"env_id '{env_id}' cannot be made: {first_line(exc)}") from None
+    try:
+        actions, observations = env.action_space, env.observation_space
+    finally:
+        env.close()
+    if not isinstance(actions, gym.spaces.Discrete):
+        raise ConfigError(f"env_id '{env_id}' has {type(actions).__name__} actions; PPO and A2C here need Discrete")
+    if not isinstance(observations, gym.spaces.Box) or len(observations.shape) != 1:
+        raise ConfigError(f"env_id '{env_id}' has {observations} observations; the policy needs a flat Box vector")
+    return int(observations.shape[0]), int(actions.n)
 
 
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:

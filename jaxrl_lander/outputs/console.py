@@ -1,7 +1,9 @@
 """What a person watching sees: a progress bar on a terminal (rich), or a log line every tenth of the run."""
 
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from jaxrl_lander.outputs import Sink
@@ -61,3 +63,16 @@ class LogLines(Sink):
 
     def evaluation(self, step: int, summary: dict[str, Any]) -> None:
         log.info("evaluation at step %d: %.1f over %d episodes", step, summary["mean"], summary["episodes"])
+
+
+def run_sinks(total: int, start: int, tensorboard_dir: Path | None, progress_bar: bool | None) -> list[Sink]:
+    """A run's sinks besides the metrics: a progress bar (default: when stderr is a terminal) or progress log
+    lines, and TensorBoard event files in `tensorboard_dir` when given."""
+    bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+    sinks: list[Sink] = [ProgressBar(total, start)] if bar else []
+    sinks.append(LogLines(total, start, progress_lines=not bar))
+    if tensorboard_dir is not None:
+        from jaxrl_lander.outputs.tensorboard import TensorBoardLog
+
+        sinks.append(TensorBoardLog(tensorboard_dir, start))
+    return sinks

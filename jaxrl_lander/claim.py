@@ -1,0 +1,117 @@
+"""Claiming an experiment directory before writing it: an OS lock that keeps every second writer out, and the
+overwrite that replaces an experiment only once its successor has committed a checkpoint.
+
+The lock is `fcntl.flock` on a hidden file beside the experiment (`experiments/.{name}.lock`), not inside it, so
+that an overwrite can swap the directory while holding it. The kernel releases it when its process dies, so a
+`kill -9` never leaves a stale lock. The file stays empty (a refused command changes nothing; the holder is found
+through the kernel's list of locks) and stays after release: removing a lock file that another process may have
+just opened would let two processes lock two different files.
+
+An overwrite trains in `experiments/.{name}.new/`; its first committed checkpoint swaps it into place through
+`experiments/.{name}.old/`. The next claim finishes or undoes a swap that a kill interrupted.
+"""
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from jaxrl_lander.errors import ConfigError, ExperimentInUse
+from jaxrl_lander.files import ExperimentPaths
+
+
+def _sibling(paths: ExperimentPaths, suffix: str) -> Path:
+    return paths.root.parent / f".{paths.name}.{suffix}"
+
+
+def holds_experiment(paths: ExperimentPaths) -> bool:
+    """Whether the experiment directory exists with anything in it."""
+    return paths.root.is_dir() and any(paths.root.iterdir())
+
+
+def _holder(inode: int) -> str:
+    """'process PID (its command line)' of the flock on `inode`, from Linux's /proc/locks; elsewhere, or when the
+    lock is gone by now, 'another process'."""
+    try:
+        with open("/proc/locks") as locks:
+            pids = [line.split()[4] for line in locks
+                    if line.split()[1:2] == ["FLOCK"] and line.split()[5].rsplit(":", 1)[-1] == str(inode)]
+        with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (OSError, IndexError):
+        return "another process"
+    return f"process {pids[0]} ({command[:300]})"
+
+
+def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool) -> None:
+    """ConfigError unless the run may write `paths`: an existing experiment needs `resume` or `overwrite`."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues an experiment and --overwrite replaces it: give one of them")
+    if not (resume or overwrite) and holds_experiment(paths):
+        raise ConfigError(f"{paths.root} already holds an experiment: add --resume to continue it or --overwrite"
+                          " to replace it")
+
+
+class ExperimentLock:
+    """The exclusive right to write one experiment, held from `acquire()` until `release()` or process death."""
+
+    def __init__(self, paths: ExperimentPaths):
+        self.paths, self.path, self._fd = paths, _sibling(paths, "lock"), None
+
+    def acquire(self) -> "ExperimentLock":
+        """Take the lock, or raise ExperimentInUse naming the process that holds it. Writes nothing but the empty
+        lock file, the first time: a refused command leaves every file as it was."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.fstat(fd).st_ino)
+            os.close(fd)
+            raise ExperimentInUse(f"{self.paths.root} is in use by {holder}; wait for it to end or stop it") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ExperimentLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def recover_interrupted_overwrite(paths: ExperimentPaths) -> None:
+    """Finish the swap of an overwrite killed half-way, or discard an overwrite killed before its first checkpoint
+    (called with the lock held). A successor that reached `.new` with the experiment gone had committed a
+    checkpoint, so it takes the experiment's place; otherwise the old experiment goes back."""
+    staged, old = _sibling(paths, "new"), _sibling(paths, "old")
+    if old.exists():
+        if not paths.root.exists():
+            os.rename(staged if staged.exists() else old, paths.root)
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+class Overwrite:
+    """A run that replaces an existing experiment: it writes to a staging directory until `commit()`."""
+
+    def __init__(self, paths: ExperimentPaths):
+        self.final = paths
+        self.staged = ExperimentPaths(root=_sibling(paths, "new"), name=paths.name)
+
+    def commit(self) -> ExperimentPaths:
+        """Swap the staged run in for the old experiment and delete the old one; the final paths."""
+        old = _sibling(self.final, "old")
+        os.rename(self.final.root, old)
+        os.rename(self.staged.root, self.final.root)
+        shutil.rmtree(old)
+        return self.final
+
+    def discard(self) -> None:
+        """Drop the staged run (it never committed a checkpoint); the old experiment stays as it was."""
+        shutil.rmtree(self.staged.root, ignore_errors=True)

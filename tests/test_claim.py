@@ -1,0 +1,155 @@
+"""No second command destroys a run: one writer per experiment (an OS lock), no silent re-run over an existing
+experiment, and an overwrite that replaces the old experiment only once it has committed a checkpoint."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import probe_envs  # noqa: F401  (registers the probe envs)
+import pytest
+from conftest import TINY_TOML as TINY, load_json
+from test_cli import run_cli
+
+from jaxrl_lander import train
+from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.claim import ExperimentLock, recover_interrupted_overwrite
+from jaxrl_lander.config import make_config
+from jaxrl_lander.errors import ConfigError, ExperimentInUse, TrainingFailed
+from jaxrl_lander.files import ExperimentPaths
+
+HERE = Path(__file__).parent
+EXP = Path("results/experiments/a2c_seed42")
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def finished(finished_cli_run) -> Path:
+    return finished_cli_run
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    subprocess.run(["cp", "-a", f"{finished}/.", str(tmp_path)], check=True)
+    return tmp_path
+
+
+def test_a_plain_rerun_is_refused_and_names_both_ways_on(finished, tmp_path):
+    root = copy_of(finished, tmp_path)
+    before = snapshot(root)
+    proc = run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--set", "gamma=0.9",
+                   cwd=root)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already holds an experiment" in lines[0], proc.stderr
+    assert "--resume" in lines[0] and "--overwrite" in lines[0]
+    assert snapshot(root) == before
+
+
+def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_experiment_whole(finished, tmp_path):
+    root = copy_of(finished, tmp_path)
+    before = snapshot(root / EXP)
+    killed = subprocess.run([sys.executable, str(HERE / "kill_at.py"), "checkpoint:200", "--", "train", "--algo",
+                             "a2c", "--steps", "400", "--config", "tiny.toml", "--set", "gamma=0.9", "--overwrite",
+                             "--quiet"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert snapshot(root / EXP) == before  # the staged run died before committing: the old one is untouched
+    assert (root / "results/experiments/.a2c_seed42.new").is_dir()
+
+    proc = run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--set", "gamma=0.9",
+                   "--overwrite", "--quiet", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    results = load_json(root / EXP / "a2c_seed42_results.json")
+    assert results["hyperparameters"]["gamma"] == 0.9 and results["status"] == "completed"
+    assert results["artifacts"]["experiment_dir"] == str(EXP)
+    assert sorted(p.name for p in (root / "results/experiments").iterdir()) == [".a2c_seed42.lock", "a2c_seed42"]
+    assert CheckpointStore(root / EXP / "checkpoints").all_steps() == [200, 400]
+
+
+def test_overwrite_that_fails_before_a_checkpoint_keeps_the_old_experiment(tmp_path):
+    config = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
+                                 "batch_size": 32, "total_timesteps": 1024, "checkpoint_interval": 512})
+    healthy = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
+                                  "batch_size": 32, "total_timesteps": 128, "checkpoint_interval": 64,
+                                  "learning_rate": 1e-9, "eval_episodes": 1})
+    paths = ExperimentPaths.of(tmp_path, "ppo", 42)
+    paths.root.mkdir(parents=True)
+    (paths.root / "notes.txt").write_text("an earlier experiment's file\n")
+    before = snapshot(paths.root)
+    with pytest.raises(TrainingFailed, match="previous experiment at .* is kept as it was"):
+        train(config, tmp_path, overwrite=True)
+    assert snapshot(paths.root) == before
+    assert not (tmp_path / "experiments" / ".ppo_seed42.new").exists()
+    with pytest.raises(ConfigError, match="already holds an experiment"):
+        train(healthy, tmp_path)
+
+
+def test_interrupted_overwrite_swaps_are_finished_or_undone(tmp_path):
+    paths = ExperimentPaths.of(tmp_path, "a2c", 1)
+    staged, old = (paths.root.parent / f".a2c_seed1.{s}" for s in ("new", "old"))
+
+    def make(directory, text):
+        directory.mkdir(parents=True)
+        (directory / "which").write_text(text)
+
+    make(old, "old")  # killed after moving the old experiment aside, before moving the new one in
+    make(staged, "new")
+    recover_interrupted_overwrite(paths)
+    assert (paths.root / "which").read_text() == "new" and not old.exists() and not staged.exists()
+
+    make(old, "stale old")  # killed after the swap, before deleting the old one
+    recover_interrupted_overwrite(paths)
+    assert (paths.root / "which").read_text() == "new" and not old.exists()
+
+    make(staged, "unfinished")  # killed before the first checkpoint
+    recover_interrupted_overwrite(paths)
+    assert (paths.root / "which").read_text() == "new" and not staged.exists()
+
+
+def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
+    paths = ExperimentPaths.of(tmp_path, "ppo", 3)
+    with ExperimentLock(paths):
+        with pytest.raises(ExperimentInUse, match=f"ppo_seed3 is in use by process {os.getpid()} "):
+            ExperimentLock(paths).acquire()
+    ExperimentLock(paths).acquire().release()  # released on exit
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from jaxrl_lander.claim import ExperimentLock; from jaxrl_lander.files import "
+        f"ExperimentPaths; ExperimentLock(ExperimentPaths.of({str(tmp_path)!r}, 'ppo', 3)).acquire(); "
+        "print('locked', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ExperimentInUse, match=f"process {holder.pid} "):
+        ExperimentLock(paths).acquire()
+    holder.kill()  # SIGKILL: the kernel releases the lock, no stale lock file
+    holder.wait()
+    ExperimentLock(paths).acquire().release()
+
+
+def test_a_second_command_on_a_running_experiment_exits_2_at_once_and_harms_nothing(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    first = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "1000000",
+                              "--config", "tiny.toml", "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    deadline = time.monotonic() + 120
+    while not (tmp_path / EXP / "checkpoints" / "400").is_dir():
+        assert first.poll() is None and time.monotonic() < deadline, "training did not reach step 400"
+        time.sleep(0.2)
+    for extra in (["--resume"], ["--overwrite"], ["--set", "learning_rate=1e-3", "--overwrite"]):
+        start = time.monotonic()
+        proc = run_cli("train", "--algo", "a2c", "--steps", "1000000", "--config", "tiny.toml", *extra, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"is in use by process {first.pid} (" in lines[0], proc.stderr
+        assert time.monotonic() - start < 30  # refused at once, not after orbax time-outs
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM, err
+    results = load_json(tmp_path / EXP / "a2c_seed42_results.json")
+    steps = CheckpointStore(tmp_path / EXP / "checkpoints").all_steps()
+    assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in steps]
+    assert steps[:2] == [200, 400] and steps[-1] == results["timestep"]
+    assert results["success_criteria"]["SC-005"]["passed"] is True

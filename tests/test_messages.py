@@ -1,0 +1,233 @@
+"""The command line's messages where they used to mislead: a config directory, two models, an unwritable or empty
+results directory, a plot it cannot write or read, Ctrl-C at any moment, a long evaluation, the files' modes."""
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_TOML as TINY
+from test_cli import run_cli
+
+EXP = "results/experiments/a2c_seed42"
+INTERRUPTED = "jaxrl_lander: interrupted"
+
+
+def one_error(proc, message, status=2):
+    """The process exited with `status` after exactly one stderr line, an error naming `message`."""
+    assert proc.returncode == status, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxrl_lander: error: ") and message in lines[0], proc.stderr
+
+
+def snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Child:
+    """The command line as a child process; a thread reads its stderr, so that a wait for a line can time out."""
+
+    def __init__(self, *args, cwd):
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        self.proc = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", *args], cwd=cwd, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in iter(self.proc.stderr.readline, ""):
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text, timeout=120):
+        """The stderr lines up to and including the first holding `text`."""
+        seen, deadline = [], time.monotonic() + timeout
+        while not seen or text not in seen[-1]:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {text!r} in {timeout} s: {seen}") from None
+            assert line is not None, f"stderr ended before a line with {text!r}: {seen}"
+            seen.append(line)
+        return seen
+
+    def interrupt(self):
+        self.proc.send_signal(signal.SIGINT)
+
+    def finish(self, timeout=120):
+        """The exit status, the stdout, and the stderr lines not read yet."""
+        self.proc.wait(timeout=timeout)
+        rest = []
+        while (line := self.lines.get(timeout=30)) is not None:
+            rest.append(line)
+        return self.proc.returncode, self.proc.stdout.read(), rest
+
+
+@pytest.fixture
+def start_cli():
+    """Child(...), killed at the end of the test if it still runs."""
+    children = []
+    yield lambda *args, cwd: children.append(Child(*args, cwd=cwd)) or children[-1]
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()
+
+
+@pytest.fixture
+def trained(finished_cli_run):
+    """A directory holding tiny.toml and one finished 400-step A2C experiment."""
+    return finished_cli_run
+
+
+@pytest.fixture
+def copy(trained, tmp_path):
+    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_a_config_directory_is_named_a_directory(tmp_path):
+    (tmp_path / "somedir").mkdir()
+    one_error(run_cli("train", "--algo", "ppo", "--config", "somedir/", cwd=tmp_path),
+              "config file somedir is a directory, not a file")
+    assert [p.name for p in tmp_path.iterdir()] == ["somedir"]
+
+
+def test_two_models_are_named_with_the_one_needed(tmp_path):
+    for model in ("ppo_seed42_model", "copy_model"):  # neither named after the directory
+        (tmp_path / "mixed" / model).mkdir(parents=True)
+    one_error(run_cli("evaluate", "mixed", cwd=tmp_path), "mixed holds 2 models (copy_model, ppo_seed42_model):"
+              " give the one to use, e.g. mixed/copy_model, or rename one to mixed_model")
+
+
+def test_the_one_model_of_a_directory_is_used(tmp_path):
+    from jaxrl_lander.evaluate import model_path
+
+    (tmp_path / "ppo_seed42_model").mkdir()
+    (tmp_path / "copy_metrics.json").write_text("{}")  # another experiment's metrics beside it
+    assert model_path(tmp_path) == tmp_path / "ppo_seed42_model"
+
+
+def test_experiments_in_the_way_is_a_usage_error(tmp_path):
+    # Unwritable as root too (mode bits bind no root): a file where the experiments directory would go.
+    (tmp_path / "tiny.toml").write_text(TINY)
+    (tmp_path / "X").mkdir()
+    (tmp_path / "X" / "experiments").write_text("a file, not a directory\n")
+    before = snapshot(tmp_path)
+    one_error(run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir", "X",
+                      cwd=tmp_path), "results directory X is not writable: X/experiments is not a directory")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory: its mode bits bind no root")
+def test_read_only_experiments_is_a_usage_error(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    (tmp_path / "X" / "experiments").mkdir(parents=True)
+    (tmp_path / "X" / "experiments").chmod(0o555)
+    try:
+        one_error(run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir", "X",
+                          cwd=tmp_path), "results directory X is not writable: X/experiments is read-only")
+        assert list((tmp_path / "X" / "experiments").iterdir()) == []
+    finally:
+        (tmp_path / "X" / "experiments").chmod(0o755)
+
+
+def test_read_only_experiments_message(tmp_path, monkeypatch):
+    # What a user other than root meets (the test above, skipped as root): os.access says no for experiments/.
+    from jaxrl_lander import files
+    from jaxrl_lander.errors import ConfigError
+
+    (tmp_path / "experiments").mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "experiments" and access(path, mode))
+    with pytest.raises(ConfigError, match=re.escape(
+            f"results directory {tmp_path} is not writable: {tmp_path / 'experiments'} is read-only")):
+        files.check_writable(tmp_path)
+    with pytest.raises(ConfigError, match="results directory must not be empty"):
+        files.check_writable("")
+
+
+@pytest.mark.parametrize("command", ["train", "reproduce", "sweep"])
+def test_an_empty_results_directory_is_refused(tmp_path, command):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    args = ["--seeds", "0"] if command == "sweep" else []
+    one_error(run_cli(command, "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", *args,
+                      "--results-dir", "", cwd=tmp_path),
+              "argument --results-dir: results directory must not be empty")
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.toml"]
+
+
+@pytest.mark.parametrize("out,message", [("x.jpgz", "matplotlib cannot write '.jpgz' files; give one of "),
+                                         ("curve", "matplotlib cannot write a file without a suffix; give one of ")])
+def test_a_plot_format_matplotlib_lacks_is_refused_first(copy, out, message):
+    before = snapshot(copy)
+    proc = run_cli("plot", EXP, "--out", out, cwd=copy)
+    one_error(proc, f"--out {out}: {message}")
+    assert ".pdf, " in proc.stderr and ".png, " in proc.stderr
+    assert snapshot(copy) == before
+
+
+@pytest.mark.parametrize("name,text", [("a2c_seed42_metrics.json", '{"records": ['),
+                                       ("a2c_seed42_metrics.json", "{}"), ("a2c_seed42_results.json", "[1")])
+def test_a_plot_of_an_unreadable_file_names_it(copy, name, text):
+    (copy / EXP / name).write_text(text)
+    before = snapshot(copy)
+    one_error(run_cli("plot", EXP, cwd=copy), f"{EXP}/{name} is unreadable (")
+    assert snapshot(copy) == before
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, start_cli):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    child = start_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=tmp_path)
+    time.sleep(1.0)  # past the interpreter's own start, into the imports of JAX and its extension modules
+    child.interrupt()
+    assert child.finish() == (130, "", [INTERRUPTED])
+
+
+def test_a_long_evaluation_shows_progress_and_stops_on_ctrl_c(copy, start_cli):
+    child = start_cli("evaluate", EXP, "--episodes", "100000000", cwd=copy)
+    progress = child.wait_for("played 64/100000000 episodes in ")  # after the first batch of 64, then every 10 s
+    child.interrupt()
+    status, out, rest = child.finish()
+    assert (status, out, rest[-1:]) == (130, "", [INTERRUPTED]), rest
+    assert all(" INFO played " in line for line in progress + rest[:-1]), progress + rest
+
+
+def test_a_second_ctrl_c_while_training_stops_is_one_line(tmp_path, start_cli):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    child = start_cli("train", "--algo", "a2c", "--steps", "100000000", "--config", "tiny.toml", "--quiet",
+                      cwd=tmp_path)
+    checkpoints, deadline = tmp_path / EXP / "checkpoints", time.monotonic() + 120
+    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert child.proc.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.05)
+    child.interrupt()  # the first asks the loop to stop: it saves a checkpoint and warns
+    stopping = child.wait_for("a2c_seed42: stopped by SIGINT at step")
+    child.interrupt()  # the second, while the model, the results and the learning curve are written
+    assert len(stopping) == 1 and child.finish() == (130, "", [INTERRUPTED])
+
+
+def test_json_files_follow_the_umask_as_the_png_does(trained, tmp_path):
+    exp = trained / EXP
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("a2c_seed42_metrics.json", "a2c_seed42_results.json", "a2c_seed42_learning_curve.png"):
+        assert (exp / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    from jaxrl_lander.files import replaced_atomically, write_json_atomic
+
+    (tmp_path / ".b.txt.tmp.txt").touch(mode=0o600)  # what a killed run left
+    previous = os.umask(0o027)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"a": 1})
+        with replaced_atomically(tmp_path / "b.txt") as tmp:
+            tmp.write_text("b")
+    finally:
+        os.umask(previous)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.json": 0o640, "b.txt": 0o640}
