@@ -17,8 +17,8 @@ from typing import Any
 
 from jaxrl_lander.config import CONFIG_CLASSES, check_keys_and_types, load_config, toml_value
 from jaxrl_lander.config_docs import field_table
-from jaxrl_lander.errors import (ConfigError, ExperimentInUse, ResumeError, SweepFailed, TrainingFailed,
-                                  UnreadableModel)
+from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
+                                  TrainingFailed, UnreadableModel)
 from jaxrl_lander.files import ExperimentPaths, check_writable
 from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
 
@@ -273,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
         drop_read_failure_echoes()
         return commands[args.command](args)
-    except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel, FileNotFoundError) as exc:  # refused before anything was written
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel, FileNotFoundError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")  # refused before anything was written
         return EXIT_USAGE
     except TrainingFailed as exc:
         sys.stderr.write(f"{PROG}: training failed: {exc}\n")
@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepFailed as exc:
         sys.stderr.write(f"{PROG}: sweep failed: {exc}\n")
         return EXIT_RUNTIME
+    except Interrupted as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 128 + exc.signum
     except OSError as exc:  # e.g. the disk filled up while writing
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_RUNTIME

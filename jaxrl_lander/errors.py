@@ -35,3 +35,11 @@ class ExperimentInUse(RuntimeError):
 class WriteFailed(RuntimeError):
     """A file of the run could not be written (a full disk, a read-only or vanished directory); the message names
     what was being written and why."""
+
+
+class Interrupted(RuntimeError):
+    """A command stopped by a signal after saving what it had; `signum` gives its exit status, 128 + signum."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

@@ -6,8 +6,10 @@ the mean over seeds with a 95% bootstrap band.
 """
 
 import logging
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from jaxrl_lander.config import RunConfig, config_to_toml
-from jaxrl_lander.errors import ConfigError, SweepFailed
+from jaxrl_lander.errors import ConfigError, Interrupted, SweepFailed
 from jaxrl_lander.files import ExperimentPaths, read_json, replaced_atomically, write_json_atomic
 from jaxrl_lander.plotting import plot_sweep_curves
 
@@ -83,6 +85,51 @@ def learning_curves(metrics: list[dict[str, Any]], seed: int = 0) -> dict[str, l
     return {"timestep": steps, "mean": clean(mean), "ci95_low": clean(low), "ci95_high": clean(high)}
 
 
+class Children:
+    """The seeds' training processes. While active, a SIGINT or SIGTERM to the sweep is passed on to each of them
+    (they stop at their next step with a checkpoint) and no further seed starts; a second signal gets the
+    previous behaviour back. Each child has a session of its own, so a Ctrl-C on the terminal reaches it once,
+    through the sweep."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Children":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._forward) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _forward(self, signum, frame) -> None:
+        self.signum = signum
+        self.__exit__()
+        with self._lock:
+            for proc in self._procs:
+                proc.send_signal(signum)
+
+    def run(self, cmd: list[str]) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of `cmd`, or of nothing (status 128 + signal) after a stop."""
+        with self._lock:
+            if self.signum is not None:
+                return 128 + self.signum, "", "not started: the sweep was stopped"
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            self._procs.add(proc)
+        out, err = proc.communicate()
+        with self._lock:
+            self._procs.discard(proc)
+        return proc.returncode, out, err
+
+
 def run_sweep(algo: str, seeds: list[int], config: RunConfig, out_dir: Path, jobs: int) -> dict[str, Any]:
     """Train every seed of `config` (up to `jobs` processes at once) into out_dir, then write summary.json and
     the plot.
@@ -99,20 +146,25 @@ def run_sweep(algo: str, seeds: list[int], config: RunConfig, out_dir: Path, job
     with replaced_atomically(config_file) as tmp:
         tmp.write_text(text)
 
+    children = Children()
+
     def train(seed: int) -> str | None:
         """None on success, else the last line the seed's process wrote to stderr."""
         cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed),
                "--config", str(config_file), "--results-dir", str(out_dir), "--resume"]  # a re-run continues
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
-            return lines[-1] if lines else f"exit status {proc.returncode}"
-        log.info("seed %d done in %.0f s: %s", seed, time.perf_counter() - start, proc.stdout.strip())
+        returncode, out, err = children.run(cmd)
+        if returncode != 0:
+            lines = err.strip().splitlines()
+            return lines[-1] if lines else f"exit status {returncode}"
+        log.info("seed %d done in %.0f s: %s", seed, time.perf_counter() - start, out.strip())
         return None
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with children, ThreadPoolExecutor(max_workers=jobs) as pool:
         failures = {seed: error for seed, error in zip(seeds, pool.map(train, seeds)) if error is not None}
+    if children.signum is not None:
+        raise Interrupted(children.signum, f"sweep {out_dir.name} stopped by {signal.Signals(children.signum).name};"
+                                           " its seeds saved where they were: run it again to continue")
     if failures:
         seed, error = next(iter(failures.items()))
         raise SweepFailed(f"{len(failures)} of {len(seeds)} seeds failed ({' '.join(map(str, failures))});"

@@ -138,7 +138,7 @@ def test_a_second_command_on_a_running_experiment_exits_2_at_once_and_harms_noth
     while not (tmp_path / EXP / "checkpoints" / "400").is_dir():
         assert first.poll() is None and time.monotonic() < deadline, "training did not reach step 400"
         time.sleep(0.2)
-    for extra in (["--resume"], ["--overwrite"], ["--set", "learning_rate=1e-3", "--overwrite"]):
+    for extra in (["--resume"], ["--set", "learning_rate=1e-3", "--overwrite"]):
         start = time.monotonic()
         proc = run_cli("train", "--algo", "a2c", "--steps", "1000000", "--config", "tiny.toml", *extra, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr

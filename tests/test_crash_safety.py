@@ -75,9 +75,11 @@ KILLS = [
 
 def test_sigkill_at_five_moments_then_resume_gives_a_complete_valid_run(tmp_path):
     """One run killed five times in a row, each time resumed, at the moments that matter; then finished."""
-    (tmp_path / "crash.toml").write_text(f"checkpoint_interval = {CHECKPOINT_EVERY}\neval_episodes = 2\n")
+    # 800-transition rollouts: every kill but the last two lands with part of one collected since an update.
+    (tmp_path / "crash.toml").write_text(f"checkpoint_interval = {CHECKPOINT_EVERY}\neval_episodes = 2\n"
+                                         "n_steps = 100\n")
     config = make_config("a2c", {"seed": 7, "total_timesteps": STEPS, "checkpoint_interval": CHECKPOINT_EVERY,
-                                 "eval_episodes": 2})
+                                 "eval_episodes": 2, "n_steps": 100})
     exp = tmp_path / "results" / "experiments" / NAME
     template = template_state(config)
 
@@ -96,6 +98,9 @@ def test_sigkill_at_five_moments_then_resume_gives_a_complete_valid_run(tmp_path
     assert results["status"] == "completed" and results["timestep"] == STEPS
     assert results["resumed_from_timestep"] == STEPS  # the last process only wrote the model and results
     assert results["success_criteria"]["SC-005"]["passed"] is True
+    # The updates of an uninterrupted run (at 800 and 1,600): each checkpoint kept the rollout in progress. Before,
+    # a resume threw it away, and this run made 1.
+    assert results["updates"] == STEPS // 800
     assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in range(200, STEPS + 1, 200)]
     metrics = load_json(exp / f"{NAME}_metrics.json")
     # No gaps and no duplicates: exactly the records an uninterrupted run makes.

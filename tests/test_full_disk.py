@@ -29,7 +29,7 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_is_one_line_and_a_resume_completes_once_there_is_room(small_disk, tmp_path):
     (tmp_path / "c.toml").write_text("checkpoint_interval = 40\neval_episodes = 1\n")
-    args = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "1000", "--config", "c.toml",
+    args = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "600", "--config", "c.toml",
             "--results-dir", str(small_disk), "--quiet"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     full = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -55,6 +55,6 @@ def test_a_full_disk_is_one_line_and_a_resume_completes_once_there_is_room(small
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     results = load_json(results)
-    assert results["status"] == "completed" and results["timestep"] == 1000
+    assert results["status"] == "completed" and results["timestep"] == 600
     assert results["resumed_from_timestep"] == committed[-1]
     assert results["success_criteria"]["SC-005"]["passed"] is True

@@ -93,18 +93,7 @@ def copy(trained, tmp_path):
     return tmp_path
 
 
-def test_a_config_directory_is_named_a_directory(tmp_path):
-    (tmp_path / "somedir").mkdir()
-    one_error(run_cli("train", "--algo", "ppo", "--config", "somedir/", cwd=tmp_path),
-              "config file somedir is a directory, not a file")
-    assert [p.name for p in tmp_path.iterdir()] == ["somedir"]
-
-
-def test_two_models_are_named_with_the_one_needed(tmp_path):
-    for model in ("ppo_seed42_model", "copy_model"):  # neither named after the directory
-        (tmp_path / "mixed" / model).mkdir(parents=True)
-    one_error(run_cli("evaluate", "mixed", cwd=tmp_path), "mixed holds 2 models (copy_model, ppo_seed42_model):"
-              " give the one to use, e.g. mixed/copy_model, or rename one to mixed_model")
+# A config directory and a directory of two models: in the bad-input battery of test_cli.py.
 
 
 def test_the_one_model_of_a_directory_is_used(tmp_path):

@@ -57,25 +57,6 @@ def test_learning_curve_band_equals_the_direct_bootstrap():
     assert band["mean"][0] is None and band["ci95_low"][0] is None
 
 
-def test_tiny_real_sweep(tmp_path):
-    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 2\n")
-    proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
-                   "--set", "gamma=0.95", "--jobs", "2", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "results" / "sweeps" / "tiny_gamma=0.95"  # named after the config and the --set items
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
-    assert summary["hyperparameters"]["gamma"] == 0.95 and summary["hyperparameters"]["eval_episodes"] == 2
-    per_seed = [json.loads((out / "experiments" / f"a2c_seed{s}" / f"a2c_seed{s}_results.json").read_text())
-                for s in (0, 1)]
-    assert summary["final_evaluation"]["values"] == [r["evaluation"]["mean"] for r in per_seed]
-    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # every seed trained from the config the sweep resolved once and kept beside its results
-    kept = load_config(out / "config.toml", "a2c", {"seed": 0})
-    assert kept == load_config(tmp_path / "tiny.toml", "a2c", {"seed": 0, "total_timesteps": 400, "gamma": 0.95})
-    assert all(r["hyperparameters"] == {**kept.to_dict(), "seed": r["seed"]} for r in per_seed)
-
-
 def test_failed_seed_is_one_line_and_keeps_the_others(tmp_path):
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 2\n")
     blocked = tmp_path / "results" / "sweeps" / "tiny" / "experiments" / "a2c_seed1"
@@ -94,3 +75,49 @@ def test_failed_seed_is_one_line_and_keeps_the_others(tmp_path):
 def test_sweep_refuses_duplicate_seeds(tmp_path):
     proc = run_cli("sweep", "--algo", "ppo", "--seeds", "1", "1", cwd=tmp_path)
     assert proc.returncode == 2 and "duplicates" in proc.stderr
+
+
+def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_path):
+    """The signal goes on to the seeds' processes (they used to run on after the sweep had gone), each saves a
+    checkpoint and an interrupted results JSON, and running the same sweep again continues them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from jaxrl_lander.claim import ExperimentLock
+    from jaxrl_lander.files import ExperimentPaths
+
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
+    args = ["sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "3000", "--config", "tiny.toml", "--set",
+            "gamma=0.95", "--jobs", "2"]
+    out = tmp_path / "results" / "sweeps" / "tiny_gamma=0.95"  # named after the config and the --set items
+    sweep = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", *args], cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not all((out / "experiments" / f"a2c_seed{s}" / "checkpoints" / "200").is_dir() for s in (0, 1)):
+        assert sweep.poll() is None and time.monotonic() < deadline, "the seeds did not reach step 200"
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == ("jaxrl_lander: sweep tiny_gamma=0.95 stopped by SIGTERM; its seeds saved"
+                                            " where they were: run it again to continue")
+    for seed in (0, 1):
+        paths = ExperimentPaths.of(out, "a2c", seed)
+        ExperimentLock(paths).acquire().release()  # no seed's process is left running
+        assert json.loads(paths.results.read_text())["status"] == "interrupted"
+
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    per_seed = [json.loads(ExperimentPaths.of(out, "a2c", seed).results.read_text()) for seed in (0, 1)]
+    assert all(r["status"] == "completed" and r["resumed_from_timestep"] >= 200 for r in per_seed)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
+    assert summary["hyperparameters"]["gamma"] == 0.95 and summary["hyperparameters"]["eval_episodes"] == 2
+    assert summary["final_evaluation"]["values"] == [r["evaluation"]["mean"] for r in per_seed]
+    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every seed trained from the config the sweep resolved once and kept beside its results
+    kept = load_config(out / "config.toml", "a2c", {"seed": 0})
+    assert kept == load_config(tmp_path / "tiny.toml", "a2c", {"seed": 0, "total_timesteps": 3000, "gamma": 0.95})
+    assert all(r["hyperparameters"] == {**kept.to_dict(), "seed": r["seed"]} for r in per_seed)
