@@ -19,7 +19,7 @@ from jaxrl_lander.config import CONFIG_CLASSES, check_keys_and_types, load_confi
 from jaxrl_lander.config_docs import field_table
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
                                   TrainingFailed, UnreadableModel)
-from jaxrl_lander.files import ExperimentPaths, check_writable
+from jaxrl_lander.files import ExperimentPaths, check_writable, model_path
 from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
 
 EXIT_USAGE = 2
@@ -171,6 +171,7 @@ def _run_config(args, seed: int | None, resume: bool = False):
     """The config of a command that trains, refused here (before the heavy imports) when train() would refuse it:
     a re-run over an existing experiment without --resume or --overwrite, an env the policy cannot drive."""
     config = _config(args, seed)
+    check_writable(args.results_dir)
     from jaxrl_lander.claim import check_rerun
     from jaxrl_lander.envs.gymnasium import check_env
 
@@ -247,6 +248,7 @@ def _plot(args) -> int:
 
 
 def _evaluate(args) -> int:
+    model_path(args.experiment)  # no model, or two: refused before the heavy imports
     from jaxrl_lander.evaluate import brief, evaluate_experiment, render_episode_gif
 
     summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)

@@ -13,8 +13,7 @@ import numpy as np
 from jaxrl_lander.checkpoint import ModelSpec, load_model
 from jaxrl_lander.envs.gymnasium import finished_episodes, make_vector_env
 from jaxrl_lander.envs.normalization import observation_function
-from jaxrl_lander.errors import UnreadableModel
-from jaxrl_lander.files import ExperimentPaths, replaced_atomically
+from jaxrl_lander.files import ExperimentPaths, model_path, replaced_atomically
 from jaxrl_lander.policy import ActorCritic, greedy_action, sample_action, state_value
 
 MAX_PARALLEL_EPISODES = 64
@@ -70,23 +69,6 @@ class Policy:
     def value(self, obs) -> np.ndarray:
         """The critic's estimate V(s) of each observation, (N,)."""
         return np.asarray(_compiled(state_value, self.network)(self.params, self._inputs(obs)))
-
-
-def model_path(path: str | Path) -> Path:
-    """A model directory, or the model of an experiment directory (ExperimentPaths.at: a renamed copy too)."""
-    path = Path(path)
-    if path.name.endswith("_model"):
-        return path
-    model = ExperimentPaths.at(path).model
-    if model.is_dir():
-        return model
-    models = sorted(p for p in path.glob("*_model") if p.is_dir())
-    if len(models) == 1:
-        return models[0]
-    if models:
-        raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(m.name for m in models)}): give the one"
-                              f" to use, e.g. {models[0]}, or rename one to {model.name}")
-    raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
 
 
 def load_agent(path: str | Path) -> tuple[Policy, ModelSpec]:

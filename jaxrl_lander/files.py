@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.errors import ConfigError
+from jaxrl_lander.errors import ConfigError, UnreadableModel
 
 # orbax writes a checkpoint or model into "<name>.orbax-checkpoint-tmp-<n>" and renames it when complete.
 ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
@@ -70,6 +70,23 @@ class ExperimentPaths:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+
+def model_path(path: str | Path) -> Path:
+    """A model directory, or the model of an experiment directory (ExperimentPaths.at: a renamed copy too)."""
+    path = Path(path)
+    if path.name.endswith("_model"):
+        return path
+    model = ExperimentPaths.at(path).model
+    if model.is_dir():
+        return model
+    models = sorted(p for p in path.glob("*_model") if p.is_dir())
+    if len(models) == 1:
+        return models[0]
+    if models:
+        raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(m.name for m in models)}): give the one"
+                              f" to use, e.g. {models[0]}, or rename one to {model.name}")
+    raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
 
 
 def check_writable(results_dir: str | Path) -> None:

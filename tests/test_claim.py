@@ -38,16 +38,7 @@ def copy_of(finished: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_plain_rerun_is_refused_and_names_both_ways_on(finished, tmp_path):
-    root = copy_of(finished, tmp_path)
-    before = snapshot(root)
-    proc = run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--set", "gamma=0.9",
-                   cwd=root)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "already holds an experiment" in lines[0], proc.stderr
-    assert "--resume" in lines[0] and "--overwrite" in lines[0]
-    assert snapshot(root) == before
+# A plain re-run is refused, naming --resume and --overwrite: the bad-input battery of test_cli.py.
 
 
 def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_experiment_whole(finished, tmp_path):

@@ -97,7 +97,7 @@ def copy(trained, tmp_path):
 
 
 def test_the_one_model_of_a_directory_is_used(tmp_path):
-    from jaxrl_lander.evaluate import model_path
+    from jaxrl_lander.files import model_path
 
     (tmp_path / "ppo_seed42_model").mkdir()
     (tmp_path / "copy_metrics.json").write_text("{}")  # another experiment's metrics beside it
