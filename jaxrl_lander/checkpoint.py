@@ -117,8 +117,10 @@ class CheckpointStore:
             self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:  # after a failed commit too: no background thread of orbax is left waiting
+            self.manager.close()
 
 
 @contextlib.contextmanager

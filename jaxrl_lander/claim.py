@@ -25,8 +25,9 @@ def _sibling(paths: ExperimentPaths, suffix: str) -> Path:
 
 
 def holds_experiment(paths: ExperimentPaths) -> bool:
-    """Whether the experiment directory exists with anything in it."""
-    return paths.root.is_dir() and any(paths.root.iterdir())
+    """Whether the experiment directory holds any file (a run stopped during its start-up leaves empty
+    directories only, which a new run may replace)."""
+    return paths.root.is_dir() and any(p.is_file() for p in paths.root.rglob("*"))
 
 
 def _holder(inode: int) -> str:
@@ -49,7 +50,7 @@ def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool) -> None:
         raise ConfigError("--resume continues an experiment and --overwrite replaces it: give one of them")
     if not (resume or overwrite) and holds_experiment(paths):
         raise ConfigError(f"{paths.root} already holds an experiment: add --resume to continue it or --overwrite"
-                          " to replace it")
+                          " to replace it (make: RESUME=1 or OVERWRITE=1)")
 
 
 class ExperimentLock:

@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingFailed as exc:
         sys.stderr.write(f"{PROG}: training failed: {exc}\n")
+        if str(exc).startswith("could not"):  # a failed write: orbax may still have threads waiting on it, for
+            sys.stdout.flush()  # up to 5 minutes, which the interpreter would join at exit; what was committed
+            sys.stderr.flush()  # is on disk, so end now
+            os._exit(EXIT_RUNTIME)
         return EXIT_RUNTIME
     except SweepFailed as exc:
         sys.stderr.write(f"{PROG}: sweep failed: {exc}\n")

@@ -17,7 +17,7 @@ from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, holds_ex
 from jaxrl_lander.collect import HostCollector, env_dims
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.envs.gymnasium import check_env, make_vector_env
-from jaxrl_lander.errors import ConfigError, ResumeError, TrainingFailed, WriteFailed, first_line
+from jaxrl_lander.errors import ConfigError, Interrupted, ResumeError, TrainingFailed, WriteFailed, first_line
 from jaxrl_lander.evaluate import Policy, brief, evaluate
 from jaxrl_lander.files import ExperimentPaths, check_writable, remove_partial_writes, write_json_atomic
 from jaxrl_lander.loop import LoopResult, Progress, train_loop
@@ -68,6 +68,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     devices = Devices.resolve(device, act_device)
     with ExperimentLock(paths):
         recover_interrupted_overwrite(paths)
+        check_rerun(paths, resume, overwrite)  # again: a run that held the lock until now may have made it
         replace = Overwrite(paths) if overwrite and holds_experiment(paths) else None
         enable_compilation_cache()
         with jax.default_device(devices.update):
@@ -221,6 +222,12 @@ class Experiment:
         if stop.signum is not None and not result.failure:
             status = "interrupted"
             reason = f"stopped by {signal.Signals(stop.signum).name} at step {progress.timestep}"
+            if self.replace:  # an overwrite stopped before its first checkpoint: a mistaken one, kept from harm
+                self._failed_write(status, reason, self.store.close)
+                self.collector.close()
+                self.replace.discard()
+                raise Interrupted(stop.signum, f"{reason}, before the overwrite's first checkpoint; the previous"
+                                               f" experiment at {self.replace.final.root} is kept as it was")
             if result.last_checkpoint != progress.timestep:
                 status, reason = self._failed_write(status, reason, lambda: self.checkpoint(
                     result.state, progress, progress.wall_time + result.clock.seconds()))

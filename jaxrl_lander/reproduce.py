@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 
 from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.config import RunConfig
+from jaxrl_lander.errors import Interrupted
 from jaxrl_lander.experiment import train
 from jaxrl_lander.files import ExperimentPaths, read_json, write_json_atomic
 from jaxrl_lander.results import Results, reproducibility_criterion
@@ -26,6 +28,14 @@ def _without_times(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _completed(results: Results) -> Results:
+    """`results`, or Interrupted when a signal stopped the run: there is nothing to compare then."""
+    if results.status == "interrupted":
+        signum = signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT
+        raise Interrupted(signum, f"{results.experiment_id}: {results.reason}; no reproducibility check was made")
+    return results
+
+
 def reproduce(config: RunConfig, results_dir: str | Path = "results", overwrite: bool = False) -> Results:
     """Train `config` into results_dir and once more into a scratch directory, then record SC-004.
 
@@ -33,11 +43,11 @@ def reproduce(config: RunConfig, results_dir: str | Path = "results", overwrite:
     runs (target < 0.01; 0.0 when the runs are identical) and whether parameters and metrics are identical.
     An existing experiment is refused unless `overwrite`.
     """
-    first = train(config, results_dir, overwrite=overwrite)
+    first = _completed(train(config, results_dir, overwrite=overwrite))
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=results_dir, prefix=".reproduce-") as scratch:
         log.info("second run of %s for the reproducibility check", first.experiment_id)
-        second = train(config, scratch)
+        second = _completed(train(config, scratch))
         paths = [ExperimentPaths.at(r.experiment_dir) for r in (first, second)]
         metrics = [_without_times(read_json(p.metrics)) for p in paths]
         params = [load_model(p.model)[0] for p in paths]

@@ -144,3 +144,35 @@ def test_a_second_command_on_a_running_experiment_exits_2_at_once_and_harms_noth
     assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in steps]
     assert steps[:2] == [200, 400] and steps[-1] == results["timestep"]
     assert results["success_criteria"]["SC-005"]["passed"] is True
+
+
+def test_ctrl_c_during_an_overwrite_before_its_first_checkpoint_keeps_the_old_experiment(finished, tmp_path):
+    """The stop checkpoint used to count as the overwrite's first and swap it in: a Ctrl-C meant to undo a mistaken
+    --overwrite deleted the experiment it was meant to save."""
+    root = copy_of(finished, tmp_path)
+    before = snapshot(root / EXP)
+    proc = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "40000",
+                             "--config", "tiny.toml", "--set", "checkpoint_interval=20000", "--overwrite"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    for line in proc.stderr:  # progress lines: "step 4000/40000 ..."
+        if " step " in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "before the overwrite's first checkpoint; the previous experiment at" in err.strip().splitlines()[-1]
+    assert snapshot(root / EXP) == before
+    assert not (root / "results/experiments/.a2c_seed42.new").exists()
+
+
+def test_a_run_stopped_during_its_start_up_blocks_no_re_run(tmp_path):
+    """Empty directories (what a Ctrl-C during start-up leaves) are not an experiment to protect."""
+    from jaxrl_lander.claim import holds_experiment
+
+    paths = ExperimentPaths.of(tmp_path, "a2c", 42)
+    (paths.checkpoints).mkdir(parents=True)
+    assert not holds_experiment(paths)
+    (paths.checkpoints / "200").mkdir()
+    (paths.checkpoints / "200" / "state").write_text("x")
+    assert holds_experiment(paths)
