@@ -172,11 +172,13 @@ def _run_config(args, seed: int | None, resume: bool = False):
     a re-run over an existing experiment without --resume or --overwrite, an env the policy cannot drive."""
     config = _config(args, seed)
     check_writable(args.results_dir)
-    from jaxrl_lander.claim import check_rerun
+    from jaxrl_lander.claim import ExperimentLock, check_rerun
     from jaxrl_lander.envs.gymnasium import check_env
 
     check_env(config.env_id)
-    check_rerun(ExperimentPaths.of(args.results_dir, config.algo, config.seed), resume, args.overwrite)
+    paths = ExperimentPaths.of(args.results_dir, config.algo, config.seed)
+    check_rerun(paths, resume, args.overwrite)
+    ExperimentLock(paths).acquire().release()  # another process writing it: say so now; train() takes it for good
     return config
 
 
@@ -280,9 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingFailed as exc:
         sys.stderr.write(f"{PROG}: training failed: {exc}\n")
-        if str(exc).startswith("could not"):  # a failed write: orbax may still have threads waiting on it, for
-            sys.stdout.flush()  # up to 5 minutes, which the interpreter would join at exit; what was committed
-            sys.stderr.flush()  # is on disk, so end now
+        if str(exc).startswith("could not"):  # a failed write: orbax's threads may wait on it for 5 minutes,
+            sys.stdout.flush(), sys.stderr.flush()  # which exit would join; what was committed is on disk
             os._exit(EXIT_RUNTIME)
         return EXIT_RUNTIME
     except SweepFailed as exc:
