@@ -73,6 +73,11 @@ class ExperimentLock:
         self._fd = fd
         return self
 
+    def check(self) -> None:
+        """Raise ExperimentInUse if another process holds the lock now; creates nothing (no lock file: no holder)."""
+        if self.path.exists():
+            self.acquire().release()
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -178,7 +178,7 @@ def _run_config(args, seed: int | None, resume: bool = False):
     check_env(config.env_id)
     paths = ExperimentPaths.of(args.results_dir, config.algo, config.seed)
     check_rerun(paths, resume, args.overwrite)
-    ExperimentLock(paths).acquire().release()  # another process writing it: say so now; train() takes it for good
+    ExperimentLock(paths).check()  # another process writing it: say so now (train() takes the lock for good)
     return config
 
 
