@@ -222,22 +222,18 @@ class Experiment:
         if stop.signum is not None and not result.failure:
             status = "interrupted"
             reason = f"stopped by {signal.Signals(stop.signum).name} at step {progress.timestep}"
-            if self.replace:  # an overwrite stopped before its first checkpoint: a mistaken one, kept from harm
-                self._failed_write(status, reason, self.store.close)
-                self.collector.close()
-                self.replace.discard()
-                raise Interrupted(stop.signum, f"{reason}, before the overwrite's first checkpoint; the previous"
-                                               f" experiment at {self.replace.final.root} is kept as it was")
-            if result.last_checkpoint != progress.timestep:
-                status, reason = self._failed_write(status, reason, lambda: self.checkpoint(
-                    result.state, progress, progress.wall_time + result.clock.seconds()))
-        # the last checkpoint's write is training time, as every other's
-        status, reason = self._failed_write(status, reason, self.store.wait)
-        if self.replace:  # an overwrite that failed before its first checkpoint: the old experiment stays
+        if self.replace:  # an overwrite stopped or failed before its first checkpoint: the old experiment stays
             self._failed_write(status, reason, self.store.close)
             self.collector.close()
             self.replace.discard()
-            raise TrainingFailed(f"{reason}; the previous experiment at {self.replace.final.root} is kept as it was")
+            message = (f"{reason}, before the overwrite's first checkpoint; the previous experiment at"
+                       f" {self.replace.final.root} is kept as it was")
+            raise Interrupted(stop.signum, message) if status == "interrupted" else TrainingFailed(message)
+        if status == "interrupted" and result.last_checkpoint != progress.timestep:
+            status, reason = self._failed_write(status, reason, lambda: self.checkpoint(
+                result.state, progress, progress.wall_time + result.clock.seconds()))
+        # the last checkpoint's write is training time, as every other's
+        status, reason = self._failed_write(status, reason, self.store.wait)
         loop_seconds = result.clock.seconds()  # before the selection's evaluations, which are not
         compile_seconds = compile_clock.seconds()
         delivery = self._deliver(result, progress, status)
