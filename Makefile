@@ -12,6 +12,7 @@ SET ?=
 RESUME ?=
 OVERWRITE ?=
 TENSORBOARD ?=
+BACKEND ?=
 EPISODES ?= 10
 
 SET_ARGS := $(foreach item,$(SET),--set $(item))
@@ -19,7 +20,7 @@ ifneq ($(and $(SET),$(filter parity,$(MAKECMDGOALS))),)
 $(error make parity takes CONFIG only, not SET: write the changed keys into a config file)
 endif
 # SEED goes to the command line only when given, so that a config file's seed holds otherwise (eval and plot use 42).
-TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
+TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
 RUNS ?= 3
 BENCH_VENV := .venv-bench
@@ -36,7 +37,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,plot,tensorboard]'
+	$(PY) -m pip install --quiet -e '.[dev,plot,tensorboard,envpool]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -46,7 +47,7 @@ reproduce: $(STAMP)
 	$(PY) -m jaxrl_lander reproduce $(filter-out --resume --tensorboard,$(TRAIN_ARGS))
 
 sweep: $(STAMP)
-	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME))
+	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME))
 
 plot: $(STAMP)
 	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)

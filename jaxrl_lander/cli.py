@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.config import CONFIG_CLASSES, check_keys_and_types, load_config, toml_value
-from jaxrl_lander.config_docs import field_table
+from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES, check_keys_and_types, load_config
+from jaxrl_lander.config_docs import config_keys_help
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
                                   TrainingFailed, UnreadableModel)
 from jaxrl_lander.files import ExperimentPaths, check_writable, model_path
@@ -26,7 +26,7 @@ EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 PROG = "jaxrl_lander"
 # keys with a command-line option of their own, which --set would silently contradict
-OWN_OPTION = {"algo": "--algo", "seed": "--seed", "total_timesteps": "--steps"}
+OWN_OPTION = {"algo": "--algo", "seed": "--seed", "total_timesteps": "--steps", "env_backend": "--backend"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -48,17 +48,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})"
 
 
-def config_keys_help() -> str:
-    """The config keys, their defaults and docstrings: the epilog of the commands that train."""
-    lines = ["config keys (a --config TOML file sets any of them; --set KEY=VALUE sets one), PPO / A2C default:"]
-    for key, ppo, a2c, doc in field_table():
-        if key in OWN_OPTION:
-            continue
-        defaults = " / ".join("-" if v is None else toml_value(v) for v in (ppo, a2c))
-        lines.append(f"  {key} = {defaults}\n      {doc}")
-    return "\n".join(lines)
-
-
 def _int_arg(name: str, minimum: int):
     def parse(text: str) -> int:
         try:
@@ -76,7 +65,7 @@ def _int_arg(name: str, minimum: int):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="PPO and A2C on gymnasium's LunarLander-v3, in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    keys = config_keys_help()
+    keys = config_keys_help(skip=OWN_OPTION)
 
     def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
@@ -90,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
         p.add_argument("--steps", type=_int_arg("steps", 1), default=None,
                        help="total env steps (default: the config's total_timesteps, 50000 unless set)")
+        p.add_argument("--backend", choices=BACKENDS, default=None,
+                       help="env_backend: where training episodes are played (default: the config's, gymnasium)")
         p.add_argument("--config", type=Path, default=None,
                        help="TOML file of hyperparameters (see configs/); unset keys keep their defaults")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
@@ -162,8 +153,9 @@ def parse_settings(algo: str, items: list[str]) -> dict[str, Any]:
 
 
 def _config(args, seed: int | None):
-    """The validated config of a command: file, then --set, then --seed and --steps (where given)."""
-    options = {k: v for k, v in (("seed", seed), ("total_timesteps", args.steps)) if v is not None}
+    """The validated config of a command: file, then --set, then --seed, --steps and --backend (where given)."""
+    given = (("seed", seed), ("total_timesteps", args.steps), ("env_backend", args.backend))
+    options = {k: v for k, v in given if v is not None}
     return load_config(args.config, args.algo, {**parse_settings(args.algo, args.settings), **options})
 
 
@@ -173,9 +165,9 @@ def _run_config(args, seed: int | None, resume: bool = False):
     config = _config(args, seed)
     check_writable(args.results_dir)
     from jaxrl_lander.claim import ExperimentLock, check_rerun
-    from jaxrl_lander.envs.gymnasium import check_env
+    from jaxrl_lander.envs import check_envs
 
-    check_env(config.env_id)
+    check_envs(config)
     paths = ExperimentPaths.of(args.results_dir, config.algo, config.seed)
     check_rerun(paths, resume, args.overwrite)
     ExperimentLock(paths).check()  # another process writing it: say so now (train() takes the lock for good)
@@ -218,9 +210,8 @@ def _sweep(args) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     configs = [_config(args, seed) for seed in args.seeds]  # all valid before any process starts
-    from jaxrl_lander.envs.gymnasium import check_env
-
-    check_env(configs[0].env_id)
+    from jaxrl_lander.envs import check_envs
+    check_envs(configs[0])
     check_writable(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep
 

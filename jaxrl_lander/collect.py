@@ -34,6 +34,7 @@ class Collection(NamedTuple):
     steps: int  # env steps taken: vector steps x num_envs
     episodes: list[Episode]  # in the order they ended
     rollout: Rollout | None  # on the update's device, when the rollout filled up during this call
+    learned: tuple | None = None  # (state, metrics) of the update a compiled collector ran on its rollout
 
 
 class Collector(Protocol):
@@ -56,8 +57,9 @@ class Collector(Protocol):
         """Act from env step `timestep` until the rollout is full, at least `max_steps` env steps are taken, or
         should_stop() says so (checked before each vector step)."""
 
-    def pending(self) -> tuple[dict[str, np.ndarray], int]:
-        """The partly collected rollout, for a checkpoint: its arrays and the vector steps collected."""
+    def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
+        """The rollout as it stood at env step `timestep` (the loop's latest), for a checkpoint: its arrays and
+        the vector steps collected."""
 
     def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
         """Continue the partly collected rollout of a checkpoint (after `start`)."""
@@ -110,6 +112,18 @@ def env_dims(envs: gym.vector.VectorEnv) -> tuple[int, int]:
     return int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
 
 
+def bootstrap_cut(arrays: dict[str, np.ndarray], filled: int, value_fn, gamma: float) -> None:
+    """Prepare a checkpoint's partly collected rollout (in place) for envs that cannot be restored and so begin
+    new episodes: its last transition becomes a time-limit truncation, bootstrapped with the value of the
+    observation it led to, as a real time limit is. An episode that ended right there needs no bootstrap."""
+    if filled:
+        last = filled - 1
+        cut = 1.0 - arrays["dones"][last]
+        values = np.asarray(value_fn(arrays["next_obs"]), np.float32)
+        arrays["rewards"][last] += gamma * values * cut
+        arrays["dones"][last] = 1.0
+
+
 class HostCollector:
     """gymnasium's vector env stepped from Python; the policy samples actions on the act device."""
 
@@ -154,22 +168,16 @@ class HostCollector:
         rollout = buffer.rollout(self.obs, self.devices.update) if buffer.full else None
         return Collection(taken, episodes, rollout)
 
-    def pending(self) -> tuple[dict[str, np.ndarray], int]:
+    def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The partly collected rollout (a checkpoint keeps it): the buffer's arrays with the observation the next
-        step acts on, and the number of vector steps collected."""
+        step acts on, and the number of vector steps collected (this collector never runs past `timestep`)."""
         return {**self.buffer.arrays(), "next_obs": np.asarray(self.obs, np.float32)}, self.buffer.pos
 
     def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
-        """Continue a partly collected rollout after `start` (its envs cannot be restored, so they began new
-        episodes): the last transition before the cut becomes a time-limit truncation, bootstrapped with the value
-        of the observation it led to, as `step_envs` does for a real time limit."""
+        """Continue a partly collected rollout after `start` (see `bootstrap_cut`)."""
         self.buffer.load(arrays, filled)
-        if filled:
-            last = filled - 1
-            cut = 1.0 - self.buffer.dones[last]  # an episode that ended right there needs no bootstrap
-            values = np.asarray(self.value(self.params, arrays["next_obs"]), np.float32)
-            self.buffer.rewards[last] += self.config.gamma * values * cut
-            self.buffer.dones[last] = 1.0
+        bootstrap_cut({**self.buffer.arrays(), "next_obs": arrays["next_obs"]}, filled,
+                      lambda obs: self.value(self.params, obs), self.config.gamma)
 
     def close(self) -> None:
         self.envs.close()

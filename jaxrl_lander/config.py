@@ -14,6 +14,9 @@ from typing import Any
 
 from jaxrl_lander.errors import ConfigError
 
+BACKENDS = ("gymnasium", "envpool")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Fields shared by every algorithm. Construct PPOConfig or A2CConfig; an invalid value raises ConfigError."""
@@ -22,6 +25,9 @@ class RunConfig:
     """Which algorithm the config is for; a file for the other one is refused."""
     env_id: str = "LunarLander-v3"
     """Gymnasium environment id."""
+    env_backend: str = "gymnasium"
+    """Where training episodes are played: "gymnasium" (its Python env, stepped from the host) or "envpool" (its
+    C++ port, stepped inside a compiled rollout); every evaluation plays gymnasium's env."""
     seed: int = 42
     """The one seed every PRNG key and env seed derives from."""
     total_timesteps: int = 50_000
@@ -130,6 +136,11 @@ class RunConfig:
         _require(0.0 < self.learning_rate <= 1.0, f"learning_rate must lie in (0, 1], got {self.learning_rate}")
         for name in ("gamma", "gae_lambda"):
             _require(0.0 <= getattr(self, name) <= 1.0, f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        _require(self.env_backend in BACKENDS,
+                 f"env_backend must be one of {', '.join(BACKENDS)}, got '{self.env_backend}'")
+        _require(self.env_backend == "gymnasium" or not (self.normalize_observations or self.normalize_rewards),
+                 "normalize_observations and normalize_rewards need env_backend 'gymnasium' (its normaliser runs"
+                 " on the host)")
         _require(self.reward_scale > 0.0, f"reward_scale must be > 0, got {self.reward_scale}")
         _require(not (self.normalize_rewards and self.reward_scale != 1.0),
                  f"normalize_rewards and reward_scale {self.reward_scale} both rescale rewards; use one of them")

@@ -33,3 +33,14 @@ def markdown_table() -> str:
     rows = ["| key | PPO default | A2C default | meaning |", "| --- | --- | --- | --- |"]
     rows += [f"| `{k}` | {show(p)} | {show(a)} | {doc} |" for k, p, a, doc in field_table()]
     return "\n".join(rows) + "\n"
+
+
+def config_keys_help(skip=()) -> str:
+    """The config keys, their defaults and docstrings (those in `skip` left out): the epilog of the commands that
+    train."""
+    lines = ["config keys (a --config TOML file sets any of them; --set KEY=VALUE sets one), PPO / A2C default:"]
+    for key, ppo, a2c, doc in field_table():
+        if key not in skip:
+            defaults = " / ".join("-" if v is None else toml_value(v) for v in (ppo, a2c))
+            lines.append(f"  {key} = {defaults}\n      {doc}")
+    return "\n".join(lines)

@@ -14,9 +14,11 @@ from jaxrl_lander.algos.base import TrainState
 from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, save_model
 from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, holds_experiment,
                                  recover_interrupted_overwrite)
-from jaxrl_lander.collect import HostCollector, env_dims
+from jaxrl_lander.collect import HostCollector
+from jaxrl_lander.compiled import CompiledCollector
 from jaxrl_lander.config import RunConfig
-from jaxrl_lander.envs.gymnasium import check_env, make_vector_env
+from jaxrl_lander.envs import check_envs
+from jaxrl_lander.envs.gymnasium import make_vector_env
 from jaxrl_lander.errors import ConfigError, Interrupted, ResumeError, TrainingFailed, WriteFailed, first_line
 from jaxrl_lander.evaluate import Policy, brief, evaluate
 from jaxrl_lander.files import ExperimentPaths, check_writable, remove_partial_writes, write_json_atomic
@@ -60,7 +62,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
         log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
         return done
     check_writable(results_dir)
-    check_env(config.env_id)
+    check_envs(config)
     if tensorboard:
         from jaxrl_lander.outputs.tensorboard import require_tensorboard
 
@@ -100,9 +102,12 @@ class Experiment:
         self.config, self.devices, self.replace = config, devices, replace
         self.paths = replace.staged if replace else paths  # an overwrite writes aside until its first checkpoint
         self.keys, self.seeds = RunKeys.from_seed(config.seed), EvalSeeds.of(config)
-        envs = make_vector_env(config.env_id, config.num_envs)
-        self.learner = make_learner(config, *env_dims(envs))
-        self.collector = HostCollector(envs, self.learner.network, config, devices)
+        self.learner = make_learner(config, *check_envs(config))
+        if config.env_backend == "envpool":  # a compiled rollout on envpool's env
+            self.collector = CompiledCollector(config, self.learner, devices)
+        else:
+            envs = make_vector_env(config.env_id, config.num_envs)
+            self.collector = HostCollector(envs, self.learner.network, config, devices)
         self.recorder: MetricsRecorder | None = None
         self.pending: tuple[dict, int] | None = None  # a resumed checkpoint's partly collected rollout
         self.store: CheckpointStore | None = None
@@ -136,7 +141,7 @@ class Experiment:
             # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
             self._check_resumable(self.store.metadata(step)["config"], step)
             state, meta, rollout = self.store.restore_run(step, self.learner.init(self.keys.state),
-                                                          self.collector.pending()[0])
+                                                          self.collector.pending(step)[0])
         except ConfigError:
             raise
         except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
@@ -186,7 +191,7 @@ class Experiment:
         """Metrics first, so that they always reach at least the latest checkpoint; then the orbax checkpoint."""
         self.recorder.append_journal(self.paths.metrics_journal, progress.timestep)
         normalizer = self.collector.normalizer
-        rollout, filled = self.collector.pending()
+        rollout, filled = self.collector.pending(progress.timestep)
         self.store.save(progress.timestep, state, {
             "timestep": progress.timestep,
             "updates": progress.updates,

@@ -1,9 +1,10 @@
 """The training loop: collect, update, notify. It writes no file itself: the experiment's checkpoint and
 evaluation hooks are called when due, and every other event goes to the outputs.
 
-The collector runs until the rollout is full or the next checkpoint or evaluation is due, so those happen at
-the same env step as if the loop went one vector step at a time; the episodes and metrics records of the steps
-in between are then told in the order they happened.
+The host collector runs until the rollout is full or the next checkpoint or evaluation is due; the compiled one
+plays a whole rollout and updates, and the checkpoints and evaluations due inside it are made afterwards with
+the parameters that played it. Either way they happen at the same env steps as if the loop went one vector step
+at a time, and the episodes and metrics records of the steps in between are told in the order they happened.
 """
 
 import contextlib
@@ -82,51 +83,80 @@ def next_due(config: RunConfig, timestep: int) -> int:
     return min(due)
 
 
+def due_points(config: RunConfig, start: int, end: int, size: int) -> list[int]:
+    """The vector-step boundaries strictly between `start` and `end` at which a checkpoint or an evaluation is
+    due: none for a collector that stops at the next one, several inside a compiled collector's rollout."""
+    points = []
+    while (point := -(-next_due(config, points[-1] if points else start) // size) * size) < end:
+        points.append(point)
+    return points
+
+
 def train_loop(config: RunConfig, learner: Learner, collector: Collector, state: TrainState, progress: Progress,
                outputs: Outputs, hooks: Hooks, should_stop) -> LoopResult:
-    """Collect, update and notify from progress.timestep until total_timesteps, a stop, or a non-finite update."""
+    """Collect, update and notify from progress.timestep until total_timesteps, a stop, or a non-finite update.
+
+    A checkpoint or an evaluation due inside a rollout (a compiled collector plays a whole one at a time) is made
+    with the parameters that played it, as when the loop reaches that step before the update."""
     result, size = LoopResult(state=state, clock=Clock()), collector.num_envs
     while progress.timestep < config.total_timesteps and not should_stop():
         start = progress.timestep
+        t_collect = time.perf_counter()
         collection = collector.collect(start, next_due(config, start) - start, should_stop)
-        end = progress.timestep = start + collection.steps
+        acting = result.state.replace(key=collector.key)  # the state that played the rollout, its key advanced
+        end = start + collection.steps
+        for point in due_points(config, start, end, size):
+            _tell(outputs, config, progress.timestep, point, size, collection.episodes, None, learned=True)
+            progress.timestep = point
+            if not _at_step(config, result, progress, hooks, outputs, acting, size):
+                return result
+        told, progress.timestep = progress.timestep, end
         update = None
-        if collection.rollout is not None:
-            update = _update(learner, result, result.state.replace(key=collector.key),
-                             collection.rollout, progress)
+        if collection.rollout is not None or collection.learned is not None:
+            t_update = t_collect if collection.learned else time.perf_counter()
+            learned = collection.learned or learner.update(acting, collection.rollout)
+            update = _update(learner, result, learned, progress, t_update)
             if update is not None:
                 collector.act_with(result.state)
-        _tell(outputs, config, start, end, size, collection.episodes, update, learned=result.failure is None)
-        if result.failure:
+        _tell(outputs, config, told, end, size, collection.episodes, update, learned=result.failure is None)
+        if result.failure or not _at_step(config, result, progress, hooks, outputs,
+                                          result.state.replace(key=collector.key), size):
             break
-        if config.eval_interval and crossed(end - size, end, config.eval_interval):
-            with result.clock.paused():
-                summary = hooks.evaluate(result.state.params)
-            progress.evaluations.append({"timestep": end, "training_seconds": progress.wall_time
-                                         + result.clock.seconds(), **summary})
-            outputs.evaluation(end, summary)
-        if crossed(end - size, end, config.checkpoint_interval) or end >= config.total_timesteps:
-            try:
-                hooks.checkpoint(result.state.replace(key=collector.key), progress,
-                                 progress.wall_time + result.clock.seconds())
-            except (OSError, WriteFailed) as exc:  # a full disk, a vanished directory: stop, keep what is saved
-                result.failure = str(exc) if isinstance(exc, WriteFailed) else f"could not save step {end}: {exc}"
-                break
-            result.last_checkpoint = end
     result.state = result.state.replace(key=collector.key)
     return result
 
 
-def _update(learner: Learner, result: LoopResult, state: TrainState, rollout, progress: Progress
+def _at_step(config: RunConfig, result: LoopResult, progress: Progress, hooks: Hooks, outputs: Outputs,
+             state: TrainState, size: int) -> bool:
+    """The evaluation and checkpoint due at progress.timestep (the end of a vector step), with `state`; False
+    when the checkpoint could not be written (result.failure says why)."""
+    end = progress.timestep
+    if config.eval_interval and crossed(end - size, end, config.eval_interval):
+        with result.clock.paused():
+            summary = hooks.evaluate(state.params)
+        progress.evaluations.append({"timestep": end, "training_seconds": progress.wall_time
+                                     + result.clock.seconds(), **summary})
+        outputs.evaluation(end, summary)
+    if crossed(end - size, end, config.checkpoint_interval) or end >= config.total_timesteps:
+        try:
+            hooks.checkpoint(state, progress, progress.wall_time + result.clock.seconds())
+        except (OSError, WriteFailed) as exc:  # a full disk, a vanished directory: stop, keep what is saved
+            result.failure = str(exc) if isinstance(exc, WriteFailed) else f"could not save step {end}: {exc}"
+            return False
+        result.last_checkpoint = end
+    return True
+
+
+def _update(learner: Learner, result: LoopResult, learned, progress: Progress, started: float
             ) -> dict[str, float] | None:
-    """One update; the new state goes into `result` unless it is not finite (then result.failure says why).
-    Returns the update's metrics as host floats, with the step size it started from."""
-    t_update = time.perf_counter()
-    state, metrics = learner.update(state, rollout)
+    """Take in an update's (state, metrics): the new state goes into `result` unless it is not finite (then
+    result.failure says why). Returns the update's metrics as host floats, with the step size it started from.
+    The first update's time (compile included) counts from `started`."""
+    state, metrics = learned
     metrics = jax.device_get(metrics)  # the one host sync of an update
     progress.loss, progress.updates = float(metrics.pop("loss")), progress.updates + 1
     if result.first_update_seconds is None:
-        result.first_update_seconds = time.perf_counter() - t_update
+        result.first_update_seconds = time.perf_counter() - started
     if not (np.isfinite(progress.loss) and metrics.pop("params_finite")):  # stop before it reaches a checkpoint
         what = f"non-finite loss {progress.loss}" if not np.isfinite(progress.loss) else "non-finite parameters"
         result.failure = f"{what} at update {progress.updates} (step {progress.timestep})"
@@ -143,7 +173,7 @@ def _tell(outputs: Outputs, config: RunConfig, start: int, end: int, size: int, 
     failed update the last step's record is not made."""
     last_record = end if learned else end - size
     records = [t for t in range(start + size, last_record + 1, size) if crossed(t - size, t, config.recording_interval)]
-    events = [(e.step, 0, e) for e in episodes] + [(t, 2, None) for t in records]
+    events = [(e.step, 0, e) for e in episodes if start < e.step <= end] + [(t, 2, None) for t in records]
     if update is not None:
         events.append((end, 1, update))
     for step, kind, payload in sorted(events, key=lambda event: event[:2]):

@@ -140,6 +140,13 @@ BAD = [
     (["sweep", "--algo", "a2c", "--seeds", "0", "--name", "s"], "sweep results/sweeps/s exists with another config",
      _sweep_of_another_config),
     (["train", "--algo", "a2c", "--set", "total_timesteps=100"], "--set total_timesteps: use --steps instead", None),
+    # The training backend.
+    (["train", "--algo", "ppo", "--backend", "brax"], "invalid choice: 'brax'", None),
+    (["train", "--algo", "ppo", "--set", "env_backend=envpool"], "--set env_backend: use --backend instead", None),
+    (["train", "--algo", "ppo", "--backend", "envpool", "--set", "env_id=CartPole-v1"],
+     "env_backend 'envpool' runs LunarLander-v3 and LunarLander-v2, not 'CartPole-v1'", None),
+    (["train", "--algo", "a2c", "--backend", "envpool", "--set", "normalize_observations=true"],
+     "normalize_observations and normalize_rewards need env_backend 'gymnasium'", None),
 ]
 
 

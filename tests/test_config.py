@@ -108,6 +108,8 @@ def test_set_refuses_a_key_given_twice():
         ("normalize_rewards = true\nreward_scale = 0.1", "normalize_rewards and reward_scale 0.1 both rescale"),
         ('algo = "a2c"', "config for 'a2c', not for 'ppo'"),
         ("total_timesteps = [", "is not valid TOML"),
+        ('env_backend = "brax"', "env_backend must be one of gymnasium, envpool, got 'brax'"),
+        ('env_backend = "envpool"\nnormalize_rewards = true', "normalize_observations and normalize_rewards need"),
     ],
 )
 def test_bad_files_give_one_named_error(tmp_path, toml, message):

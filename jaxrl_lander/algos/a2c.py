@@ -13,6 +13,7 @@ from jaxrl_lander.algos.base import (
     hparams_from_config,
     learning_rate,
     make_batch,
+    mean,
     normalize,
 )
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
@@ -51,10 +52,11 @@ def loss(params, policy: ActorCritic, batch: Batch, hp: HParams) -> tuple[jax.Ar
     """L = -E[A log pi(a|s)] + vf_coef * E[(R - V)^2] - ent_coef * E[H[pi]], A standardised if asked."""
     chex.assert_rank([batch.actions, batch.advantages, batch.returns], 1)
     logits, values = policy.apply(params, batch.obs)
-    advantages = normalize(batch.advantages, hp.normalize_advantage)
-    policy_loss = -(advantages * log_prob(logits, batch.actions)).mean()
-    value_loss = ((batch.returns - values) ** 2).mean()
-    entropy_mean = entropy(logits).mean()
+    valid = batch.valid  # every E is over the transitions to learn from
+    advantages = normalize(batch.advantages, hp.normalize_advantage, valid)
+    policy_loss = -mean(advantages * log_prob(logits, batch.actions), valid)
+    value_loss = mean((batch.returns - values) ** 2, valid)
+    entropy_mean = mean(entropy(logits), valid)
     total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy_mean
     return total, {"loss": total, "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean}
 
@@ -66,5 +68,5 @@ def update(
     batch = make_batch(policy, state.params, rollout, hp.gamma, hp.gae_lambda)
     (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params, policy, batch, hp)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns)
+    metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns, batch.valid)
     return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state), metrics

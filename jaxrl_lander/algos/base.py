@@ -30,6 +30,7 @@ class Rollout(NamedTuple):
     rewards: jax.Array  # (T, B) float32, time-limit bootstrap already added
     dones: jax.Array  # (T, B) float32, 1.0 where the episode ended after this step
     last_obs: jax.Array  # (B, obs_dim) observation after the last step, for the bootstrap value
+    valid: jax.Array | None = None  # (T, B) float32, 0.0 where a step only reset its env (None: every step counts)
 
 
 class Batch(NamedTuple):
@@ -41,6 +42,7 @@ class Batch(NamedTuple):
     old_values: jax.Array  # (N,)
     advantages: jax.Array  # (N,)
     returns: jax.Array  # (N,)
+    valid: jax.Array | None = None  # (N,) 1.0 for a transition to learn from, 0.0 for a reset-only step
 
 
 @jax.jit
@@ -87,21 +89,40 @@ def make_batch(policy: ActorCritic, params, rollout: Rollout, gamma, gae_lambda)
         old_values=values,
         advantages=advantages,
         returns=returns,
+        valid=rollout.valid,
     )
     return jax.tree.map(lambda x: jax.lax.stop_gradient(flat(x)), batch)
 
 
-def normalize(advantages: jax.Array, enabled: bool) -> jax.Array:
-    """Standardise with the unbiased std, as PyTorch's Tensor.std() used by Stable-Baselines3."""
+def mean(x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """The mean of x, over the entries where `valid` is 1 when a mask is given (0 when none is)."""
+    if valid is None:
+        return x.mean()
+    return jnp.sum(x * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def variance(x: jax.Array, valid: jax.Array | None = None, ddof: int = 0) -> jax.Array:
+    """The variance of x (over the valid entries), with `ddof` delta degrees of freedom."""
+    if valid is None:
+        return jnp.var(x, ddof=ddof)
+    count = jnp.sum(valid)
+    return jnp.sum(valid * (x - mean(x, valid)) ** 2) / jnp.maximum(count - ddof, 1.0)
+
+
+def normalize(advantages: jax.Array, enabled: bool, valid: jax.Array | None = None) -> jax.Array:
+    """Standardise (over the valid entries) with the unbiased std, as PyTorch's Tensor.std() used by
+    Stable-Baselines3."""
     if not enabled or advantages.shape[0] < 2:
         return advantages
-    return (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+    if valid is None:
+        return (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+    return (advantages - mean(advantages, valid)) / (jnp.sqrt(variance(advantages, valid, ddof=1)) + 1e-8)
 
 
-def explained_variance(values: jax.Array, returns: jax.Array) -> jax.Array:
+def explained_variance(values: jax.Array, returns: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     """1 - Var[returns - values] / Var[returns]; 1 is a perfect critic, <= 0 no better than a constant."""
-    var_returns = jnp.var(returns)
-    return jnp.where(var_returns == 0, jnp.nan, 1.0 - jnp.var(returns - values) / var_returns)
+    var_returns = variance(returns, valid)
+    return jnp.where(var_returns == 0, jnp.nan, 1.0 - variance(returns - values, valid) / var_returns)
 
 
 def all_finite(tree) -> jax.Array:
@@ -140,6 +161,7 @@ class Learner:
     tx: optax.GradientTransformation
     hparams: Any
     update: Callable[[TrainState, Rollout], tuple[TrainState, dict[str, jax.Array]]]
+    pure_update: Callable  # (state, rollout, hparams) -> (state, metrics), not jitted: for a program that fuses it
 
     def init(self, key: jax.Array) -> TrainState:
         """A fresh train state from `key` (also the template a checkpoint is restored into)."""
@@ -169,4 +191,4 @@ def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Calla
 
     jitted = jax.jit(wrap(pure_update) if wrap is not None else pure_update)
     return Learner(config=config, network=network, obs_dim=obs_dim, tx=tx, hparams=hparams,
-                   update=lambda state, rollout: jitted(state, rollout, hparams))
+                   update=lambda state, rollout: jitted(state, rollout, hparams), pure_update=pure_update)

@@ -14,6 +14,7 @@ from jaxrl_lander.algos.base import (
     hparams_from_config,
     learning_rate,
     make_batch,
+    mean,
     normalize,
 )
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
@@ -50,25 +51,27 @@ def static_args(config) -> dict:
 def loss(params, policy: ActorCritic, batch: Batch, hp: HParams) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L = -E[min(r A, clip(r, 1 - eps, 1 + eps) A)] + vf_coef * E[(R - V)^2] - ent_coef * E[H[pi]].
 
-    r = pi(a|s) / pi_old(a|s); A standardised over the minibatch when hp.normalize_advantage.
+    r = pi(a|s) / pi_old(a|s); A standardised over the minibatch when hp.normalize_advantage. Every E is over
+    the transitions to learn from (batch.valid).
     """
     chex.assert_rank([batch.actions, batch.advantages, batch.returns], 1)
     logits, values = policy.apply(params, batch.obs)
     log_ratio = log_prob(logits, batch.actions) - batch.old_log_probs
     ratio = jnp.exp(log_ratio)
-    advantages = normalize(batch.advantages, hp.normalize_advantage)
+    valid = batch.valid
+    advantages = normalize(batch.advantages, hp.normalize_advantage, valid)
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - hp.clip_range, 1.0 + hp.clip_range) * advantages)
-    policy_loss = -surrogate.mean()
-    value_loss = jnp.mean((batch.returns - values) ** 2)
-    entropy_mean = entropy(logits).mean()
+    policy_loss = -mean(surrogate, valid)
+    value_loss = mean((batch.returns - values) ** 2, valid)
+    entropy_mean = mean(entropy(logits), valid)
     total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy_mean
     info = {
         "loss": total,
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": entropy_mean,
-        "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
-        "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > hp.clip_range).astype(jnp.float32)),
+        "approx_kl": mean((ratio - 1.0) - log_ratio, valid),
+        "clip_fraction": mean((jnp.abs(ratio - 1.0) > hp.clip_range).astype(jnp.float32), valid),
     }
     return total, info
 
@@ -106,5 +109,5 @@ def update(
         epoch, (state.params, state.opt_state), jax.random.split(epochs_key, n_epochs)
     )
     metrics = jax.tree.map(jnp.mean, infos)
-    metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns)
+    metrics["explained_variance"] = explained_variance(batch.old_values, batch.returns, batch.valid)
     return state.replace(params=params, opt_state=opt_state, key=key), metrics
