@@ -141,12 +141,16 @@ class CompiledCollector:
                                        gamma=config.gamma, reward_scale=config.reward_scale))
         self.act_with(state)
 
+    def _to(self, device: jax.Device, tree):
+        """`tree` on `device`; as it is when both devices are one (a put per leaf costs about 0.1 ms per update)."""
+        return tree if self.devices.act == self.devices.update else jax.device_put(tree, device)
+
     def act_with(self, state: TrainState) -> None:
-        self.state = jax.device_put(state, self.devices.act)
+        self.state = self._to(self.devices.act, state)
 
     @property
     def key(self) -> jax.Array:
-        return jax.device_put(self.state.key, self.devices.update)
+        return self._to(self.devices.update, self.state.key)
 
     def collect(self, timestep: int, max_steps: int, should_stop) -> Collection:
         """The rest of the rollout and its update (or, when total_timesteps comes first, the steps up to it),
@@ -164,7 +168,7 @@ class CompiledCollector:
         if stop == self.n_steps:
             rollout = Rollout(self.rows["obs"], self.rows["actions"], self.rows["rewards"], self.rows["dones"],
                               self.env.obs, self.rows["valid"])
-            learned = self.learner.update(*jax.device_put((self.state, rollout), self.devices.update))
+            learned = self.learner.update(*self._to(self.devices.update, (self.state, rollout)))
         ended, returns, lengths = jax.device_get((steps.ended, steps.episode_return, steps.episode_length))
         episodes = [Episode(timestep + (int(t) - start + 1) * b, float(returns[t, i]), int(lengths[t, i]))
                     for t, i in zip(*np.nonzero(ended))]  # by step, then sub-env: the order they ended in
