@@ -15,11 +15,17 @@ from scipy.stats import ks_2samp  # scipy comes with jax
 
 
 class _Discrete:
-    continuous = False  # what gymnasium's heuristic reads of its env
+    """What gymnasium's heuristic reads of its env: that its actions are discrete."""
+
+    continuous = False
+
+    @property
+    def unwrapped(self):
+        return self
 
 
 def heuristic_actions(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.array([heuristic(_Discrete, o) for o in obs])
+    return np.array([heuristic(_Discrete(), o) for o in obs])
 
 
 def random_actions(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -144,20 +144,39 @@ def test_envpool_run_checkpoints_inside_a_rollout_and_resumes(tmp_path):
     finally:
         store.close()
 
-    again = train_run(make_config("ppo", {**ENVPOOL, "total_timesteps": 2_000}), tmp_path / "again")
-    assert again.results.evaluation["returns"] == results.evaluation["returns"]  # the same seed, the same run
-    assert len(_records(whole)) == 20 and _records(again) == _records(whole)
-
+    records = _records(whole.paths.metrics)
     # Resume the kept partial rollout with more steps: updates at the same steps as an uninterrupted run.
     longer = make_config("ppo", {**ENVPOOL, "total_timesteps": 3_000})
     resumed = train_run(longer, tmp_path / "whole", resume=True).results
-    straight = train_run(longer, tmp_path / "straight").results
+    straight_run = train_run(longer, tmp_path / "straight")
+    straight = straight_run.results
     assert resumed.status == "completed" and resumed.resumed_from_timestep == 2_000
     assert resumed.updates == straight.updates == 5
     # the same grid, plus the first run's last checkpoint
     assert set(resumed.artifacts["checkpoints"]) - set(straight.artifacts["checkpoints"]) == {"checkpoints/2000"}
     assert set(straight.artifacts["checkpoints"]) <= set(resumed.artifacts["checkpoints"])
+    # The same seed, the same run: the longer one's first 2,000 steps are the shorter one's.
+    assert len(records) == 20 and _records(straight_run.paths.metrics)[:20] == records
 
 
-def _records(run) -> list:
-    return [{k: v for k, v in r.items() if k not in ("wall_time", "timestamp")} for r in load_json(run.paths.metrics)["records"]]
+def _records(metrics_json) -> list:
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "timestamp")} for r in load_json(metrics_json)["records"]]
+
+
+def test_envpool_run_killed_inside_a_rollout_resumes_to_the_same_updates(tmp_path):
+    """SIGKILL while a checkpoint inside a rollout is being committed; --resume finishes with the uninterrupted
+    run's checkpoint grid and update count (3 rollouts of 512 in 2,000 steps), its results valid."""
+    from test_crash_safety import run
+
+    (tmp_path / "envpool.toml").write_text("".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in ENVPOOL.items()))
+    train = ["train", "--algo", "ppo", "--steps", "2000", "--config", "envpool.toml", "--quiet"]
+    killed = run(train, tmp_path, "checkpoint:1280")
+    assert killed.returncode == -9, killed.stderr
+    exp = tmp_path / "results" / "experiments" / "ppo_seed42"
+    assert CheckpointStore(exp / "checkpoints").latest_step() in (1024, 1152)
+    resumed = run([*train, "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    results = load_json(exp / "ppo_seed42_results.json")
+    assert results["status"] == "completed" and results["updates"] == 3
+    assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in [*range(128, 2_000, 128), 2_000]]
+    assert results["success_criteria"]["SC-005"]["passed"]
