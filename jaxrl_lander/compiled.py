@@ -125,6 +125,7 @@ class CompiledCollector:
         # are filled, and the observation after the last filled one while it is not on the device.
         self.rollout_start: int | None = 0
         self.rows, self.filled, self.next_obs = self._zeros(), 0, None
+        self._host_rows: dict[str, np.ndarray] | None = None  # a host copy of `rows`, made for a checkpoint
 
     def _zeros(self) -> dict[str, np.ndarray]:
         n, b = self.n_steps, self.num_envs
@@ -139,7 +140,10 @@ class CompiledCollector:
                                            np.zeros(b, np.float32), np.zeros(b, np.int32)), self.devices.act)
         self.program = jax.jit(partial(play, network=self.learner.network, env_step=self.pool.step,
                                        gamma=config.gamma, reward_scale=config.reward_scale))
-        self.act_with(state)
+        # Committed to the act device from the first call on, as the programs' own outputs are: an argument that
+        # is not would make the first call a signature of its own, and compile both programs twice.
+        self.rows = jax.device_put(self.rows, self.devices.act)
+        self.state = jax.device_put(state, self.devices.act)
 
     def _to(self, device: jax.Device, tree):
         """`tree` on `device`; as it is when both devices are one (a put per leaf costs about 0.1 ms per update)."""
@@ -163,7 +167,7 @@ class CompiledCollector:
         stop = min(self.n_steps, start - (timestep - self.config.total_timesteps) // b)
         self.rollout_start = timestep - start * b
         self.env, key, self.rows, steps = self.program(self.state, self.env, self.rows, start, stop)
-        self.state, self.filled, self.next_obs = self.state.replace(key=key), stop, None
+        self.state, self.filled, self.next_obs, self._host_rows = self.state.replace(key=key), stop, None, None
         learned = None
         if stop == self.n_steps:
             rollout = Rollout(self.rows["obs"], self.rows["actions"], self.rows["rewards"], self.rows["dones"],
@@ -182,11 +186,12 @@ class CompiledCollector:
         filled = self.filled if self.rollout_start is None else (timestep - self.rollout_start) // self.num_envs
         if not 0 < filled < self.n_steps:
             return arrays, 0
-        self.rows = jax.device_get(self.rows)  # once per rollout, and only when a checkpoint falls inside it
+        if self._host_rows is None:  # once per rollout, and only when a checkpoint falls inside it
+            self._host_rows = jax.device_get(self.rows)
         for name in ROLLOUT_KEYS:
-            arrays[name][:filled] = self.rows[name][:filled]
+            arrays[name][:filled] = self._host_rows[name][:filled]
         if filled < self.filled:
-            arrays["next_obs"][...] = self.rows["obs"][filled]
+            arrays["next_obs"][...] = self._host_rows["obs"][filled]
         else:
             arrays["next_obs"][...] = jax.device_get(self.env.obs) if self.next_obs is None else self.next_obs
         return arrays, filled
@@ -196,7 +201,8 @@ class CompiledCollector:
         rows = {name: np.array(arrays[name]) for name in (*ROLLOUT_KEYS, "next_obs")}
         bootstrap_cut(rows, filled, lambda obs: self.value(self.state.params, obs), self.config.gamma)
         self.next_obs = rows.pop("next_obs")
-        self.rows, self.filled, self.rollout_start = rows, filled, None
+        self.rows, self._host_rows = jax.device_put(rows, self.devices.act), rows
+        self.filled, self.rollout_start = filled, None
 
     def close(self) -> None:
         if self.pool is not None:

@@ -103,11 +103,9 @@ class Experiment:
         self.paths = replace.staged if replace else paths  # an overwrite writes aside until its first checkpoint
         self.keys, self.seeds = RunKeys.from_seed(config.seed), EvalSeeds.of(config)
         self.learner = make_learner(config, *check_envs(config))
-        if config.env_backend == "envpool":  # a compiled rollout on envpool's env
-            self.collector = CompiledCollector(config, self.learner, devices)
-        else:
-            envs = make_vector_env(config.env_id, config.num_envs)
-            self.collector = HostCollector(envs, self.learner.network, config, devices)
+        envs = None if config.env_backend == "envpool" else make_vector_env(config.env_id, config.num_envs)
+        self.collector = (CompiledCollector(config, self.learner, devices) if envs is None  # envpool's, compiled
+                          else HostCollector(envs, self.learner.network, config, devices))
         self.recorder: MetricsRecorder | None = None
         self.pending: tuple[dict, int] | None = None  # a resumed checkpoint's partly collected rollout
         self.store: CheckpointStore | None = None
@@ -218,6 +216,7 @@ class Experiment:
     # ---------------------------------------------------------------- run and finish
     def run(self, state: TrainState, progress: Progress, outputs: Outputs) -> Results:
         start_time, start_step, compile_clock = now_iso(), progress.timestep, CompileClock()
+        state = jax.device_put(state, self.devices.update)  # committed, as every update's output: one signature
         self.collector.start(state, train_env_seed(self.keys.env, progress.timestep))
         if self.pending:
             self.collector.resume_pending(*self.pending)
