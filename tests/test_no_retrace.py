@@ -10,6 +10,7 @@ import pytest
 
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.collect import HostCollector, RolloutBuffer
+from jaxrl_lander.compiled import CompiledCollector
 from jaxrl_lander.config import make_config
 from jaxrl_lander.envs.gymnasium import make_vector_env, step_envs
 from jaxrl_lander.loop import Progress, train_loop
@@ -51,28 +52,39 @@ def test_act_and_update_trace_once(algo, n_steps):
 
 
 class CountingHooks:
-    def __init__(self):
-        self.checkpoints, self.evaluations = [], 0
+    def __init__(self, collector):
+        self.checkpoints, self.evaluations, self.collector = [], 0, collector
 
     def evaluate(self, params):
         self.evaluations += 1
         return {"episodes": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
 
     def checkpoint(self, state, progress, training_seconds):
+        self.collector.pending(progress.timestep)  # what a checkpoint takes of the rollout in progress
         self.checkpoints.append(progress.timestep)
 
 
+@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
 @pytest.mark.parametrize("algo", ["ppo", "a2c"])
-def test_act_and_update_compiled_once_over_a_whole_loop(algo):
-    """Four PPO updates (or 51 A2C updates), checkpoints inside rollouts, records and evaluations: one trace each."""
+def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
+    """Four PPO updates (or 51 A2C updates), checkpoints inside rollouts, records and evaluations: each program
+    compiled once, at the same steps on either backend."""
+    if backend == "envpool":
+        pytest.importorskip("envpool")
     small = {"n_steps": 64} if algo == "ppo" else {}
-    config = make_config(algo, {"total_timesteps": 2048, "checkpoint_interval": 500, "eval_interval": 700, **small})
+    config = make_config(algo, {"total_timesteps": 2048, "checkpoint_interval": 500, "eval_interval": 700,
+                                "env_backend": backend, **small})
     learner = make_learner(config, obs_dim=8, num_actions=4)
-    envs = make_vector_env(config.env_id, config.num_envs)
-    collector = HostCollector(envs, learner.network, config, Devices.resolve())
+    devices = Devices.resolve()
+    if backend == "envpool":
+        collector = CompiledCollector(config, learner, devices)
+    else:
+        collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner.network, config, devices)
     state = learner.init(jax.random.key(0))
+    if backend == "gymnasium":
+        state = jax.device_put(state, devices.update)  # as the experiment does; the compiled collector does it itself
     collector.start(state, env_seed=0)
-    hooks, progress = CountingHooks(), Progress()
+    hooks, progress = CountingHooks(collector), Progress()
     recorder = MetricsRecorder("x", algo, config.env_id, 0, config.recording_interval)
     result = train_loop(config, learner, collector, state, progress, Outputs(recorder, []), hooks, lambda: False)
     collector.close()
@@ -81,4 +93,8 @@ def test_act_and_update_compiled_once_over_a_whole_loop(algo):
     assert hooks.checkpoints == [504, 1000, 1504, 2000, 2048] and hooks.evaluations == 2
     assert [e["timestep"] for e in progress.evaluations] == [704, 1400]  # the first vector step past each
     assert len(recorder.records) == 2048 // 100
-    assert collector.act._cache_size() == 1 and collector.value._cache_size() <= 1
+    assert learner.update.func._cache_size() == 1
+    if backend == "envpool":
+        assert collector.program._cache_size() == 1  # the whole rollouts and the tail cut by total_timesteps
+    else:
+        assert collector.act._cache_size() == 1 and collector.value._cache_size() <= 1

@@ -191,4 +191,4 @@ def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Calla
 
     jitted = jax.jit(wrap(pure_update) if wrap is not None else pure_update)
     return Learner(config=config, network=network, obs_dim=obs_dim, tx=tx, hparams=hparams,
-                   update=lambda state, rollout: jitted(state, rollout, hparams), pure_update=pure_update)
+                   update=partial(jitted, hparams=hparams), pure_update=pure_update)
