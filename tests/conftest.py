@@ -1,8 +1,13 @@
 """Shared fixtures: the suite runs on the CPU, and short real training runs are made once per session."""
 
 import os
+import signal
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every command
+# it starts: the tests of Ctrl-C need the terminal's disposition, which the commands they start inherit.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from pathlib import Path  # noqa: E402
 from typing import NamedTuple  # noqa: E402
