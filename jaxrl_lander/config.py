@@ -103,6 +103,14 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def differences(self, saved: Mapping[str, Any], ignore=()) -> list[str]:
+        """The keys outside `ignore` in which `saved` (a config's to_dict(), where a key added since counts as its
+        default) differs from this config, each with both values."""
+        defaults, current = {f.name: f.default for f in dataclasses.fields(self)}, self.to_dict()
+        then = {key: saved.get(key, defaults.get(key)) for key in set(saved) | set(current) if key not in ignore}
+        return [f"{key} ({then[key]!r} there, {current.get(key)!r} here)"
+                for key in sorted(then) if then[key] != current.get(key)]
+
     _POSITIVE = ("total_timesteps", "num_envs", "n_steps", "hidden_size", "checkpoint_interval",
                  "recording_interval", "eval_episodes", "eval_interval_episodes")
 

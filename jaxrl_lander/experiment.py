@@ -167,9 +167,7 @@ class Experiment:
         if step > self.config.total_timesteps:
             raise ConfigError(f"cannot resume {self.paths.root}: its checkpoint is at step {step}, past"
                               f" total_timesteps {self.config.total_timesteps}; give more steps")
-        current = self.config.to_dict()
-        differing = sorted(k for k in set(saved) | set(current)
-                           if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+        differing = self.config.differences(saved, ignore=RESUMABLE_CHANGES)
         if differing:
             raise ConfigError(f"cannot resume {self.paths.root}: config differs from the checkpoint in"
                               f" {', '.join(differing)}")

@@ -105,11 +105,18 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
         collection = collector.collect(start, next_due(config, start) - start, should_stop)
         acting = result.state.replace(key=collector.key)  # the state that played the rollout, its key advanced
         end = start + collection.steps
+        cut_short = False
         for point in due_points(config, start, end, size):
+            if should_stop():  # inside a compiled rollout: the run stops at the last step it reached
+                cut_short = True
+                break
             _tell(outputs, config, progress.timestep, point, size, collection.episodes, None, learned=True)
             progress.timestep = point
             if not _at_step(config, result, progress, hooks, outputs, acting, size):
-                return result
+                cut_short = True
+                break
+        if cut_short:
+            break
         told, progress.timestep = progress.timestep, end
         update = None
         if collection.rollout is not None or collection.learned is not None:

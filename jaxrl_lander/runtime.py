@@ -12,7 +12,7 @@ import jax
 
 from jaxrl_lander.errors import ConfigError
 
-PACKAGES = ["jax", "jaxlib", "flax", "optax", "gymnasium", "box2d", "numpy", "orbax-checkpoint", "chex"]
+PACKAGES = ["jax", "jaxlib", "flax", "optax", "gymnasium", "box2d", "numpy", "orbax-checkpoint", "chex", "envpool"]
 DEVICE_CHOICES = ("auto", "cpu", "gpu", "tpu")
 
 

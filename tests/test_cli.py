@@ -144,7 +144,7 @@ BAD = [
     (["train", "--algo", "ppo", "--backend", "brax"], "invalid choice: 'brax'", None),
     (["train", "--algo", "ppo", "--set", "env_backend=envpool"], "--set env_backend: use --backend instead", None),
     (["train", "--algo", "ppo", "--backend", "envpool", "--set", "env_id=CartPole-v1"],
-     "env_backend 'envpool' runs LunarLander-v3 and LunarLander-v2, not 'CartPole-v1'", None),
+     "env_backend 'envpool' runs LunarLander-v3 only, not 'CartPole-v1'", None),
     (["train", "--algo", "a2c", "--backend", "envpool", "--set", "normalize_observations=true"],
      "normalize_observations and normalize_rewards need env_backend 'gymnasium'", None),
 ]

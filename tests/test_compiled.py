@@ -164,19 +164,46 @@ def _records(metrics_json) -> list:
 
 
 def test_envpool_run_killed_inside_a_rollout_resumes_to_the_same_updates(tmp_path):
-    """SIGKILL while a checkpoint inside a rollout is being committed; --resume finishes with the uninterrupted
-    run's checkpoint grid and update count (3 rollouts of 512 in 2,000 steps), its results valid."""
+    """SIGKILL while a checkpoint inside the first rollout is being committed; --resume finishes with the
+    uninterrupted run's checkpoint grid and update count (3 rollouts of 512 in 2,000 steps), its results valid."""
     from test_crash_safety import run
 
     (tmp_path / "envpool.toml").write_text("".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in ENVPOOL.items()))
     train = ["train", "--algo", "ppo", "--steps", "2000", "--config", "envpool.toml", "--quiet"]
-    killed = run(train, tmp_path, "checkpoint:1280")
+    killed = run(train, tmp_path, "checkpoint:384")  # inside the first rollout
     assert killed.returncode == -9, killed.stderr
     exp = tmp_path / "results" / "experiments" / "ppo_seed42"
-    assert CheckpointStore(exp / "checkpoints").latest_step() in (1024, 1152)
+    assert CheckpointStore(exp / "checkpoints").latest_step() in (128, 256)
     resumed = run([*train, "--resume"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     results = load_json(exp / "ppo_seed42_results.json")
     assert results["status"] == "completed" and results["updates"] == 3
     assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in [*range(128, 2_000, 128), 2_000]]
     assert results["success_criteria"]["SC-005"]["passed"]
+
+
+def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
+    """The rollout is played whole, but a stop asked for during it ends the run at its next due step, before the
+    update: the checkpoints after the stop are not made (an --overwrite stopped there keeps the old run)."""
+    from test_no_retrace import CountingHooks
+
+    from jaxrl_lander.algos import make_learner
+    from jaxrl_lander.compiled import CompiledCollector
+    from jaxrl_lander.loop import Progress, train_loop
+    from jaxrl_lander.outputs import Outputs
+    from jaxrl_lander.outputs.metrics import MetricsRecorder
+    from jaxrl_lander.runtime import Devices
+
+    config = make_config("ppo", {**ENVPOOL, "total_timesteps": 2_000})
+    learner = make_learner(config, obs_dim=8, num_actions=4)
+    collector = CompiledCollector(config, learner, Devices.resolve())
+    collector.start(learner.init(jax.random.key(0)), env_seed=0)
+    hooks, progress = CountingHooks(collector), Progress()
+    recorder = MetricsRecorder("x", "ppo", config.env_id, 0, config.recording_interval)
+    result = train_loop(config, learner, collector, learner.init(jax.random.key(0)), progress,
+                        Outputs(recorder, []), hooks, lambda: len(hooks.checkpoints) >= 2)
+    collector.close()
+    assert hooks.checkpoints == [128, 256] and progress.timestep == 256 and progress.updates == 0
+    assert result.failure is None and [r["timestep"] for r in recorder.records] == [104, 200]
+    arrays, filled = collector.pending(256)  # what the stop checkpoint keeps: the rollout's first 32 rows
+    assert filled == 32 and arrays["valid"][:32].any() and not arrays["obs"][32:].any()

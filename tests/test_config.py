@@ -228,3 +228,11 @@ def test_load_config_takes_the_algorithm_from_the_file(tmp_path):
     with pytest.raises(ConfigError, match="names no algorithm"):
         load_config(tmp_path / "bare.toml")
     assert load_config(tmp_path / "bare.toml", "a2c") == A2CConfig(gamma=0.9)
+
+
+def test_differences_name_both_values_and_take_a_key_added_since_as_its_default():
+    config = make_config("ppo", {"env_backend": "envpool"})
+    before_the_key = {k: v for k, v in make_config("ppo").to_dict().items() if k != "env_backend"}
+    assert make_config("ppo").differences(before_the_key) == []  # a checkpoint written before env_backend existed
+    assert config.differences(before_the_key) == ["env_backend ('gymnasium' there, 'envpool' here)"]
+    assert config.differences({**config.to_dict(), "gamma": 0.9}, ignore={"gamma"}) == []

@@ -6,8 +6,9 @@ import importlib.util
 
 from jaxrl_lander.errors import ConfigError
 
-# envpool's ports of these: the terminal rule of envs.envpool.episode_ends is LunarLander's
-ENVPOOL_ENVS = ("LunarLander-v3", "LunarLander-v2")
+# envpool's port of it (its -v2 is refused by gymnasium's, which every evaluation plays): the terminal rule of
+# envs.envpool.episode_ends is LunarLander's
+ENVPOOL_ENVS = ("LunarLander-v3",)
 ENVPOOL_INSTALL_HINT = "pip install 'jaxrl_lander[envpool]' (make installs it)"
 
 
@@ -19,7 +20,7 @@ def check_envs(config) -> tuple[int, int]:
     dims = check_env(config.env_id)
     if config.env_backend == "envpool":
         if config.env_id not in ENVPOOL_ENVS:
-            raise ConfigError(f"env_backend 'envpool' runs {' and '.join(ENVPOOL_ENVS)}, not '{config.env_id}'")
+            raise ConfigError(f"env_backend 'envpool' runs {', '.join(ENVPOOL_ENVS)} only, not '{config.env_id}'")
         if importlib.util.find_spec("envpool") is None:  # importing it takes seconds (it imports jax)
             raise ConfigError(f"env_backend 'envpool' needs the envpool package: {ENVPOOL_INSTALL_HINT}")
     return dims
