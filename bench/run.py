@@ -190,7 +190,8 @@ def table(m: dict, summary: dict, first_run: dict, runs: int) -> str:
         ratios("A2C, gymnasium", "a2c"), ratios("A2C, envpool", "a2c_envpool"),
         f"checkpoints (PPO, envpool): {summary['checkpoint_overhead']:.1%} of the whole process's wall time",
         "first run on a cold compilation cache, whole process (JIT): " + ", ".join(
-            f"{name.replace('_', ' ')} {r['wall_seconds']:.1f} s ({r['jit_seconds']:.1f} s)" for name, r in first_run.items()),
+            f"{name.replace('_', ' ')} {r['wall_seconds']:.1f} s ({r['jit_seconds']:.1f} s)"
+            for name, r in first_run.items()),
     ]
     return "\n".join(lines)
 

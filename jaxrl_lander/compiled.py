@@ -121,8 +121,8 @@ class CompiledCollector:
         self.pool = self.env = self.state = self.program = None
         self.value = jax.jit(partial(state_value, learner.network))
         # The rollout in progress or just completed: its first env step (None: none played yet, or a resumed
-        # checkpoint's, not played on yet), its n_steps rows (on the device until a checkpoint inside it asks for them), how many
-        # are filled, and the observation after the last filled one while it is not on the device.
+        # checkpoint's, not played on yet), its n_steps rows (on the device), how many are filled, and the
+        # observation after the last filled one while it is not on the device.
         self.rollout_start: int | None = None
         self.rows, self.filled, self.next_obs = self._zeros(), 0, None
         self._host_rows: dict[str, np.ndarray] | None = None  # a host copy of `rows`, made for a checkpoint

@@ -102,7 +102,8 @@ def test_targets_match_the_gymnasium_path_on_the_same_transitions():
         np.testing.assert_array_equal(dones[keep, env], host_dones[:n, env])
         # GAE over each stream up to its last episode end in the shared window
         last = int(np.flatnonzero(host_dones[:n, env])[-1]) + 1
-        host_adv, _ = gae(jnp.asarray(host_rewards[:last, env:env + 1]), jnp.asarray(value(host_obs[:last, env])[:, None]),
+        host_values = jnp.asarray(value(host_obs[:last, env])[:, None])
+        host_adv, _ = gae(jnp.asarray(host_rewards[:last, env:env + 1]), host_values,
                           jnp.asarray(host_dones[:last, env:env + 1]), jnp.zeros(1), GAMMA, 0.95)
         rows = np.flatnonzero(keep)[:last]
         span = slice(0, rows[-1] + 1)
@@ -160,7 +161,8 @@ def test_envpool_run_checkpoints_inside_a_rollout_and_resumes(tmp_path):
 
 
 def _records(metrics_json) -> list:
-    return [{k: v for k, v in r.items() if k not in ("wall_time", "timestamp")} for r in load_json(metrics_json)["records"]]
+    records = load_json(metrics_json)["records"]
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "timestamp")} for r in records]
 
 
 def test_envpool_run_killed_inside_a_rollout_resumes_to_the_same_updates(tmp_path):

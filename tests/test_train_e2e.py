@@ -229,7 +229,8 @@ def test_select_best_checkpoint_delivers_the_best_evaluated_parameters(tmp_path)
 
 
 def test_resume_refuses_a_checkpoint_whose_config_differs(short_runs, tmp_path):
-    """A checkpoint whose config lacks a key, or holds another value, is refused, naming the key."""
+    """A checkpoint whose config holds another value is refused, naming the key and both values; a key it lacks
+    (added since it was written) counts as that key's default."""
     finished = short_runs["a2c"]
     results_dir = tmp_path / "results"
     root = results_dir / "experiments" / "a2c_seed42"
@@ -239,16 +240,16 @@ def test_resume_refuses_a_checkpoint_whose_config_differs(short_runs, tmp_path):
     before = meta_path.read_text()
     del meta["config"]["solve_threshold"]
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="differs from the checkpoint in solve_threshold$"):
-        train(short_config("a2c"), results_dir, resume=True)
+    with pytest.raises(ConfigError, match=r"checkpoint in solve_threshold \(200.0 there, 150.0 here\)$"):
+        train(short_config("a2c", solve_threshold=150.0), results_dir, resume=True)
 
     meta_path.write_text(before)
     meta["config"] = load_json(meta_path)["config"] | {"gamma": 0.5}  # a real difference is refused too
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="differs from the checkpoint in gamma$"):
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint in gamma \(0.5 there, 0.99 here\)$"):
         train(short_config("a2c"), results_dir, resume=True)
     meta_path.write_text(before)
-    with pytest.raises(ConfigError, match="differs from the checkpoint in hidden_size$"):  # not "unreadable"
+    with pytest.raises(ConfigError, match=r"in hidden_size \(64 there, 32 here\)$"):  # not "unreadable"
         train(short_config("a2c", hidden_size=32), results_dir, resume=True)
     # and the checkpoint as saved resumes
     results = train(short_config("a2c"), results_dir, resume=True)
@@ -341,5 +342,5 @@ def test_a_resume_may_change_how_candidates_are_chosen_but_not_whether(tmp_path)
     resumed = train(short_config("a2c", **selecting, select_best_checkpoint=True, total_timesteps=1200,
                                  selection_candidates=3, selection_episodes=5), tmp_path, resume=True)
     assert resumed.resumed_from_timestep == 400 and len(resumed.selected_checkpoint["candidates"]) == 3
-    with pytest.raises(ConfigError, match="differs from the checkpoint in select_best_checkpoint$"):
+    with pytest.raises(ConfigError, match=r"checkpoint in select_best_checkpoint \(True there, False here\)$"):
         train(short_config("a2c", **selecting, total_timesteps=1400), tmp_path, resume=True)
