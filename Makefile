@@ -19,6 +19,9 @@ SET_ARGS := $(foreach item,$(SET),--set $(item))
 ifneq ($(and $(SET),$(filter parity,$(MAKECMDGOALS))),)
 $(error make parity takes CONFIG only, not SET: write the changed keys into a config file)
 endif
+ifneq ($(and $(BACKEND),$(filter parity bench bench-solve,$(MAKECMDGOALS))),)
+$(error make $(filter parity bench bench-solve,$(MAKECMDGOALS)) takes no BACKEND: parity trains on gymnasium's env as SB3 does, and the benchmarks run both)
+endif
 # SEED goes to the command line only when given, so that a config file's seed holds otherwise (eval and plot use 42).
 TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
