@@ -211,6 +211,7 @@ def _sweep(args) -> int:
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
     configs = [_config(args, seed) for seed in args.seeds]  # all valid before any process starts
     from jaxrl_lander.envs import check_envs
+
     check_envs(configs[0])
     check_writable(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep

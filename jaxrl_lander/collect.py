@@ -55,7 +55,8 @@ class Collector(Protocol):
 
     def collect(self, timestep: int, max_steps: int, should_stop) -> Collection:
         """Act from env step `timestep` until the rollout is full, at least `max_steps` env steps are taken, or
-        should_stop() says so (checked before each vector step)."""
+        should_stop() says so (checked before each vector step). A compiled collector plays the rest of the
+        rollout whatever the last two say, and updates on it (`Collection.learned`)."""
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The rollout as it stood at env step `timestep` (the loop's latest), for a checkpoint: its arrays and

@@ -161,7 +161,6 @@ class Learner:
     tx: optax.GradientTransformation
     hparams: Any
     update: Callable[[TrainState, Rollout], tuple[TrainState, dict[str, jax.Array]]]
-    pure_update: Callable  # (state, rollout, hparams) -> (state, metrics), not jitted: for a program that fuses it
 
     def init(self, key: jax.Array) -> TrainState:
         """A fresh train state from `key` (also the template a checkpoint is restored into)."""
@@ -191,4 +190,4 @@ def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Calla
 
     jitted = jax.jit(wrap(pure_update) if wrap is not None else pure_update)
     return Learner(config=config, network=network, obs_dim=obs_dim, tx=tx, hparams=hparams,
-                   update=partial(jitted, hparams=hparams), pure_update=pure_update)
+                   update=partial(jitted, hparams=hparams))
