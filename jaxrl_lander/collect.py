@@ -32,7 +32,7 @@ class Collection(NamedTuple):
     """What one collect call gathered."""
 
     steps: int  # env steps taken: vector steps x num_envs
-    episodes: list[Episode]  # in the order they ended
+    episodes: list[list[Episode]]  # each agent's, in the order they ended
     rollout: Rollout | None  # on the update's device, when the rollout filled up during this call
     learned: tuple | None = None  # (state, metrics) of the update a compiled collector ran on its rollout
 
@@ -167,7 +167,7 @@ class HostCollector:
             taken += self.num_envs
             episodes += [Episode(timestep + taken, ret, length) for _, ret, length in out.episodes]
         rollout = buffer.rollout(self.obs, self.devices.update) if buffer.full else None
-        return Collection(taken, episodes, rollout)
+        return Collection(taken, [episodes], rollout)
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The partly collected rollout (a checkpoint keeps it): the buffer's arrays with the observation the next

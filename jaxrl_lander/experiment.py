@@ -12,7 +12,7 @@ import jax
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.algos.base import TrainState
 from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, save_model
-from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, holds_experiment,
+from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, check_resumable, holds_experiment,
                                  recover_interrupted_overwrite)
 from jaxrl_lander.collect import HostCollector
 from jaxrl_lander.compiled import CompiledCollector
@@ -27,19 +27,12 @@ from jaxrl_lander.outputs import Outputs
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.metrics import MetricsRecorder, now_iso
 from jaxrl_lander.plotting import plot_learning_curve
-from jaxrl_lander.results import Results, build_results
+from jaxrl_lander.results import Results, build_results, previous_results
 from jaxrl_lander.runtime import CompileClock, Devices, StopOnSignal, enable_compilation_cache, package_versions
 from jaxrl_lander.seeding import EvalSeeds, RunKeys, train_env_seed
 from jaxrl_lander.selection import Delivery, select_checkpoint
 
 log = logging.getLogger("jaxrl_lander")
-
-# Config keys that may differ between a checkpoint and the run resuming from it.
-RESUMABLE_CHANGES = {
-    "total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes", "keep_checkpoints",
-    "selection_candidates", "selection_episodes",  # how a completed run chooses among its kept checkpoints
-}
-
 
 def train(config: RunConfig, results_dir: str | Path = "results", *, resume: bool = False, overwrite: bool = False,
           device: str = "auto", act_device: str = "auto", tensorboard: bool = False,
@@ -57,7 +50,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     """
     paths = ExperimentPaths.of(results_dir, config.algo, config.seed)
     check_rerun(paths, resume, overwrite)
-    done = _previous_results(paths) if resume else None
+    done = previous_results(paths) if resume else None
     if done and done.status == "completed" and done.total_timesteps >= config.total_timesteps:
         log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
         return done
@@ -84,15 +77,6 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
                               experiment.paths.tensorboard if tensorboard else None, progress_bar)
             outputs = Outputs(experiment.recorder, sinks, loss=progress.loss)
             return experiment.run(state, progress, outputs)
-
-
-def _previous_results(paths: ExperimentPaths) -> Results | None:
-    if not paths.results.is_file():
-        return None
-    try:
-        return Results.load(paths.results)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ResumeError(f"results file {paths.results} is unreadable ({first_line(exc)})") from None
 
 
 class Experiment:
@@ -137,7 +121,7 @@ class Experiment:
         step = self.store.latest_step()
         try:
             # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
-            self._check_resumable(self.store.metadata(step)["config"], step)
+            check_resumable(self.config, self.store.metadata(step)["config"], step, self.paths.root)
             state, meta, rollout = self.store.restore_run(step, self.learner.init(self.keys.state),
                                                           self.collector.pending(step)[0])
         except ConfigError:
@@ -163,27 +147,22 @@ class Experiment:
         return state, Progress(timestep=meta["timestep"], updates=meta["updates"], wall_time=meta["wall_time"],
                                loss=meta["loss"], evaluations=meta["evaluations"])
 
-    def _check_resumable(self, saved: dict[str, Any], step: int) -> None:
-        if step > self.config.total_timesteps:
-            raise ConfigError(f"cannot resume {self.paths.root}: its checkpoint is at step {step}, past"
-                              f" total_timesteps {self.config.total_timesteps}; give more steps")
-        differing = self.config.differences(saved, ignore=RESUMABLE_CHANGES)
-        if differing:
-            raise ConfigError(f"cannot resume {self.paths.root}: config differs from the checkpoint in"
-                              f" {', '.join(differing)}")
-
     # ---------------------------------------------------------------- the loop's hooks
     def policy(self, params) -> Policy:
         """The policy of `params` with the observation statistics as they stand (a copy)."""
         normalizer = self.collector.normalizer
         return Policy(self.learner.network, params, normalizer.observation_spec() if normalizer else None)
 
-    def evaluate(self, params) -> dict[str, Any]:
+    def evaluate(self, params) -> list[dict[str, Any]]:
         config = self.config
-        return brief(evaluate(self.policy(params), config.env_id, config.eval_interval_episodes,
-                              self.seeds.during_training))
+        return [brief(evaluate(self.policy(params), config.env_id, config.eval_interval_episodes,
+                               self.seeds.during_training))]
 
-    def checkpoint(self, state: TrainState, progress: Progress, training_seconds: float) -> None:
+    def checkpoint(self, state: TrainState, progress: list[Progress], training_seconds: float) -> None:
+        for agent in progress:
+            self.save(state, agent, training_seconds)
+
+    def save(self, state: TrainState, progress: Progress, training_seconds: float) -> None:
         """Metrics first, so that they always reach at least the latest checkpoint; then the orbax checkpoint."""
         self.recorder.append_journal(self.paths.metrics_journal, progress.timestep)
         normalizer = self.collector.normalizer
@@ -213,32 +192,41 @@ class Experiment:
 
     # ---------------------------------------------------------------- run and finish
     def run(self, state: TrainState, progress: Progress, outputs: Outputs) -> Results:
-        start_time, start_step, compile_clock = now_iso(), progress.timestep, CompileClock()
+        started = (now_iso(), progress.timestep, CompileClock())
         state = jax.device_put(state, self.devices.update)  # committed, as every update's output: one signature
         self.collector.start(state, train_env_seed(self.keys.env, progress.timestep))
         if self.pending:
             self.collector.resume_pending(*self.pending)
         with StopOnSignal() as stop:
-            result = train_loop(self.config, self.learner, self.collector, state, progress, outputs, self, stop)
-        status, reason = ("failed", result.failure) if result.failure else ("completed", None)
-        if stop.signum is not None and not result.failure:
+            result = train_loop(self.config, self.learner, self.collector, state, [progress], [outputs], self, stop)
+        return self.finish(result.state, result, progress, outputs, stop.signum, started)
+
+    def finish(self, state: TrainState, result: LoopResult, progress: Progress, outputs: Outputs,
+               signum: int | None, started: tuple, agent: int = 0) -> Results:
+        """The end of a run: a stop checkpoint, the model, the final evaluation, metrics and results JSON.
+        `state` is this experiment's: agent number `agent` of the loop's; `started`: (start time, start step,
+        compile clock)."""
+        start_time, start_step, compile_clock = started
+        failure = result.agent_failures[agent] or result.failure
+        status, reason = ("failed", failure) if failure else ("completed", None)
+        if signum is not None and not failure:
             status = "interrupted"
-            reason = f"stopped by {signal.Signals(stop.signum).name} at step {progress.timestep}"
+            reason = f"stopped by {signal.Signals(signum).name} at step {progress.timestep}"
         if self.replace:  # an overwrite stopped or failed before its first checkpoint: the old experiment stays
             self._failed_write(status, reason, self.store.close)
             self.collector.close()
             self.replace.discard()
             message = (f"{reason}, before the overwrite's first checkpoint; the previous experiment at"
                        f" {self.replace.final.root} is kept as it was")
-            raise Interrupted(stop.signum, message) if status == "interrupted" else TrainingFailed(message)
+            raise Interrupted(signum, message) if status == "interrupted" else TrainingFailed(message)
         if status == "interrupted" and result.last_checkpoint != progress.timestep:
-            status, reason = self._failed_write(status, reason, lambda: self.checkpoint(
-                result.state, progress, progress.wall_time + result.clock.seconds()))
+            status, reason = self._failed_write(status, reason, lambda: self.save(
+                state, progress, progress.wall_time + result.clock.seconds()))
         # the last checkpoint's write is training time, as every other's
         status, reason = self._failed_write(status, reason, self.store.wait)
         loop_seconds = result.clock.seconds()  # before the selection's evaluations, which are not
         compile_seconds = compile_clock.seconds()
-        delivery = self._deliver(result, progress, status)
+        delivery = self._deliver(state, progress, status)
         self._failed_write(status, reason, self.store.close)
         self.collector.close()
         if status != "failed":
@@ -282,11 +270,11 @@ class Experiment:
             return status, reason
         return ("failed", reason) if status == "failed" else ("failed", failure)
 
-    def _deliver(self, result: LoopResult, progress: Progress, status: str) -> Delivery:
-        last = Delivery(progress.timestep, self.policy(result.state.params))
+    def _deliver(self, state: TrainState, progress: Progress, status: str) -> Delivery:
+        last = Delivery(progress.timestep, self.policy(state.params))
         if status != "completed" or not self.config.select_best_checkpoint or not progress.evaluations:
             return last
-        return select_checkpoint(self.config, self.store, result.state, last.policy, progress.timestep,
+        return select_checkpoint(self.config, self.store, state, last.policy, progress.timestep,
                                  progress.evaluations, self.paths.name)
 
     def _save_model(self, delivery: Delivery) -> None:

@@ -5,6 +5,9 @@ The host collector runs until the rollout is full or the next checkpoint or eval
 plays a whole rollout and updates, and the checkpoints and evaluations due inside it are made afterwards with
 the parameters that played it. Either way they happen at the same env steps as if the loop went one vector step
 at a time, and the episodes and metrics records of the steps in between are told in the order they happened.
+
+The loop trains one agent, or several stacked on a leading axis of the train state (vectorised agents: one
+collector and one vmapped update for all). Each agent has its own Progress and Outputs; they advance together.
 """
 
 import contextlib
@@ -13,6 +16,7 @@ import time
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_lander.algos.base import Learner, TrainState
@@ -52,22 +56,28 @@ class Clock:
 
 
 class Hooks(Protocol):
-    """What the experiment does when the loop says so."""
+    """What the experiment (or the vectorised agents' experiments) does when the loop says so."""
 
-    def evaluate(self, params) -> dict[str, Any]:
-        """Deterministic episodes with `params`: the summary to record."""
+    def evaluate(self, params) -> list[dict[str, Any]]:
+        """Deterministic episodes with `params`: the summary to record, one per agent."""
 
-    def checkpoint(self, state: TrainState, progress: Progress, training_seconds: float) -> None:
-        """Save the run as it stands at progress.timestep."""
+    def checkpoint(self, state: TrainState, progress: list[Progress], training_seconds: float) -> None:
+        """Save the agents still training as they stand at their progress.timestep."""
 
 
 @dataclasses.dataclass
 class LoopResult:
     state: TrainState  # the last good state, with the acting key
     clock: Clock  # still running: the experiment's last checkpoint write counts as training time
-    failure: str | None = None  # why training stopped: a numerical fault, or a checkpoint that could not be written
+    failure: str | None = None  # why training stopped: a checkpoint that could not be written, or (every agent)
+    # a numerical fault
+    agent_failures: list[str | None] = dataclasses.field(default_factory=list)  # each agent's numerical fault
     last_checkpoint: int | None = None  # the step of this process's latest checkpoint
     first_update_seconds: float | None = None  # compile included
+
+    def training(self) -> list[int]:
+        """The agents still learning: those without a numerical fault."""
+        return [i for i, failure in enumerate(self.agent_failures) if failure is None]
 
 
 def crossed(before: int, after: int, interval: int) -> bool:
@@ -92,15 +102,18 @@ def due_points(config: RunConfig, start: int, end: int, size: int) -> list[int]:
     return points
 
 
-def train_loop(config: RunConfig, learner: Learner, collector: Collector, state: TrainState, progress: Progress,
-               outputs: Outputs, hooks: Hooks, should_stop) -> LoopResult:
-    """Collect, update and notify from progress.timestep until total_timesteps, a stop, or a non-finite update.
+def train_loop(config: RunConfig, learner: Learner, collector: Collector, state: TrainState,
+               progress: list[Progress], outputs: list[Outputs], hooks: Hooks, should_stop) -> LoopResult:
+    """Collect, update and notify from the agents' progress.timestep (one step for all) until total_timesteps, a
+    stop, or a non-finite update of every agent (an agent whose update is not finite keeps its last good state
+    and is told nothing more).
 
     A checkpoint or an evaluation due inside a rollout (a compiled collector plays a whole one at a time) is made
     with the parameters that played it, as when the loop reaches that step before the update."""
-    result, size = LoopResult(state=state, clock=Clock()), collector.num_envs
-    while progress.timestep < config.total_timesteps and not should_stop():
-        start = progress.timestep
+    result, size = LoopResult(state=state, clock=Clock(), agent_failures=[None] * len(progress)), collector.num_envs
+    shared = progress[0]  # timestep and updates are the same for every agent
+    while shared.timestep < config.total_timesteps and not should_stop():
+        start = shared.timestep
         t_collect = time.perf_counter()
         collection = collector.collect(start, next_due(config, start) - start, should_stop)
         acting = result.state.replace(key=collector.key)  # the state that played the rollout, its key advanced
@@ -110,22 +123,27 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
             if should_stop():  # inside a compiled rollout: the run stops at the last step it reached
                 cut_short = True
                 break
-            _tell(outputs, config, progress.timestep, point, size, collection.episodes, None, learned=True)
-            progress.timestep = point
+            for i in result.training():
+                _tell(outputs[i], config, shared.timestep, point, size, collection.episodes[i], None, learned=True)
+            _advance(progress, timestep=point)
             if not _at_step(config, result, progress, hooks, outputs, acting, size):
                 cut_short = True
                 break
         if cut_short:
             break
-        told, progress.timestep = progress.timestep, end
-        update = None
+        told = shared.timestep
+        _advance(progress, timestep=end)
+        updates, learning = [None] * len(progress), result.training()
         if collection.rollout is not None or collection.learned is not None:
             t_update = t_collect if collection.learned else time.perf_counter()
             learned = collection.learned or learner.update(acting, collection.rollout)
-            update = _update(learner, result, learned, progress, t_update)
-            if update is not None:
-                collector.act_with(result.state)
-        _tell(outputs, config, told, end, size, collection.episodes, update, learned=result.failure is None)
+            updates = _update(learner, result, learned, progress, t_update)
+            collector.act_with(result.state)
+        for i in learning:
+            _tell(outputs[i], config, told, end, size, collection.episodes[i], updates[i],
+                  learned=result.agent_failures[i] is None)
+        if not result.training():
+            result.failure = next(f for f in result.agent_failures if f)
         if result.failure or not _at_step(config, result, progress, hooks, outputs,
                                           result.state.replace(key=collector.key), size):
             break
@@ -133,20 +151,27 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
     return result
 
 
-def _at_step(config: RunConfig, result: LoopResult, progress: Progress, hooks: Hooks, outputs: Outputs,
-             state: TrainState, size: int) -> bool:
-    """The evaluation and checkpoint due at progress.timestep (the end of a vector step), with `state`; False
+def _advance(progress: list[Progress], **counters) -> None:
+    for agent in progress:
+        for name, value in counters.items():
+            setattr(agent, name, value)
+
+
+def _at_step(config: RunConfig, result: LoopResult, progress: list[Progress], hooks: Hooks,
+             outputs: list[Outputs], state: TrainState, size: int) -> bool:
+    """The evaluation and checkpoint due at the agents' timestep (the end of a vector step), with `state`; False
     when the checkpoint could not be written (result.failure says why)."""
-    end = progress.timestep
+    end, training = progress[0].timestep, result.training()
     if config.eval_interval and crossed(end - size, end, config.eval_interval):
         with result.clock.paused():
-            summary = hooks.evaluate(state.params)
-        progress.evaluations.append({"timestep": end, "training_seconds": progress.wall_time
-                                     + result.clock.seconds(), **summary})
-        outputs.evaluation(end, summary)
+            summaries = hooks.evaluate(state.params)
+        for i in training:
+            progress[i].evaluations.append({"timestep": end, "training_seconds": progress[i].wall_time
+                                            + result.clock.seconds(), **summaries[i]})
+            outputs[i].evaluation(end, summaries[i])
     if crossed(end - size, end, config.checkpoint_interval) or end >= config.total_timesteps:
         try:
-            hooks.checkpoint(state, progress, progress.wall_time + result.clock.seconds())
+            hooks.checkpoint(state, [progress[i] for i in training], progress[0].wall_time + result.clock.seconds())
         except (OSError, WriteFailed) as exc:  # a full disk, a vanished directory: stop, keep what is saved
             result.failure = str(exc) if isinstance(exc, WriteFailed) else f"could not save step {end}: {exc}"
             return False
@@ -154,24 +179,34 @@ def _at_step(config: RunConfig, result: LoopResult, progress: Progress, hooks: H
     return True
 
 
-def _update(learner: Learner, result: LoopResult, learned, progress: Progress, started: float
-            ) -> dict[str, float] | None:
-    """Take in an update's (state, metrics): the new state goes into `result` unless it is not finite (then
-    result.failure says why). Returns the update's metrics as host floats, with the step size it started from.
-    The first update's time (compile included) counts from `started`."""
+def _update(learner: Learner, result: LoopResult, learned, progress: list[Progress], started: float
+            ) -> list[dict[str, float] | None]:
+    """Take in an update's (state, metrics), stacked over agents when there are several: the new state goes into
+    `result` for every agent whose loss and parameters are finite; an agent's first non-finite update is its
+    failure (result.agent_failures says why) and it keeps its last good state. Returns each agent's metrics as
+    host floats, with the step size it started from (None for an agent that failed). The first update's time
+    (compile included) counts from `started`."""
     state, metrics = learned
     metrics = jax.device_get(metrics)  # the one host sync of an update
-    progress.loss, progress.updates = float(metrics.pop("loss")), progress.updates + 1
     if result.first_update_seconds is None:
         result.first_update_seconds = time.perf_counter() - started
-    if not (np.isfinite(progress.loss) and metrics.pop("params_finite")):  # stop before it reaches a checkpoint
-        what = f"non-finite loss {progress.loss}" if not np.isfinite(progress.loss) else "non-finite parameters"
-        result.failure = f"{what} at update {progress.updates} (step {progress.timestep})"
-        return None
-    result.state = state
-    return {"loss": progress.loss, **{k: float(v) for k, v in metrics.items()},
-            "learning_rate": learner.learning_rate_at(progress.updates - 1)}
-
+    per_agent = [{k: float(np.reshape(v, -1)[i]) for k, v in metrics.items()} for i in range(len(progress))]
+    told: list[dict[str, float] | None] = [None] * len(progress)
+    for i in result.training():
+        agent, values = progress[i], per_agent[i]
+        agent.loss, agent.updates = values.pop("loss"), agent.updates + 1
+        if not (np.isfinite(agent.loss) and values.pop("params_finite")):  # stop before it reaches a checkpoint
+            what = f"non-finite loss {agent.loss}" if not np.isfinite(agent.loss) else "non-finite parameters"
+            result.agent_failures[i] = f"{what} at update {agent.updates} (step {agent.timestep})"
+            continue
+        told[i] = {"loss": agent.loss, **values, "learning_rate": learner.learning_rate_at(agent.updates - 1, i)}
+    good = np.array([f is None for f in result.agent_failures])
+    if good.all():
+        result.state = state
+    elif good.any():  # a failed agent keeps its last good state; the others learn on
+        result.state = jax.tree.map(lambda new, old: jnp.where(good.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+                                    state, result.state)
+    return told
 
 def _tell(outputs: Outputs, config: RunConfig, start: int, end: int, size: int, episodes: list[Episode],
           update: dict[str, float] | None, learned: bool) -> None:

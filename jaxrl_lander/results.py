@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxrl_lander.config import RunConfig, make_config
+from jaxrl_lander.errors import ResumeError, first_line
 from jaxrl_lander.files import ExperimentPaths, read_json
 from jaxrl_lander.outputs.metrics import MetricsRecorder
 
@@ -144,3 +145,13 @@ def build_results(config: RunConfig, paths: ExperimentPaths, recorder: MetricsRe
                 "training_seconds": first_solve["training_seconds"] if first_solve else None},
         learning_progression=progression, artifacts=artifacts, success_criteria=criteria, **run,
     )
+
+
+def previous_results(paths: ExperimentPaths) -> Results | None:
+    """The results JSON of an experiment, or None when it has none; ResumeError when it is unreadable."""
+    if not paths.results.is_file():
+        return None
+    try:
+        return Results.load(paths.results)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ResumeError(f"results file {paths.results} is unreadable ({first_line(exc)})") from None

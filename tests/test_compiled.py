@@ -202,8 +202,8 @@ def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
     collector.start(learner.init(jax.random.key(0)), env_seed=0)
     hooks, progress = CountingHooks(collector), Progress()
     recorder = MetricsRecorder("x", "ppo", config.env_id, 0, config.recording_interval)
-    result = train_loop(config, learner, collector, learner.init(jax.random.key(0)), progress,
-                        Outputs(recorder, []), hooks, lambda: len(hooks.checkpoints) >= 2)
+    result = train_loop(config, learner, collector, learner.init(jax.random.key(0)), [progress],
+                        [Outputs(recorder, [])], hooks, lambda: len(hooks.checkpoints) >= 2)
     collector.close()
     assert hooks.checkpoints == [128, 256] and progress.timestep == 256 and progress.updates == 0
     assert result.failure is None and [r["timestep"] for r in recorder.records] == [104, 200]

@@ -57,11 +57,12 @@ class CountingHooks:
 
     def evaluate(self, params):
         self.evaluations += 1
-        return {"episodes": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}
+        return [{"episodes": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}]
 
     def checkpoint(self, state, progress, training_seconds):
-        self.collector.pending(progress.timestep)  # what a checkpoint takes of the rollout in progress
-        self.checkpoints.append(progress.timestep)
+        (agent,) = progress
+        self.collector.pending(agent.timestep)  # what a checkpoint takes of the rollout in progress
+        self.checkpoints.append(agent.timestep)
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
@@ -86,7 +87,7 @@ def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
     collector.start(state, env_seed=0)
     hooks, progress = CountingHooks(collector), Progress()
     recorder = MetricsRecorder("x", algo, config.env_id, 0, config.recording_interval)
-    result = train_loop(config, learner, collector, state, progress, Outputs(recorder, []), hooks, lambda: False)
+    result = train_loop(config, learner, collector, state, [progress], [Outputs(recorder, [])], hooks, lambda: False)
     collector.close()
     assert result.failure is None and progress.timestep == 2048
     assert progress.updates == 2048 // config.rollout_size

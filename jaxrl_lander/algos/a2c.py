@@ -11,10 +11,10 @@ from jaxrl_lander.algos.base import (
     TrainState,
     explained_variance,
     hparams_from_config,
-    learning_rate,
     make_batch,
     mean,
     normalize,
+    step_size,
 )
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
 
@@ -35,13 +35,12 @@ class HParams:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    step_size = learning_rate(config, 1)
     if config.optimizer == "adam":
-        inner = optax.adam(step_size, eps=config.adam_eps)
+        inner = optax.scale_by_adam(eps=config.adam_eps)
     else:
         # PyTorch's RMSprop: nu starts at 0, and eps is added to sqrt(nu), not inside it.
-        inner = optax.rmsprop(step_size, decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False)
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), inner)
+        inner = optax.scale_by_rms(decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), inner, step_size(config, 1))
 
 
 def static_args(config) -> dict:

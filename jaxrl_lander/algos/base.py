@@ -135,12 +135,35 @@ def hparams_from_config(cls, config):
     return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
 
 
-def learning_rate(config, gradient_steps_per_update: int) -> float | optax.Schedule:
+class StepSizeState(NamedTuple):
+    count: jax.Array  # int32: gradient steps taken
+    learning_rate: jax.Array  # float32: a leaf of the state, so agents stacked with different rates share a program
+
+
+def scale_by_step_size(learning_rate: float, anneal_steps: int | None) -> optax.GradientTransformation:
+    """u <- -lr_t * u with lr_t = learning_rate, or learning_rate * (1 - t / anneal_steps) (0 after) when
+    annealed; t counts the gradient steps. As optax's scale_by_learning_rate, with the rate held in the state."""
+
+    def init(params):
+        del params
+        return StepSizeState(jnp.zeros([], jnp.int32), jnp.asarray(learning_rate, jnp.float32))
+
+    def update(updates, state: StepSizeState, params=None):
+        del params
+        rate = state.learning_rate
+        if anneal_steps:
+            rate = rate * (1 - jnp.clip(state.count, 0, anneal_steps) / anneal_steps)
+        updates = jax.tree.map(lambda g: jnp.array(-rate, dtype=g.dtype) * g, updates)
+        return updates, state._replace(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def step_size(config, gradient_steps_per_update: int) -> optax.GradientTransformation:
     """The config's step size: constant, or decaying linearly to 0 over the updates of total_timesteps."""
-    if not config.anneal_lr:
-        return config.learning_rate
     total_updates = max(config.total_timesteps // config.rollout_size, 1)
-    return optax.linear_schedule(config.learning_rate, 0.0, total_updates * gradient_steps_per_update)
+    return scale_by_step_size(config.learning_rate,
+                              total_updates * gradient_steps_per_update if config.anneal_lr else None)
 
 
 @partial(jax.jit, static_argnames=("policy", "tx", "obs_dim"))
@@ -166,10 +189,13 @@ class Learner:
         """A fresh train state from `key` (also the template a checkpoint is restored into)."""
         return init_state(policy=self.network, tx=self.tx, key=key, obs_dim=self.obs_dim)
 
-    def learning_rate_at(self, update: int) -> float:
+    def learning_rate_at(self, update: int, agent: int = 0) -> float:
         """The step size at the first gradient step of update number `update` (counting from 0)."""
-        schedule = learning_rate(self.config, 1)
-        return float(schedule(update)) if callable(schedule) else float(schedule)
+        config = self.config
+        if not config.anneal_lr:
+            return float(config.learning_rate)
+        total_updates = max(config.total_timesteps // config.rollout_size, 1)
+        return float(config.learning_rate * (1 - min(update, total_updates) / total_updates))
 
 
 def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Callable | None = None) -> Learner:

@@ -12,10 +12,10 @@ from jaxrl_lander.algos.base import (
     TrainState,
     explained_variance,
     hparams_from_config,
-    learning_rate,
     make_batch,
     mean,
     normalize,
+    step_size,
 )
 from jaxrl_lander.policy import ActorCritic, entropy, log_prob
 
@@ -39,7 +39,8 @@ class HParams:
 def make_optimizer(config) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adam(learning_rate(config, config.n_epochs * config.num_minibatches), eps=config.adam_eps),
+        optax.scale_by_adam(eps=config.adam_eps),
+        step_size(config, config.n_epochs * config.num_minibatches),
     )
 
 
