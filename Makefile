@@ -13,6 +13,7 @@ RESUME ?=
 OVERWRITE ?=
 TENSORBOARD ?=
 BACKEND ?=
+VECTORIZED ?=
 EPISODES ?= 10
 
 SET_ARGS := $(foreach item,$(SET),--set $(item))
@@ -50,7 +51,7 @@ reproduce: $(STAMP)
 	$(PY) -m jaxrl_lander reproduce $(filter-out --resume --tensorboard,$(TRAIN_ARGS))
 
 sweep: $(STAMP)
-	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME))
+	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME)) $(if $(filter 1 yes true,$(VECTORIZED)),--vectorized)
 
 plot: $(STAMP)
 	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)

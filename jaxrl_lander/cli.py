@@ -11,22 +11,19 @@ import logging
 import os
 import signal
 import sys
-import tomllib
 from pathlib import Path
-from typing import Any
 
-from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES, check_keys_and_types, load_config
+from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES, load_config
 from jaxrl_lander.config_docs import config_keys_help
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
                                   TrainingFailed, UnreadableModel)
 from jaxrl_lander.files import ExperimentPaths, check_writable, model_path
 from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
+from jaxrl_lander.variants import OWN_OPTION, check_agents, parse_settings, sweep_variants
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 PROG = "jaxrl_lander"
-# keys with a command-line option of their own, which --set would silently contradict
-OWN_OPTION = {"algo": "--algo", "seed": "--seed", "total_timesteps": "--steps", "env_backend": "--backend"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -115,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training processes at once (default: the number of CPUs)")
     sweep.add_argument("--name", default=None,
                        help="sweep name (default: the config file's stem, or the algorithm, then the --set items)")
+    sweep.add_argument("--vectorized", action="store_true",
+                       help="train every seed (and --set variant) as vectorised agents of one process, on envpool;"
+                            " --set KEY=[A,B] trains one agent per value and seed")
 
     plot = command("plot", "learning-curve PNG of one experiment, or several side by side")
     plot.add_argument("experiments", type=Path, nargs="+", help="experiment directories")
@@ -131,25 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--render", action="store_true",
                           help="also save one episode as <experiment>/<name>_episode.gif")
     return parser
-
-
-def parse_settings(algo: str, items: list[str]) -> dict[str, Any]:
-    """The `--set KEY=VALUE` items as a dict; VALUE is read as a TOML value, or as a string if it is not one."""
-    settings: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        if key in OWN_OPTION:
-            raise ConfigError(f"--set {key}: use {OWN_OPTION[key]} instead")
-        if key in settings:
-            raise ConfigError(f"--set gives '{key}' twice")
-        try:
-            settings[key] = tomllib.loads(f"value = {text}")["value"]
-        except tomllib.TOMLDecodeError:
-            settings[key] = text.strip()  # a bare word: optimizer=adam
-    return check_keys_and_types(algo, settings, "--set")
 
 
 def _config(args, seed: int | None):
@@ -209,10 +190,18 @@ def _reproduce(args) -> int:
 def _sweep(args) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
-    configs = [_config(args, seed) for seed in args.seeds]  # all valid before any process starts
+    if args.vectorized and args.jobs:
+        raise ConfigError("--jobs has no meaning with --vectorized: every agent trains in one process")
+    backend = args.backend or ("envpool" if args.vectorized else None)
+    variants = {}
+    for name, settings in sweep_variants(args.algo, args.settings).items():  # all valid before any training
+        given = (("total_timesteps", args.steps), ("env_backend", backend))
+        variants[name] = load_config(args.config, args.algo, {**settings, **{k: v for k, v in given if v is not None}})
+    if args.vectorized:
+        check_agents(list(variants.values()))
     from jaxrl_lander.envs import check_envs
 
-    check_envs(configs[0])
+    check_envs(next(iter(variants.values())))
     check_writable(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep
 
@@ -221,13 +210,14 @@ def _sweep(args) -> int:
         raise ConfigError(f"--name must be a plain directory name, got '{name}'")
     out_dir = args.results_dir / "sweeps" / name
     jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
-    summary = run_sweep(args.algo, args.seeds, configs[0], out_dir, jobs)  # they differ in the seed alone
-    final = summary["final_evaluation"]
-    print(f"{name}: {len(args.seeds)} seeds | final evaluation mean {final['mean']:.1f}"
-          f" [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM {final['iqm']:.1f}"
-          f" [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
-          f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
-          f" | {out_dir / 'summary.json'}")
+    summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)
+    for variant, summary in summaries.items():
+        final = summary["final_evaluation"]
+        print(f"{'/'.join(filter(None, (name, variant)))}: {len(args.seeds)} seeds | final evaluation mean"
+              f" {final['mean']:.1f} [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM"
+              f" {final['iqm']:.1f} [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
+              f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
+              f" | {out_dir / variant / 'summary.json'}")
     return 0
 
 

@@ -82,14 +82,19 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
 class Experiment:
     """One run of one experiment directory: the loop's checkpoint and evaluation hooks, and its finish."""
 
-    def __init__(self, config: RunConfig, paths: ExperimentPaths, devices: Devices, replace: Overwrite | None = None):
+    def __init__(self, config: RunConfig, paths: ExperimentPaths, devices: Devices, replace: Overwrite | None = None,
+                 collector=None):
         self.config, self.devices, self.replace = config, devices, replace
         self.paths = replace.staged if replace else paths  # an overwrite writes aside until its first checkpoint
         self.keys, self.seeds = RunKeys.from_seed(config.seed), EvalSeeds.of(config)
         self.learner = make_learner(config, *check_envs(config))
-        envs = None if config.env_backend == "envpool" else make_vector_env(config.env_id, config.num_envs)
-        self.collector = (CompiledCollector(config, self.learner, devices) if envs is None  # envpool's, compiled
-                          else HostCollector(envs, self.learner.network, config, devices))
+        if collector is not None:  # one agent's view of vectorised agents' collector
+            self.collector = collector
+        elif config.env_backend == "envpool":
+            self.collector = CompiledCollector(config, self.learner, devices)
+        else:
+            self.collector = HostCollector(make_vector_env(config.env_id, config.num_envs), self.learner.network,
+                                           config, devices)
         self.recorder: MetricsRecorder | None = None
         self.pending: tuple[dict, int] | None = None  # a resumed checkpoint's partly collected rollout
         self.store: CheckpointStore | None = None
@@ -202,10 +207,10 @@ class Experiment:
         return self.finish(result.state, result, progress, outputs, stop.signum, started)
 
     def finish(self, state: TrainState, result: LoopResult, progress: Progress, outputs: Outputs,
-               signum: int | None, started: tuple, agent: int = 0) -> Results:
+               signum: int | None, started: tuple, agent: int = 0, evaluation: dict | None = None) -> Results:
         """The end of a run: a stop checkpoint, the model, the final evaluation, metrics and results JSON.
         `state` is this experiment's: agent number `agent` of the loop's; `started`: (start time, start step,
-        compile clock)."""
+        compile clock); `evaluation`: the final evaluation of the last parameters, when already played."""
         start_time, start_step, compile_clock = started
         failure = result.agent_failures[agent] or result.failure
         status, reason = ("failed", failure) if failure else ("completed", None)
@@ -233,10 +238,12 @@ class Experiment:
             status, reason = self._failed_write(status, reason, lambda: self._save_model(delivery))
         if status == "interrupted":  # a failure's reason is the error the run ends with
             log.warning("%s: %s", self.paths.name, reason)
-        evaluation = None
-        if status == "completed":
-            evaluation = delivery.evaluation or evaluate(delivery.policy, self.config.env_id,
-                                                         self.config.eval_episodes, self.seeds.final, timed=True)
+        if status != "completed":
+            evaluation = None
+        else:
+            if delivery.evaluation or delivery.step != progress.timestep or evaluation is None:
+                evaluation = delivery.evaluation or evaluate(delivery.policy, self.config.env_id,
+                                                             self.config.eval_episodes, self.seeds.final, timed=True)
             outputs.evaluation(progress.timestep, evaluation)
         outputs.close(progress.timestep)
         status, reason = self._failed_write(status, reason, lambda: self.recorder.save(self.paths.metrics))

@@ -1,10 +1,12 @@
-"""Multi-seed sweeps: one training process per seed, then honest statistics over seeds.
+"""Multi-seed sweeps: one training process per seed, or all seeds (and hyperparameter variants) as vectorised
+agents in one process; then honest statistics over seeds.
 
 Final evaluation returns are summarised as mean and interquartile mean (IQM), each with a 95% percentile
 bootstrap confidence interval over seeds (the practice of rliable, Agarwal et al. 2021); learning curves as
 the mean over seeds with a 95% bootstrap band.
 """
 
+import dataclasses
 import logging
 import signal
 import subprocess
@@ -130,28 +132,57 @@ class Children:
         return proc.returncode, out, err
 
 
-def run_sweep(algo: str, seeds: list[int], config: RunConfig, out_dir: Path, jobs: int) -> dict[str, Any]:
-    """Train every seed of `config` (up to `jobs` processes at once) into out_dir, then write summary.json and
-    the plot.
+def run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], out_dir: Path, jobs: int,
+              vectorized: bool = False) -> dict[str, dict[str, Any]]:
+    """Train every seed of every variant (name -> config; one variant named "" trains into out_dir itself, the
+    others into out_dir/name), then write each variant's summary.json and plot; returns the summaries by name.
+    Several variants also get out_dir/summary.json, holding them all.
 
-    The config is written once to out_dir/config.toml (without its seed) and every seed trains from that file:
-    the sweep records what it ran, and editing the config file it came from mid-sweep changes nothing.
-    Every seed runs with --resume, so running a sweep again continues its unfinished seeds and keeps the finished
-    ones; a sweep of the same name with another config is refused (ConfigError). Raises SweepFailed, naming the
-    failed seeds, once every seed has finished; the others' artifacts stay.
+    Each variant's config is written once to its config.toml (without its seed) and every seed trains from it:
+    the sweep records what it ran, and editing the config file it came from mid-sweep changes nothing. Every seed
+    resumes, so running a sweep again continues its unfinished seeds and keeps the finished ones; a sweep of the
+    same name with another config is refused (ConfigError). Without `vectorized` each seed is a training process
+    of its own, up to `jobs` at once; with it, all of them are vectorised agents of one process (agents.py).
+    Raises SweepFailed, naming the failed seeds, once every seed has finished; the others' artifacts stay.
     """
-    config_file, text = out_dir / "config.toml", config_to_toml(config, omit=("seed",))
+    dirs = {name: out_dir / name if name else out_dir for name in variants}
+    for name, config in variants.items():
+        _write_config(config, dirs[name])
+    if vectorized:
+        failures = _train_agents(seeds, variants, dirs)
+    else:
+        failures = {}
+        for name in variants:
+            failures.update({(name, seed): error for seed, error in _train_processes(algo, seeds, dirs[name],
+                                                                                     jobs).items()})
+    if failures:
+        (name, seed), error = next(iter(failures.items()))
+        where = lambda n, s: f"{n}/seed {s}" if n else f"{s}"  # noqa: E731
+        raise SweepFailed(f"{len(failures)} of {len(seeds) * len(variants)} seeds failed"
+                          f" ({' '.join(where(n, s) for n, s in failures)}); seed {where(name, seed)}: {error}")
+    summaries = {name: summarize_sweep(algo, seeds, dirs[name]) for name in variants}
+    if list(variants) != [""]:
+        write_json_atomic(out_dir / "summary.json", {"algorithm": algo, "seeds": seeds, "variants": summaries})
+    return summaries
+
+
+def _write_config(config: RunConfig, directory: Path) -> None:
+    config_file, text = directory / "config.toml", config_to_toml(config, omit=("seed",))
     if config_file.is_file() and config_file.read_text() != text:
-        raise ConfigError(f"sweep {out_dir} exists with another config: give another --name, or delete it")
+        raise ConfigError(f"sweep {directory} exists with another config: give another --name, or delete it")
+    directory.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(config_file) as tmp:
         tmp.write_text(text)
 
+
+def _train_processes(algo: str, seeds: list[int], out_dir: Path, jobs: int) -> dict[int, str]:
+    """Train each seed from out_dir/config.toml in a process of its own; the failed seeds' last error lines."""
     children = Children()
 
     def train(seed: int) -> str | None:
         """None on success, else the last line the seed's process wrote to stderr."""
         cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed),
-               "--config", str(config_file), "--results-dir", str(out_dir), "--resume"]  # a re-run continues
+               "--config", str(out_dir / "config.toml"), "--results-dir", str(out_dir), "--resume"]
         start = time.perf_counter()
         returncode, out, err = children.run(cmd)
         if returncode != 0:
@@ -165,11 +196,18 @@ def run_sweep(algo: str, seeds: list[int], config: RunConfig, out_dir: Path, job
     if children.signum is not None:
         raise Interrupted(children.signum, f"sweep {out_dir.name} stopped by {signal.Signals(children.signum).name};"
                                            " its seeds saved where they were: run it again to continue")
-    if failures:
-        seed, error = next(iter(failures.items()))
-        raise SweepFailed(f"{len(failures)} of {len(seeds)} seeds failed ({' '.join(map(str, failures))});"
-                          f" seed {seed}: {error}")
-    return summarize_sweep(algo, seeds, out_dir)
+    return failures
+
+
+def _train_agents(seeds: list[int], variants: dict[str, RunConfig], dirs: dict[str, Path]
+                  ) -> dict[tuple[str, int], str]:
+    """Train every (variant, seed) as vectorised agents of one process; the failed ones' errors."""
+    from jaxrl_lander.agents import train_agents  # jax loads here, not for the statistics
+
+    runs = [(name, seed) for name in variants for seed in seeds]
+    configs = [dataclasses.replace(variants[name], seed=seed) for name, seed in runs]
+    results = train_agents(configs, [dirs[name] for name, _ in runs])
+    return {run: str(r) for run, r in zip(runs, results) if isinstance(r, Exception)}
 
 
 def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxrl_lander.cli import parse_settings
+from jaxrl_lander.variants import parse_settings
 from jaxrl_lander.config import A2CConfig, ConfigError, PPOConfig, config_to_toml, load_config, make_config
 
 

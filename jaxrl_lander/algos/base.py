@@ -166,11 +166,17 @@ def step_size(config, gradient_steps_per_update: int) -> optax.GradientTransform
                               total_updates * gradient_steps_per_update if config.anneal_lr else None)
 
 
-@partial(jax.jit, static_argnames=("policy", "tx", "obs_dim"))
-def init_state(policy: ActorCritic, tx: optax.GradientTransformation, key: jax.Array, obs_dim: int) -> TrainState:
-    """Fresh parameters and optimiser state; compiled as one program rather than dozens of small ones."""
+@partial(jax.jit, static_argnames=("policy", "obs_dim"))
+def init_params(policy: ActorCritic, key: jax.Array, obs_dim: int) -> tuple[Any, jax.Array]:
+    """Fresh parameters, and the key left; compiled as one program rather than dozens of small ones (one for
+    every config of the same network: agents of different step sizes share it)."""
     init_key, key = jax.random.split(key)
-    params = policy.init(init_key, jnp.zeros((1, obs_dim), jnp.float32))
+    return policy.init(init_key, jnp.zeros((1, obs_dim), jnp.float32)), key
+
+
+def init_state(policy: ActorCritic, tx: optax.GradientTransformation, key: jax.Array, obs_dim: int) -> TrainState:
+    """Fresh parameters and optimiser state."""
+    params, key = init_params(policy, key, obs_dim)
     return TrainState(params=params, opt_state=tx.init(params), key=key)
 
 

@@ -18,11 +18,11 @@ def _speed(start_step: int, start_time: float, step: int) -> float:
 class ProgressBar(Sink):
     """Steps, steps/s, episodes, recent mean return and time left, refreshed at each metrics record."""
 
-    def __init__(self, total: int, start: int):
+    def __init__(self, total: int, start: int, label: str = "training"):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
+            TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
             TextColumn("{task.fields[rate]} steps/s"), TextColumn("{task.fields[episodes]} episodes"),
             TextColumn("return {task.fields[recent]}"), TimeRemainingColumn(), transient=False,
         )
@@ -44,8 +44,8 @@ class ProgressBar(Sink):
 class LogLines(Sink):
     """INFO lines: progress every tenth of the run, each evaluation; DEBUG: each update's losses."""
 
-    def __init__(self, total: int, start: int, progress_lines: bool = True):
-        self.total, self.start, self.t0 = total, start, time.perf_counter()
+    def __init__(self, total: int, start: int, progress_lines: bool = True, label: str = ""):
+        self.total, self.start, self.t0, self.label = total, start, time.perf_counter(), label
         self.every = max(total // 10, 1)
         self.next_line = start + self.every if progress_lines else None
 
@@ -55,22 +55,25 @@ class LogLines(Sink):
             return
         self.next_line += self.every
         recent = record["reward"]
-        log.info("step %d/%d | %.0f steps/s | %d episodes | recent return %s", step, self.total,
+        log.info("%sstep %d/%d | %.0f steps/s | %d episodes | recent return %s", self.label, step, self.total,
                  _speed(self.start, self.t0, step), record["episode"], "n/a" if recent is None else f"{recent:.1f}")
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         log.debug("update at step %d: %s", step, metrics)
 
     def evaluation(self, step: int, summary: dict[str, Any]) -> None:
-        log.info("evaluation at step %d: %.1f over %d episodes", step, summary["mean"], summary["episodes"])
+        log.info("%sevaluation at step %d: %.1f over %d episodes", self.label, step, summary["mean"],
+                 summary["episodes"])
 
 
-def run_sinks(total: int, start: int, tensorboard_dir: Path | None, progress_bar: bool | None) -> list[Sink]:
+def run_sinks(total: int, start: int, tensorboard_dir: Path | None, progress_bar: bool | None,
+              label: str = "") -> list[Sink]:
     """A run's sinks besides the metrics: a progress bar (default: when stderr is a terminal) or progress log
-    lines, and TensorBoard event files in `tensorboard_dir` when given."""
+    lines, and TensorBoard event files in `tensorboard_dir` when given. `label` names the run watched (one of
+    vectorised agents)."""
     bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-    sinks: list[Sink] = [ProgressBar(total, start)] if bar else []
-    sinks.append(LogLines(total, start, progress_lines=not bar))
+    sinks: list[Sink] = [ProgressBar(total, start, label or "training")] if bar else []
+    sinks.append(LogLines(total, start, progress_lines=not bar, label=f"{label}: " if label else ""))
     if tensorboard_dir is not None:
         from jaxrl_lander.outputs.tensorboard import TensorBoardLog
 
