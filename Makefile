@@ -20,8 +20,8 @@ SET_ARGS := $(foreach item,$(SET),--set $(item))
 ifneq ($(and $(SET),$(filter parity,$(MAKECMDGOALS))),)
 $(error make parity takes CONFIG only, not SET: write the changed keys into a config file)
 endif
-ifneq ($(and $(BACKEND),$(filter parity bench bench-solve,$(MAKECMDGOALS))),)
-$(error make $(filter parity bench bench-solve,$(MAKECMDGOALS)) takes no BACKEND: parity trains on gymnasium's env as SB3 does, and the benchmarks run both)
+ifneq ($(and $(BACKEND),$(filter parity bench bench-solve bench-agents,$(MAKECMDGOALS))),)
+$(error make $(filter parity bench bench-solve bench-agents,$(MAKECMDGOALS)) takes no BACKEND: parity trains on gymnasium's env as SB3 does, and the benchmarks run both)
 endif
 # SEED goes to the command line only when given, so that a config file's seed holds otherwise (eval and plot use 42).
 TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
@@ -34,7 +34,7 @@ SB3_SPEC ?= stable-baselines3==2.9.2
 
 SEEDS ?= 0 1 2 3 4
 
-.PHONY: setup train reproduce sweep plot eval test soak bench bench-solve parity clean
+.PHONY: setup train reproduce sweep plot eval test soak bench bench-solve bench-agents parity clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,9 @@ bench: $(STAMP) $(BENCH_VENV)/.installed
 
 bench-solve: $(STAMP) $(BENCH_VENV)/.installed
 	$(PY) bench/solve.py
+
+bench-agents: $(STAMP)
+	$(PY) bench/agents.py
 
 parity: $(STAMP) $(BENCH_VENV)/.installed
 	$(PY) bench/parity.py --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG))

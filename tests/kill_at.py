@@ -5,6 +5,7 @@
 POINT is one of
     rollout:N        the N-th vector-env step of the run (mid-rollout when N is not a multiple of n_steps)
     checkpoint:STEP  the checkpoint of STEP, fully written to its temporary directory but not yet renamed
+    interrupt:STEP   as checkpoint:STEP, but a SIGINT (Ctrl-C) instead of a SIGKILL, and the checkpoint is kept
     model            the final model, likewise written but not renamed
     json:N           the N-th JSON write (metrics or results), written to its temporary file but not renamed
     journal:N        the N-th append to the metrics journal, half of its bytes written
@@ -42,14 +43,17 @@ def arm(point: str) -> None:
             return step_envs(*args, **kwargs)
 
         collect.step_envs = step_then_maybe_die
-    elif kind in ("checkpoint", "model"):
+    elif kind in ("checkpoint", "model", "interrupt"):
         from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
 
         finalize = AtomicRenameTemporaryPath.finalize
 
         async def finalize_or_die(self):
             name = self._final_path.name
-            if (kind == "model" and name.endswith("_model")) or (kind == "checkpoint" and name == arg):
+            if kind == "interrupt" and name == arg and not calls[0]:
+                calls[0] = 1
+                os.kill(os.getpid(), signal.SIGINT)
+            elif (kind == "model" and name.endswith("_model")) or (kind == "checkpoint" and name == arg):
                 die()
             return await finalize(self)
 

@@ -1,0 +1,329 @@
+"""Vectorised agents: the agent axis (hand-built), the traced step size, evaluation of stacked agents, and short
+real runs: one agent learns what a standalone run learns, a sweep writes every seed as a standalone run and
+repeats itself, two devices give what one gives, an agent that diverges fails alone, kills and stops resume."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_cli import run_cli
+
+from jaxrl_lander.agents import _by_agent, agent_of, on_host, stack, train_agents
+from jaxrl_lander.algos import ALGORITHMS, make_learner
+from jaxrl_lander.algos.base import Rollout
+from jaxrl_lander.compiled import agents_act, agents_value
+from jaxrl_lander.config import make_config
+from jaxrl_lander.errors import ConfigError
+from jaxrl_lander.evaluate import Policy, evaluate, evaluate_agents
+from jaxrl_lander.files import ExperimentPaths, read_json
+from jaxrl_lander.policy import sample_action, state_value
+from jaxrl_lander.variants import VARYING, check_agents, sweep_variants
+
+HERE = Path(__file__).parent
+# Short envpool runs: one PPO update every 256 env steps, a checkpoint every 128.
+TINY = {"env_backend": "envpool", "n_steps": 32, "num_envs": 8, "batch_size": 64, "n_epochs": 2,
+        "checkpoint_interval": 128, "eval_episodes": 2, "recording_interval": 64}
+TINY_TOML = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY.items()) + "\n"
+
+
+def tiny(seed: int = 0, steps: int = 512, **overrides):
+    return make_config("ppo", {**TINY, "seed": seed, "total_timesteps": steps, **overrides})
+
+
+def test_a_rollout_of_all_agents_splits_into_each_agents_columns():
+    t, agents, b = 3, 2, 4
+    obs = np.arange(t * agents * b * 2, dtype=np.float32).reshape(t, agents * b, 2)
+    flat = np.arange(t * agents * b, dtype=np.float32).reshape(t, agents * b)
+    last = np.arange(agents * b * 2, dtype=np.float32).reshape(agents * b, 2)
+    split = _by_agent(Rollout(obs, flat.astype(np.int32), flat, flat, last, flat), agents)
+    chex.assert_shape([split.obs, split.last_obs], [(agents, t, b, 2), (agents, b, 2)])
+    for i in range(agents):
+        np.testing.assert_array_equal(split.obs[i], obs[:, i * b:(i + 1) * b])
+        np.testing.assert_array_equal(split.rewards[i], flat[:, i * b:(i + 1) * b])
+        np.testing.assert_array_equal(split.valid[i], flat[:, i * b:(i + 1) * b])
+        np.testing.assert_array_equal(split.last_obs[i], last[i * b:(i + 1) * b])
+
+
+class TestStackedAgents(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_act_and_value_as_each_would_alone(self):
+        learner = make_learner(make_config("ppo", {}), obs_dim=8, num_actions=4)
+        states = [learner.init(jax.random.key(seed)) for seed in (3, 4)]
+        params, keys = stack([s.params for s in states]), jnp.stack([s.key for s in states])
+        obs = jax.random.normal(jax.random.key(0), (2 * 5, 8))
+        actions, next_keys = self.variant(lambda p, o, k: agents_act(learner.network, 2, p, o, k))(params, obs, keys)
+        values = self.variant(lambda p, o: agents_value(learner.network, 2, p, o))(params, obs[None].repeat(3, 0))
+        chex.assert_shape([actions, values], [(10,), (3, 10)])
+        for i, state in enumerate(states):
+            alone, key = sample_action(learner.network, state.params, obs[5 * i:5 * (i + 1)], state.key)
+            np.testing.assert_array_equal(actions[5 * i:5 * (i + 1)], alone)
+            np.testing.assert_array_equal(jax.random.key_data(next_keys[i]), jax.random.key_data(key))
+            np.testing.assert_allclose(values[:, 5 * i:5 * (i + 1)],
+                                       state_value(learner.network, state.params, obs[5 * i:5 * (i + 1)])[None]
+                                       .repeat(3, 0), rtol=1e-6)
+
+
+def test_what_may_differ_between_agents_is_what_the_update_traces():
+    for algo, module in ALGORITHMS.items():
+        traced = {f.name for f in dataclasses.fields(module.HParams) if f.metadata.get("pytree_node", True)}
+        assert set(VARYING[algo]) == traced | {"learning_rate", "reward_scale"}  # the step size is a state leaf
+
+
+@pytest.mark.parametrize("algo,settings", [("ppo", {}), ("ppo", {"anneal_lr": True}), ("a2c", {}),
+                                           ("a2c", {"anneal_lr": True, "optimizer": "adam"})])
+def test_the_step_size_held_in_the_state_steps_as_optax_does(algo, settings):
+    """The learning rate is a leaf of the optimiser state (so agents of different rates share a program); the
+    steps it gives are bit for bit those of optax's adam / rmsprop with a constant or linear schedule."""
+    config = make_config(algo, settings)
+    steps = config.n_epochs * config.num_minibatches if algo == "ppo" else 1
+    total = config.total_timesteps // config.rollout_size * steps
+    rate = optax.linear_schedule(config.learning_rate, 0.0, total) if config.anneal_lr else config.learning_rate
+    inner = (optax.adam(rate, eps=config.adam_eps) if getattr(config, "optimizer", "adam") == "adam" else
+             optax.rmsprop(rate, decay=config.rms_decay, eps=config.rms_eps, eps_in_sqrt=False))
+    reference = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), inner)
+    ours = ALGORITHMS[algo].make_optimizer(config)
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    ref_state, our_state = reference.init(params), ours.init(params)
+    for t in range(5):
+        grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(t), p.shape), params)
+        ref_updates, ref_state = reference.update(grads, ref_state, params)
+        our_updates, our_state = ours.update(grads, our_state, params)
+        jax.tree.map(np.testing.assert_array_equal, our_updates, ref_updates)
+
+
+def test_agents_of_different_step_sizes_share_one_compiled_update_and_each_steps_by_its_own():
+    """A step size of 1e-12 leaves its agent's parameters where they were while the other agent's move: the rates are
+    values in the state, not constants compiled in."""
+    from jaxrl_lander.agents import AgentsLearner
+    from jaxrl_lander.runtime import Devices
+
+    configs = [tiny(0, learning_rate=1e-12), tiny(1, learning_rate=1e-3)]
+    learners = [make_learner(c, obs_dim=8, num_actions=4) for c in configs]
+    agents = AgentsLearner(learners, Devices.resolve())
+    state = agents.place(stack([learner.init(jax.random.key(i)) for i, learner in enumerate(learners)]))
+    t, width = configs[0].n_steps, 2 * configs[0].num_envs
+    rng = np.random.default_rng(0)
+    rollout = Rollout(rng.normal(size=(t, width, 8)).astype(np.float32), rng.integers(0, 4, (t, width), np.int32),
+                      rng.normal(size=(t, width)).astype(np.float32), np.zeros((t, width), np.float32),
+                      rng.normal(size=(width, 8)).astype(np.float32))
+    new, metrics = agents.update(state, rollout)
+    new, metrics = agents.update(new, rollout)
+    moved = [max(float(jnp.abs(a[i] - b[i]).max()) for a, b in zip(jax.tree.leaves(new.params),
+                                                                    jax.tree.leaves(state.params))) for i in (0, 1)]
+    assert moved[0] < 1e-9 and moved[1] > 1e-4
+    assert agents._update._cache_size() == 1 and metrics["loss"].shape == (2,)
+
+
+def test_stacked_agents_play_the_episodes_each_would_play_alone():
+    learner = make_learner(make_config("ppo", {}), obs_dim=8, num_actions=4)
+    states = [learner.init(jax.random.key(seed)) for seed in (0, 1)]
+    together = evaluate_agents(learner.network, stack([s.params for s in states]), "LunarLander-v3", 3, [100, 500])
+    for state, summary, seed in zip(states, together, (100, 500)):
+        alone = evaluate(Policy(learner.network, state.params), "LunarLander-v3", 3, seed)
+        assert summary == alone and summary["seeds"] == [seed, seed + 1, seed + 2]
+
+
+def test_train_states_sliced_on_the_host_are_each_agents_own():
+    learner = make_learner(make_config("ppo", {}), obs_dim=8, num_actions=4)
+    states = [learner.init(jax.random.key(seed)) for seed in (5, 6)]
+    host = on_host(stack(states))
+    for i, state in enumerate(states):
+        mine = agent_of(host, i)
+        jax.tree.map(np.testing.assert_array_equal, mine.params, state.params)
+        np.testing.assert_array_equal(jax.random.key_data(mine.key), jax.random.key_data(state.key))
+
+
+def test_sweep_variants_one_per_value_and_combination():
+    assert list(sweep_variants("ppo", ["gamma=0.99"])) == [""]
+    variants = sweep_variants("ppo", ["learning_rate=[1e-4,3e-4]", "ent_coef=[0.0,0.01]", "n_epochs=4"])
+    assert list(variants) == ["learning_rate=0.0001,ent_coef=0", "learning_rate=0.0001,ent_coef=0.01",
+                              "learning_rate=0.0003,ent_coef=0", "learning_rate=0.0003,ent_coef=0.01"]
+    assert variants["learning_rate=0.0003,ent_coef=0.01"] == {"learning_rate": 3e-4, "ent_coef": 0.01, "n_epochs": 4}
+    for bad in (["learning_rate=[]"], ["learning_rate=[1e-3,0.001]"], ["learning_rate=[1e-3,\"x\"]"]):
+        with pytest.raises(ConfigError):
+            sweep_variants("ppo", bad)
+
+
+def test_agents_of_one_program_differ_only_in_traced_values():
+    check_agents([tiny(0), tiny(1, learning_rate=1e-3, gamma=0.9)])
+    with pytest.raises(ConfigError, match="not in n_steps"):
+        check_agents([tiny(0), tiny(1, n_steps=64)])
+    with pytest.raises(ConfigError, match="envpool backend only"):
+        check_agents([make_config("ppo", {})])
+
+
+def _params(path: Path) -> np.ndarray:
+    from jaxrl_lander.evaluate import load_policy
+
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(load_policy(path).params)])
+
+
+def test_one_vectorised_agent_learns_what_a_standalone_run_learns(tmp_path):
+    """Same env seeds, same keys, same updates: the vmapped update differs from the plain one by float rounding
+    only, and the final evaluation plays the same episodes."""
+    from jaxrl_lander.experiment import train
+
+    config = tiny(7)
+    (vectorised,) = train_agents([config], [tmp_path / "agents"], progress_bar=False)
+    standalone = train(config, tmp_path / "alone", progress_bar=False)
+    assert vectorised.evaluation["returns"] == standalone.evaluation["returns"]
+    np.testing.assert_allclose(_params(tmp_path / "agents/experiments/ppo_seed7"),
+                               _params(tmp_path / "alone/experiments/ppo_seed7"), atol=1e-5)
+    assert vectorised.updates == standalone.updates == 2
+
+
+def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
+    healthy, diverging = tiny(0), tiny(1, reward_scale=1e38)  # rewards overflow float32: the loss is not finite
+    results = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
+    assert results[0].status == "completed" and results[0].updates == 2
+    assert "non-finite" in str(results[1]) and "update 1" in str(results[1])
+    failed = read_json(ExperimentPaths.of(tmp_path, "ppo", 1).results)
+    assert failed["status"] == "failed" and failed["updates"] == 1
+
+
+def _sweep(*args, cwd, kill_at=None, popen=False):
+    cmd = [sys.executable, *([str(HERE / "kill_at.py"), kill_at, "--"] if kill_at else ["-m", "jaxrl_lander"]),
+           "sweep", "--algo", "ppo", "--config", "tiny.toml", "--vectorized", *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if popen:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _complete_run(paths: ExperimentPaths, steps: int) -> dict:
+    results = read_json(paths.results)
+    assert results["status"] == "completed" and results["timestep"] == steps
+    assert results["success_criteria"]["SC-005"]["passed"] and results["success_criteria"]["SC-003"]["passed"]
+    assert [r["timestep"] for r in read_json(paths.metrics)["records"]] == list(range(64, steps + 1, 64))
+    return results
+
+
+def test_a_vectorised_sweep_writes_each_seed_as_a_standalone_run_and_repeats_itself(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    runs = [_sweep("--seeds", "0", "--steps", "256", "--set", "learning_rate=[3e-4,1e-3]", "--name", name,
+                   cwd=tmp_path) for name in ("first", "second")]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert "first/learning_rate=0.001: 1 seeds | final evaluation mean" in runs[0].stdout
+    for variant, rate in (("learning_rate=0.0003", 3e-4), ("learning_rate=0.001", 1e-3)):
+        for seed in (0,):
+            first, second = (ExperimentPaths.of(tmp_path / "results/sweeps" / name / variant, "ppo", seed)
+                             for name in ("first", "second"))
+            results = _complete_run(first, 256)
+            assert results["hyperparameters"]["learning_rate"] == rate
+            assert sorted(int(p.name) for p in first.checkpoints.iterdir()) == [128, 256]
+            assert first.model.is_dir() and first.metrics_journal.is_file()
+            untimed = lambda m: ([{k: v for k, v in r.items() if k != "timestamp"} for r in m["records"]],  # noqa: E731
+                                 m["episodes"])
+            assert untimed(read_json(first.metrics)) == untimed(read_json(second.metrics))  # the same run again
+            assert results["evaluation"]["returns"] == read_json(second.results)["evaluation"]["returns"]
+        summary = read_json(tmp_path / "results/sweeps/first" / variant / "summary.json")
+        assert summary["final_evaluation"]["n"] == 1 and summary["hyperparameters"]["learning_rate"] == rate
+    both = read_json(tmp_path / "results/sweeps/first/summary.json")
+    assert list(both["variants"]) == ["learning_rate=0.0003", "learning_rate=0.001"]
+    again = _sweep("--seeds", "0", "--steps", "256", "--set", "learning_rate=[3e-4,1e-3]", "--name", "first",
+                   cwd=tmp_path)  # finished: nothing trains again
+    assert again.returncode == 0 and "step " not in again.stderr
+
+
+def test_a_vectorised_sweep_stopped_then_killed_resumes_every_agent_each_time(tmp_path):
+    """Ctrl-C (a SIGINT once the first agent's checkpoint of step 256 is written) stops every agent at one step,
+    each with a checkpoint and an interrupted results JSON. The rerun is then killed (SIGKILL) while the agents
+    write their checkpoints of step 640; the next resumes every agent from the last step all of them have a
+    checkpoint of (an agent that got further drops its later ones) and completes them."""
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    args = ("--seeds", "0", "1", "--steps", "1024")
+    paths = [ExperimentPaths.of(tmp_path / "results/sweeps/tiny", "ppo", seed) for seed in (0, 1)]
+    committed = lambda agent: sorted(int(p.name) for p in agent.checkpoints.iterdir() if p.name.isdigit())  # noqa
+
+    stopped_run = _sweep(*args, cwd=tmp_path, kill_at="interrupt:256")
+    assert stopped_run.returncode == 128 + signal.SIGINT, stopped_run.stderr[-2000:]
+    assert "2 agents stopped by SIGINT at step" in stopped_run.stderr.splitlines()[-1]
+    stopped = [read_json(agent.results) for agent in paths]
+    assert {r["status"] for r in stopped} == {"interrupted"}
+    at = stopped[0]["timestep"]
+    assert 256 <= at < 640 and stopped[1]["timestep"] == at
+    assert all(committed(agent)[-1] == at for agent in paths)
+
+    killed = _sweep(*args, cwd=tmp_path, kill_at="checkpoint:640")
+    assert killed.returncode == -signal.SIGKILL
+    steps = [committed(agent) for agent in paths]
+    assert all(max(s) in (512, 640) for s in steps)
+    if max(steps[1]) == max(steps[0]):  # make the agents uneven, as a kill between two agents' commits does
+        shutil.rmtree(paths[1].checkpoints / str(max(steps[1])))
+    common = min(max(committed(agent)) for agent in paths)
+
+    resumed = _sweep(*args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert {_complete_run(agent, 1024)["resumed_from_timestep"] for agent in paths} == {common}
+    grid = [128 * k for k in range(1, 9)]
+    for agent in paths:
+        assert committed(agent) == sorted({*grid, at}) and not list(agent.checkpoints.glob("*tmp*"))
+
+
+def test_a_vectorised_sweep_refuses_agents_another_process_is_writing(tmp_path):
+    from jaxrl_lander.claim import ExperimentLock
+
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    with ExperimentLock(ExperimentPaths.of(tmp_path / "results/sweeps/tiny", "ppo", 1)):
+        proc = _sweep("--seeds", "0", "1", "--steps", "256", cwd=tmp_path)
+    assert proc.returncode == 2 and "is in use by" in proc.stderr.splitlines()[-1], proc.stderr
+    assert not (tmp_path / "results/sweeps/tiny/experiments/ppo_seed0").exists()
+
+
+def test_refusals_of_a_vectorised_sweep_are_one_line(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    for args, message in (
+        (["--backend", "gymnasium"], "vectorised agents run on the envpool backend only"),
+        (["--set", "n_steps=[32,64]"], "may differ in the seed and learning_rate"),
+        (["--jobs", "2"], "--jobs has no meaning with --vectorized"),
+        (["--set", "learning_rate=[]"], "needs distinct values"),
+    ):
+        proc = run_cli("sweep", "--algo", "ppo", "--config", "tiny.toml", "--seeds", "0", "--vectorized", *args,
+                       cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+SHARDED = """
+import json, sys
+import jax
+sys.path.insert(0, {tests!r})
+from test_agents import sharded_run
+print(json.dumps(sharded_run({out!r})))
+"""
+
+
+def sharded_run(out: str) -> dict:
+    from jaxrl_lander.agents import AgentsLearner
+    from jaxrl_lander.runtime import Devices
+
+    configs = [tiny(0, steps=256), tiny(1, steps=256, learning_rate=1e-3)]
+    mesh = AgentsLearner([make_learner(c, 8, 4) for c in configs], Devices.resolve()).mesh
+    results = train_agents(configs, [out] * 2, progress_bar=False)
+    return {"devices": len(jax.devices()), "mesh": int(mesh.devices.size),
+            "returns": [r.evaluation["returns"] for r in results]}
+
+
+def test_agents_sharded_over_two_devices_learn_what_one_device_learns(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, "-c", SHARDED.format(tests=str(HERE), out=str(tmp_path / "on2"))],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads(proc.stdout.splitlines()[-1])
+    one = sharded_run(str(tmp_path / "on1"))  # this process: one CPU device
+    assert (one["devices"], one["mesh"], two["devices"], two["mesh"]) == (1, 1, 2, 2)
+    assert one["returns"] == two["returns"]
+    for seed in (0, 1):
+        np.testing.assert_allclose(_params(tmp_path / f"on1/experiments/ppo_seed{seed}"),
+                                   _params(tmp_path / f"on2/experiments/ppo_seed{seed}"), atol=1e-5)
