@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # Imported on first use, so that `python -m jaxrl_lander` can refuse bad input before JAX loads.
 _LAZY = {
     "train": "jaxrl_lander.experiment",
+    "train_agents": "jaxrl_lander.agents",
     "Results": "jaxrl_lander.results",
     "load_policy": "jaxrl_lander.evaluate",
     "Policy": "jaxrl_lander.evaluate",
@@ -28,4 +29,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["A2CConfig", "ConfigError", "PPOConfig", "Policy", "Results", "RunConfig", "load_config", "load_policy",
-           "train", "__version__"]
+           "train", "train_agents", "__version__"]

@@ -32,11 +32,12 @@ from jaxrl_lander.outputs import Outputs
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.metrics import now_iso
 from jaxrl_lander.results import Results, previous_results
-from jaxrl_lander.variants import check_agents
 from jaxrl_lander.runtime import CompileClock, Devices, StopOnSignal, enable_compilation_cache
 from jaxrl_lander.seeding import train_env_seed
+from jaxrl_lander.variants import check_agents
 
 log = logging.getLogger("jaxrl_lander")
+
 
 def stack(trees: list):
     """The trees stacked on a new leading axis, leaf by leaf."""
@@ -66,33 +67,38 @@ def _by_agent(rollout: Rollout, agents: int) -> Rollout:
 
 class AgentsLearner:
     """The learners of agents of one program as one: their update vmapped over the stacked states, hyperparameters
-    stacked beside them, the agent axis sharded over the local devices of the update's kind (as many as divide
-    the number of agents)."""
+    stacked beside them. Inside the update the agent axis is split over every local device of the update's kind
+    (padded with copies of the last agent to a multiple of their number, the copies' results dropped); outside
+    it, the stacked trees are whole on each device."""
 
     def __init__(self, learners: list[Learner], devices: Devices):
         first, self.learners, agents = learners[0], learners, len(learners)
         self.config, self.network, self.obs_dim = first.config, first.network, first.obs_dim
         local = jax.local_devices(backend=devices.update.platform)
-        shards = max(n for n in range(1, len(local) + 1) if agents % n == 0)
-        self.mesh = Mesh(np.array(local[:shards]), ("agents",))
+        self.mesh = Mesh(np.array(local[:agents]), ("agents",))
+        shards = int(self.mesh.devices.size)
+        padded = -(-agents // shards) * shards
+        split = NamedSharding(self.mesh, PartitionSpec("agents"))
+        self.whole = NamedSharding(self.mesh, PartitionSpec())
         self.hparams = self.place(stack([learner.hparams for learner in learners]))
         inner = first.update.func  # the jitted pure update of one agent; under vmap it is traced once for all
 
         def update(state, rollout, hparams):
-            return jax.vmap(inner)(state, _by_agent(rollout, agents), hparams)
+            def spread(x):  # (agents, ...) -> (padded, ...), split over the devices
+                x = jnp.concatenate([x, jnp.repeat(x[-1:], padded - agents, axis=0)]) if padded > agents else x
+                return jax.lax.with_sharding_constraint(x, split)
 
-        self._update = jax.jit(update)
+            args = jax.tree.map(spread, (state, _by_agent(rollout, agents), hparams))
+            return jax.tree.map(lambda x: x[:agents], jax.vmap(inner)(*args))
+
+        self._update = jax.jit(update, out_shardings=self.whole)
 
     def place(self, tree):
-        """A stacked tree on the mesh, split along its agent axis."""
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("agents")))
+        """A tree whole on every device of the mesh."""
+        return jax.device_put(tree, self.whole)
 
     def update(self, state: TrainState, rollout: Rollout):
-        rollout = Rollout(*jax.device_put(tuple(rollout[:4]), NamedSharding(self.mesh, PartitionSpec(None, "agents"))),
-                          self.place(rollout.last_obs),
-                          None if rollout.valid is None else
-                          jax.device_put(rollout.valid, NamedSharding(self.mesh, PartitionSpec(None, "agents"))))
-        return self._update(self.place(state), rollout, self.hparams)
+        return self._update(self.place(state), self.place(rollout), self.hparams)
 
     def learning_rate_at(self, update: int, agent: int = 0) -> float:
         return self.learners[agent].learning_rate_at(update)
@@ -144,10 +150,15 @@ class Agents:
                 for step in later:
                     _remove_checkpoint(experiment.paths, step)
         states = []
-        for experiment in self.experiments:
-            state, progress = experiment.open(resume=common is not None)
-            states.append(state)
-            self.progress.append(progress)
+        try:
+            for experiment in self.experiments:
+                state, progress = experiment.open(resume=common is not None)
+                states.append(state)
+                self.progress.append(progress)
+        except BaseException:  # one agent's checkpoint refused: the stores opened so far are closed, nothing written
+            for experiment in self.experiments[:len(states)]:
+                experiment.store.close()
+            raise
         pending = [e.pending for e in self.experiments]
         if any(pending):
             filled = pending[0][1]
@@ -246,7 +257,7 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], devic
                 agents.collector.close()
                 raise
             start = agents.progress[0].timestep
-            watched = f"{agents.experiments[0].paths.name} (shown; {len(todo)} agents)"
+            watched = f"{agents.experiments[0].paths.name} (shown, of {len(todo)} agents)"
             outputs = [Outputs(e.recorder, run_sinks(e.config.total_timesteps, start, None, progress_bar, watched)
                                if n == 0 else [], loss=p.loss)
                        for n, (e, p) in enumerate(zip(agents.experiments, agents.progress))]

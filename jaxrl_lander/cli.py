@@ -18,7 +18,7 @@ from jaxrl_lander.config_docs import config_keys_help
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
                                   TrainingFailed, UnreadableModel)
 from jaxrl_lander.files import ExperimentPaths, check_writable, model_path
-from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
+from jaxrl_lander.hooks import catch_interrupts, cpu_device_per_core, drop_read_failure_echoes
 from jaxrl_lander.variants import OWN_OPTION, check_agents, parse_settings, sweep_variants
 
 EXIT_USAGE = 2
@@ -199,6 +199,7 @@ def _sweep(args) -> int:
         variants[name] = load_config(args.config, args.algo, {**settings, **{k: v for k, v in given if v is not None}})
     if args.vectorized:
         check_agents(list(variants.values()))
+        cpu_device_per_core()
     from jaxrl_lander.envs import check_envs
 
     check_envs(next(iter(variants.values())))

@@ -1,5 +1,5 @@
 """The command line's process hooks (light imports, set once by main()): one error line when orbax fails to read,
-and a Ctrl-C that ends the process wherever it lands."""
+a Ctrl-C that ends the process wherever it lands, and one CPU device per core for vectorised agents."""
 
 import logging
 import os
@@ -69,3 +69,12 @@ def catch_interrupts() -> None:
 
     signal.signal(signal.SIGINT, on_sigint)
     sys.unraisablehook = unraisable
+
+
+def cpu_device_per_core() -> None:
+    """Have JAX's CPU platform show one device per CPU core (set before JAX starts its backends; a count given in
+    XLA_FLAGS already is kept), so that vectorised agents' update is split over the cores: XLA runs each device's
+    part on its own thread. Other platforms (a GPU) are not touched."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}".strip()

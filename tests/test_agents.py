@@ -210,11 +210,17 @@ def _complete_run(paths: ExperimentPaths, steps: int) -> dict:
 
 
 def test_a_vectorised_sweep_writes_each_seed_as_a_standalone_run_and_repeats_itself(tmp_path):
+    from jaxrl_lander.config import load_config
+    from jaxrl_lander.sweep import run_sweep
+
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
-    runs = [_sweep("--seeds", "0", "--steps", "256", "--set", "learning_rate=[3e-4,1e-3]", "--name", name,
-                   cwd=tmp_path) for name in ("first", "second")]
-    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
-    assert "first/learning_rate=0.001: 1 seeds | final evaluation mean" in runs[0].stdout
+    run = _sweep("--seeds", "0", "--steps", "256", "--set", "learning_rate=[3e-4,1e-3]", "--name", "first",
+                 cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "first/learning_rate=0.001: 1 seeds | final evaluation mean" in run.stdout
+    variants = {name: load_config(tmp_path / "tiny.toml", "ppo", {**settings, "total_timesteps": 256})
+                for name, settings in sweep_variants("ppo", ["learning_rate=[3e-4,1e-3]"]).items()}
+    run_sweep("ppo", [0], variants, tmp_path / "results/sweeps/second", jobs=1, vectorized=True)  # here, again
     for variant, rate in (("learning_rate=0.0003", 3e-4), ("learning_rate=0.001", 1e-3)):
         for seed in (0,):
             first, second = (ExperimentPaths.of(tmp_path / "results/sweeps" / name / variant, "ppo", seed)
@@ -308,14 +314,15 @@ def sharded_run(out: str) -> dict:
     from jaxrl_lander.agents import AgentsLearner
     from jaxrl_lander.runtime import Devices
 
-    configs = [tiny(0, steps=256), tiny(1, steps=256, learning_rate=1e-3)]
+    configs = [tiny(0, steps=256), tiny(1, steps=256, learning_rate=1e-3), tiny(2, steps=256, gamma=0.9)]
     mesh = AgentsLearner([make_learner(c, 8, 4) for c in configs], Devices.resolve()).mesh
-    results = train_agents(configs, [out] * 2, progress_bar=False)
+    results = train_agents(configs, [out] * 3, progress_bar=False)
     return {"devices": len(jax.devices()), "mesh": int(mesh.devices.size),
             "returns": [r.evaluation["returns"] for r in results]}
 
 
 def test_agents_sharded_over_two_devices_learn_what_one_device_learns(tmp_path):
+    """Three agents on two CPU devices (padded to four inside the update) against the same on one device."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run([sys.executable, "-c", SHARDED.format(tests=str(HERE), out=str(tmp_path / "on2"))],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -324,6 +331,6 @@ def test_agents_sharded_over_two_devices_learn_what_one_device_learns(tmp_path):
     one = sharded_run(str(tmp_path / "on1"))  # this process: one CPU device
     assert (one["devices"], one["mesh"], two["devices"], two["mesh"]) == (1, 1, 2, 2)
     assert one["returns"] == two["returns"]
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         np.testing.assert_allclose(_params(tmp_path / f"on1/experiments/ppo_seed{seed}"),
                                    _params(tmp_path / f"on2/experiments/ppo_seed{seed}"), atol=1e-5)
