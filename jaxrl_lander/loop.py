@@ -151,10 +151,10 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
     return result
 
 
-def _advance(progress: list[Progress], **counters) -> None:
+def _advance(progress: list[Progress], timestep: int) -> None:
+    """Every agent at env step `timestep` (they advance together)."""
     for agent in progress:
-        for name, value in counters.items():
-            setattr(agent, name, value)
+        agent.timestep = timestep
 
 
 def _at_step(config: RunConfig, result: LoopResult, progress: list[Progress], hooks: Hooks,
