@@ -23,7 +23,7 @@ from jaxrl_lander.claim import ExperimentLock, check_rerun, recover_interrupted_
 from jaxrl_lander.compiled import CompiledCollector
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.envs import check_envs
-from jaxrl_lander.errors import ConfigError, Interrupted, TrainingFailed
+from jaxrl_lander.errors import ConfigError, Interrupted, ResumeError, TrainingFailed
 from jaxrl_lander.evaluate import brief, evaluate_agents
 from jaxrl_lander.experiment import Experiment
 from jaxrl_lander.files import ExperimentPaths, check_writable
@@ -139,14 +139,22 @@ class Agents:
 
     def open(self) -> TrainState:
         """Every agent resumed from the latest step at which all of them have a checkpoint (later checkpoints of
-        an agent that got further before a kill are dropped), or all of them afresh."""
-        steps = [_checkpoint_steps(e.paths) for e in self.experiments]
-        common = min(max(s) for s in steps) if all(steps) else None
+        an agent that got further before a kill are dropped), or all of them afresh when none has one. Agents
+        without a step in common are refused (ResumeError), nothing deleted."""
+        steps = [set(_checkpoint_steps(e.paths)) for e in self.experiments]
+        shared = set.intersection(*steps)
+        common = max(shared) if shared else None
+        if common is None and any(steps):
+            apart = [e.paths.name for e, s in zip(self.experiments, steps) if not s] or [
+                e.paths.name for e in self.experiments]
+            raise ResumeError(f"cannot resume these agents together: they have no checkpoint step in common"
+                              f" ({', '.join(apart)} {'has' if len(apart) == 1 else 'have'} none that the others"
+                              " have); train those seeds apart, or give the sweep another --name")
         for experiment, agent_steps in zip(self.experiments, steps):
-            later = [s for s in agent_steps if common is not None and s > common]
+            later = sorted(s for s in agent_steps if common is not None and s > common)
             if later:
-                log.info("%s: dropping checkpoint(s) %s to resume with the other agents from step %d",
-                         experiment.paths.name, ", ".join(map(str, later)), common)
+                log.info("%s: dropping %d checkpoint(s) after step %d (%d-%d) to resume with the other agents",
+                         experiment.paths.name, len(later), common, later[0], later[-1])
                 for step in later:
                     _remove_checkpoint(experiment.paths, step)
         states = []
@@ -189,9 +197,13 @@ class Agents:
         self.collector.start(state, train_env_seed(first.keys.env, self.progress[0].timestep))
         if self.pending:
             self.collector.resume_pending(*self.pending)
-        with StopOnSignal() as stop:
-            result = train_loop(self.configs[0], self.learner, self.collector, state, self.progress, outputs, self,
-                                stop)
+        try:
+            with StopOnSignal() as stop:
+                result = train_loop(self.configs[0], self.learner, self.collector, state, self.progress, outputs,
+                                    self, stop)
+        except BaseException:
+            self.close()
+            raise
         self.signum = stop.signum
         final = on_host(result.state)
         evaluations = [None] * len(self.experiments)
@@ -209,6 +221,14 @@ class Agents:
                 finished.append(exc)
         self.collector.close()
         return finished
+
+    def close(self) -> None:
+        """After an error: the shared env and every agent's checkpoint store (committed checkpoints stay)."""
+        self.collector.close()
+        for experiment in self.experiments:
+            if experiment.store is not None:
+                with contextlib.suppress(Exception):
+                    experiment.store.close()
 
 
 def _checkpoint_steps(paths: ExperimentPaths) -> list[int]:
@@ -228,6 +248,8 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], devic
     results_dirs[i]/experiments/{algo}_seed{seed}/, resuming each from its checkpoints; an agent whose experiment
     has completed already is returned as it is. One Results per config, or the TrainingFailed of an agent whose
     update stopped being finite. Raises ConfigError, ResumeError or ExperimentInUse before anything is written."""
+    if isinstance(results_dirs, (str, Path)) or len(results_dirs) != len(configs):
+        raise ConfigError("train_agents needs one results directory per config")
     check_agents(configs)
     paths = [ExperimentPaths.of(d, c.algo, c.seed) for c, d in zip(configs, results_dirs)]
     if len({p.root.resolve() for p in paths}) < len(paths):
@@ -237,7 +259,8 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], devic
         check_rerun(agent_paths, resume=True, overwrite=False)
         done = previous_results(agent_paths)
         finished = done and done.status == "completed" and done.total_timesteps >= config.total_timesteps
-        results.append(done if finished else None)
+        diverged = done and done.status == "failed" and (done.reason or "").startswith("non-finite")
+        results.append(done if finished else TrainingFailed(done.reason) if diverged else None)
     todo = [i for i, r in enumerate(results) if r is None]
     if not todo:
         return results

@@ -7,6 +7,7 @@ training loop at its next step (exit 130, resumable); anywhere else it prints on
 
 import argparse
 import json
+import re
 import logging
 import os
 import signal
@@ -202,13 +203,15 @@ def _sweep(args) -> int:
         cpu_device_per_core()
     from jaxrl_lander.envs import check_envs
 
-    check_envs(next(iter(variants.values())))
+    for config in variants.values():
+        check_envs(config)
     check_writable(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep
 
-    name = args.name or "_".join([args.config.stem if args.config else args.algo, *args.settings]).replace("/", "-")
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"--name must be a plain directory name, got '{name}'")
+    name = args.name or re.sub(r"[^\w.,=+-]", "_", "_".join([args.config.stem if args.config else args.algo,
+                                                                 *args.settings]))
+    if not name or re.search(r"[/*?\[\]]", name) or name.startswith("."):
+        raise ConfigError(f"--name must be a plain directory name (no / * ? [ ]), got '{name}'")
     out_dir = args.results_dir / "sweeps" / name
     jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
     summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)

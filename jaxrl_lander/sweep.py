@@ -146,8 +146,11 @@ def run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], out_d
     Raises SweepFailed, naming the failed seeds, once every seed has finished; the others' artifacts stay.
     """
     dirs = {name: out_dir / name if name else out_dir for name in variants}
-    for name, config in variants.items():
-        _write_config(config, dirs[name])
+    texts = {name: _config_text(config, dirs[name]) for name, config in variants.items()}  # all refused or none
+    for name, text in texts.items():
+        dirs[name].mkdir(parents=True, exist_ok=True)
+        with replaced_atomically(dirs[name] / "config.toml") as tmp:
+            tmp.write_text(text)
     if vectorized:
         failures = _train_agents(seeds, variants, dirs)
     else:
@@ -155,24 +158,24 @@ def run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], out_d
         for name in variants:
             failures.update({(name, seed): error for seed, error in _train_processes(algo, seeds, dirs[name],
                                                                                      jobs).items()})
+    whole = [name for name in variants if not any(n == name for n, _ in failures)]
+    summaries = {name: summarize_sweep(algo, seeds, dirs[name]) for name in whole}  # the variants that finished
+    if list(variants) != [""] and summaries:
+        write_json_atomic(out_dir / "summary.json", {"algorithm": algo, "seeds": seeds, "variants": summaries})
     if failures:
         (name, seed), error = next(iter(failures.items()))
         where = lambda n, s: f"{n}/seed {s}" if n else f"{s}"  # noqa: E731
         raise SweepFailed(f"{len(failures)} of {len(seeds) * len(variants)} seeds failed"
                           f" ({' '.join(where(n, s) for n, s in failures)}); seed {where(name, seed)}: {error}")
-    summaries = {name: summarize_sweep(algo, seeds, dirs[name]) for name in variants}
-    if list(variants) != [""]:
-        write_json_atomic(out_dir / "summary.json", {"algorithm": algo, "seeds": seeds, "variants": summaries})
     return summaries
 
 
-def _write_config(config: RunConfig, directory: Path) -> None:
+def _config_text(config: RunConfig, directory: Path) -> str:
+    """The config.toml a sweep writes into `directory`; ConfigError when one there holds another config."""
     config_file, text = directory / "config.toml", config_to_toml(config, omit=("seed",))
     if config_file.is_file() and config_file.read_text() != text:
         raise ConfigError(f"sweep {directory} exists with another config: give another --name, or delete it")
-    directory.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(config_file) as tmp:
-        tmp.write_text(text)
+    return text
 
 
 def _train_processes(algo: str, seeds: list[int], out_dir: Path, jobs: int) -> dict[int, str]:

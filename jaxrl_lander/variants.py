@@ -67,5 +67,8 @@ def sweep_variants(algo: str, items: list[str]) -> dict[str, dict[str, Any]]:
     for combination in itertools.product(*lists.values()):
         chosen = dict(zip(lists, combination))
         name = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+        if name in variants:
+            raise ConfigError(f"--set lists give two variants the same name '{name}': give values that differ"
+                              " in their first 6 significant digits")
         variants[name] = check_keys_and_types(algo, {**settings, **chosen}, "--set")
     return variants

@@ -150,7 +150,8 @@ def test_sweep_variants_one_per_value_and_combination():
     assert list(variants) == ["learning_rate=0.0001,ent_coef=0", "learning_rate=0.0001,ent_coef=0.01",
                               "learning_rate=0.0003,ent_coef=0", "learning_rate=0.0003,ent_coef=0.01"]
     assert variants["learning_rate=0.0003,ent_coef=0.01"] == {"learning_rate": 3e-4, "ent_coef": 0.01, "n_epochs": 4}
-    for bad in (["learning_rate=[]"], ["learning_rate=[1e-3,0.001]"], ["learning_rate=[1e-3,\"x\"]"]):
+    for bad in (["learning_rate=[]"], ["learning_rate=[1e-3,0.001]"], ["learning_rate=[1e-3,\"x\"]"],
+                ["learning_rate=[1,1.0]"], ["gamma=[0.99999999,0.999999999]"]):  # the last two: one name
         with pytest.raises(ConfigError):
             sweep_variants("ppo", bad)
 
@@ -161,6 +162,22 @@ def test_agents_of_one_program_differ_only_in_traced_values():
         check_agents([tiny(0), tiny(1, n_steps=64)])
     with pytest.raises(ConfigError, match="envpool backend only"):
         check_agents([make_config("ppo", {})])
+
+
+def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_deleted(tmp_path):
+    """A seed added to an interrupted sweep (or agents whose kept checkpoints do not meet) must not wipe the
+    others' runs by starting every agent afresh."""
+    from jaxrl_lander.agents import Agents
+    from jaxrl_lander.errors import ResumeError
+    from jaxrl_lander.runtime import Devices
+
+    configs = [tiny(0), tiny(1)]
+    paths = [ExperimentPaths.of(tmp_path, "ppo", c.seed) for c in configs]
+    (paths[0].checkpoints / "128").mkdir(parents=True)
+    agents = Agents(configs, paths, Devices.resolve())
+    with pytest.raises(ResumeError, match="no checkpoint step in common.*ppo_seed1 has none"):
+        agents.open()
+    assert (paths[0].checkpoints / "128").is_dir()
 
 
 def _params(path: Path) -> np.ndarray:
@@ -294,6 +311,7 @@ def test_refusals_of_a_vectorised_sweep_are_one_line(tmp_path):
         (["--set", "n_steps=[32,64]"], "may differ in the seed and learning_rate"),
         (["--jobs", "2"], "--jobs has no meaning with --vectorized"),
         (["--set", "learning_rate=[]"], "needs distinct values"),
+        (["--name", "x[1]"], "--name must be a plain directory name"),
     ):
         proc = run_cli("sweep", "--algo", "ppo", "--config", "tiny.toml", "--seeds", "0", "--vectorized", *args,
                        cwd=tmp_path)
