@@ -144,7 +144,10 @@ class Agents:
         steps = [set(_checkpoint_steps(e.paths)) for e in self.experiments]
         shared = set.intersection(*steps)
         common = max(shared) if shared else None
-        if common is None and any(steps):
+        config = self.configs[0]
+        first_checkpoint = -(-config.checkpoint_interval // config.num_envs) * config.num_envs
+        if common is None and any(s for s in steps if max(s, default=0) > first_checkpoint):
+            # (a kill during the first round of checkpoints costs that round only: all start afresh)
             apart = [e.paths.name for e, s in zip(self.experiments, steps) if not s] or [
                 e.paths.name for e in self.experiments]
             raise ResumeError(f"cannot resume these agents together: they have no checkpoint step in common"

@@ -173,11 +173,17 @@ def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_d
 
     configs = [tiny(0), tiny(1)]
     paths = [ExperimentPaths.of(tmp_path, "ppo", c.seed) for c in configs]
-    (paths[0].checkpoints / "128").mkdir(parents=True)
+    (paths[0].checkpoints / "256").mkdir(parents=True)
     agents = Agents(configs, paths, Devices.resolve())
     with pytest.raises(ResumeError, match="no checkpoint step in common.*ppo_seed1 has none"):
         agents.open()
-    assert (paths[0].checkpoints / "128").is_dir()
+    assert (paths[0].checkpoints / "256").is_dir()
+    shutil.rmtree(paths[0].checkpoints / "256")  # a kill during the first round of checkpoints: all afresh
+    (paths[0].checkpoints / "128").mkdir(parents=True)
+    agents = Agents(configs, paths, Devices.resolve())
+    agents.open()
+    assert [p.timestep for p in agents.progress] == [0, 0] and not (paths[0].checkpoints / "128").exists()
+    agents.close()
 
 
 def _params(path: Path) -> np.ndarray:
