@@ -204,7 +204,8 @@ class CompiledCollector:
         if stop == self.n_steps:
             rollout = Rollout(self.rows["obs"], self.rows["actions"], self.rows["rewards"], self.rows["dones"],
                               self.env.obs, self.rows["valid"])
-            learned = self.learner.update(*self._to_update((self.state, rollout)))
+            args = (self.state, rollout) if self.agents else self._to(self.devices.update, (self.state, rollout))
+            learned = self.learner.update(*args)  # vectorised agents' learner places its arguments itself
         ended, returns, lengths = jax.device_get((steps.ended, steps.episode_return, steps.episode_length))
         episodes = [[] for _ in range(self.agents or 1)]
         for t, i in zip(*np.nonzero(ended)):  # by step, then sub-env: the order they ended in
