@@ -23,7 +23,7 @@ from jaxrl_lander.errors import ConfigError, Interrupted, ResumeError, TrainingF
 from jaxrl_lander.evaluate import Policy, brief, evaluate
 from jaxrl_lander.files import ExperimentPaths, check_writable, remove_partial_writes, write_json_atomic
 from jaxrl_lander.loop import LoopResult, Progress, train_loop
-from jaxrl_lander.outputs import Outputs
+from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.metrics import MetricsRecorder, now_iso
 from jaxrl_lander.plotting import plot_learning_curve
@@ -36,7 +36,7 @@ log = logging.getLogger("jaxrl_lander")
 
 def train(config: RunConfig, results_dir: str | Path = "results", *, resume: bool = False, overwrite: bool = False,
           device: str = "auto", act_device: str = "auto", tensorboard: bool = False,
-          progress_bar: bool | None = None) -> Results:
+          progress_bar: bool | None = None, watch: Watch | None = None) -> Results:
     """Train `config` into results_dir/experiments/{algo}_seed{seed}/, as `python -m jaxrl_lander train` does.
 
     An existing experiment of the same algorithm and seed is continued from its latest complete checkpoint with
@@ -44,7 +44,8 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     committed its first checkpoint; until then the old one stays whole), and otherwise refused. `device` runs the
     update, `act_device` the per-step action sampling (auto: JAX's default device, and the host CPU).
     `progress_bar` (default: when stderr is a terminal) replaces the progress log lines; `tensorboard` adds event
-    files. Raises ConfigError, ResumeError or ExperimentInUse (another process is writing the experiment), with
+    files. A `watch` sees the run's events and may stop it early (its verdict is then the results' reason).
+    Raises ConfigError, ResumeError or ExperimentInUse (another process is writing the experiment), with
     nothing written, when the run is refused, and TrainingFailed after writing the results of a run stopped by a
     numerical fault.
     """
@@ -75,8 +76,8 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
                 raise
             sinks = run_sinks(config.total_timesteps, progress.timestep,
                               experiment.paths.tensorboard if tensorboard else None, progress_bar)
-            outputs = Outputs(experiment.recorder, sinks, loss=progress.loss)
-            return experiment.run(state, progress, outputs)
+            outputs = Outputs(experiment.recorder, sinks + ([watch] if watch else []), loss=progress.loss)
+            return experiment.run(state, progress, outputs, watch)
 
 
 class Experiment:
@@ -196,34 +197,38 @@ class Experiment:
         log.info("replaced the previous experiment at %s", self.paths.root)
 
     # ---------------------------------------------------------------- run and finish
-    def run(self, state: TrainState, progress: Progress, outputs: Outputs) -> Results:
+    def run(self, state: TrainState, progress: Progress, outputs: Outputs, watch: Watch | None = None) -> Results:
         started = (now_iso(), progress.timestep, CompileClock())
         state = jax.device_put(state, self.devices.update)  # committed, as every update's output: one signature
         self.collector.start(state, train_env_seed(self.keys.env, progress.timestep))
         if self.pending:
             self.collector.resume_pending(*self.pending)
         with StopOnSignal() as stop:
-            result = train_loop(self.config, self.learner, self.collector, state, [progress], [outputs], self, stop)
-        return self.finish(result.state, result, progress, outputs, stop.signum, started)
+            result = train_loop(self.config, self.learner, self.collector, state, [progress], [outputs], self,
+                                lambda: stop() or (watch is not None and watch.verdict is not None))
+        halted = watch.verdict if watch and progress.timestep < self.config.total_timesteps else None
+        return self.finish(result.state, result, progress, outputs, stop.signum, started, halted=halted)
 
     def finish(self, state: TrainState, result: LoopResult, progress: Progress, outputs: Outputs,
-               signum: int | None, started: tuple, agent: int = 0, evaluation: dict | None = None) -> Results:
+               signum: int | None, started: tuple, agent: int = 0, evaluation: dict | None = None,
+               halted: str | None = None) -> Results:
         """The end of a run: a stop checkpoint, the model, the final evaluation, metrics and results JSON.
         `state` is this experiment's: agent number `agent` of the loop's; `started`: (start time, start step,
-        compile clock); `evaluation`: the final evaluation of the last parameters, when already played."""
+        compile clock); `evaluation`: the final evaluation of the last parameters, when already played;
+        `halted`: why a watch stopped the run (it ends as a stopped one)."""
         start_time, start_step, compile_clock = started
         failure = result.agent_failures[agent] or result.failure
         status, reason = ("failed", failure) if failure else ("completed", None)
-        if signum is not None and not failure:
+        if (signum is not None or halted) and not failure:
             status = "interrupted"
-            reason = f"stopped by {signal.Signals(signum).name} at step {progress.timestep}"
+            reason = halted if signum is None else f"stopped by {signal.Signals(signum).name} at step {progress.timestep}"
         if self.replace:  # an overwrite stopped or failed before its first checkpoint: the old experiment stays
             self._failed_write(status, reason, self.store.close)
             self.collector.close()
             self.replace.discard()
             message = (f"{reason}, before the overwrite's first checkpoint; the previous experiment at"
                        f" {self.replace.final.root} is kept as it was")
-            raise Interrupted(signum, message) if status == "interrupted" else TrainingFailed(message)
+            raise Interrupted(signum, message) if signum is not None and not failure else TrainingFailed(message)
         if status == "interrupted" and result.last_checkpoint != progress.timestep:
             status, reason = self._failed_write(status, reason, lambda: self.save(
                 state, progress, progress.wall_time + result.clock.seconds()))
@@ -244,7 +249,7 @@ class Experiment:
             if delivery.evaluation or delivery.step != progress.timestep or evaluation is None:
                 evaluation = delivery.evaluation or evaluate(delivery.policy, self.config.env_id,
                                                              self.config.eval_episodes, self.seeds.final, timed=True)
-            outputs.evaluation(progress.timestep, evaluation)
+            outputs.evaluation(progress.timestep, evaluation, final=True)
         outputs.close(progress.timestep)
         status, reason = self._failed_write(status, reason, lambda: self.recorder.save(self.paths.metrics))
         results = build_results(

@@ -21,11 +21,19 @@ class Sink:
     def record(self, record: dict[str, Any]) -> None:
         """A metrics record (MetricsRecorder.record): rolling means at its timestep."""
 
-    def evaluation(self, step: int, summary: dict[str, Any]) -> None:
-        """Deterministic episodes were played with the parameters at `step` (during training, or the final one)."""
+    def evaluation(self, step: int, summary: dict[str, Any], final: bool = False) -> None:
+        """Deterministic episodes were played with the parameters at `step`: during training, or the final
+        evaluation of the delivered parameters (`final`)."""
 
     def close(self, step: int) -> None:
         """The run is over, at env step `step`."""
+
+
+class Watch(Sink):
+    """A sink that may end the run before total_timesteps (a tuning study's pruner): once `verdict` says why,
+    the run stops at its next step as a stopped run does (a checkpoint, status "interrupted", that reason)."""
+
+    verdict: str | None = None
 
 
 class Outputs:
@@ -50,13 +58,13 @@ class Outputs:
         for sink in self.sinks:
             sink.record(record)
 
-    def evaluation(self, step: int, summary: dict[str, Any]) -> None:
+    def evaluation(self, step: int, summary: dict[str, Any], final: bool = False) -> None:
         for sink in self.sinks:
-            sink.evaluation(step, summary)
+            sink.evaluation(step, summary, final)
 
     def close(self, step: int) -> None:
         for sink in self.sinks:
             sink.close(step)
 
 
-__all__ = ["MetricsRecorder", "Outputs", "Sink"]
+__all__ = ["MetricsRecorder", "Outputs", "Sink", "Watch"]

@@ -61,9 +61,9 @@ class LogLines(Sink):
     def update(self, step: int, metrics: dict[str, float]) -> None:
         log.debug("update at step %d: %s", step, metrics)
 
-    def evaluation(self, step: int, summary: dict[str, Any]) -> None:
-        log.info("%sevaluation at step %d: %.1f over %d episodes", self.label, step, summary["mean"],
-                 summary["episodes"])
+    def evaluation(self, step: int, summary: dict[str, Any], final: bool = False) -> None:
+        log.info("%s%sevaluation at step %d: %.1f over %d episodes", self.label, "final " if final else "", step,
+                 summary["mean"], summary["episodes"])
 
 
 def run_sinks(total: int, start: int, tensorboard_dir: Path | None, progress_bar: bool | None,

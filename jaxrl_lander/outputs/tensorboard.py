@@ -57,8 +57,8 @@ class TensorBoardLog(Sink):
         if seconds > 0 and step > self._start_step:
             self.writer.add_scalar("time/steps_per_second", (step - self._start_step) / seconds, step)
 
-    def evaluation(self, step: int, summary: dict[str, Any]) -> None:
-        self.writer.add_scalar("eval/mean_return", summary["mean"], step)
+    def evaluation(self, step: int, summary: dict[str, Any], final: bool = False) -> None:
+        self.writer.add_scalar("eval/mean_return", summary["mean"], step)  # the final one too
 
     def close(self, step: int) -> None:
         self.writer.close()
