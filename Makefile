@@ -33,15 +33,20 @@ TORCH_SPEC ?= torch==2.13.0
 SB3_SPEC ?= stable-baselines3==2.9.2
 
 SEEDS ?= 0 1 2 3 4
+TRIALS ?= 50
+SPACE ?= configs/tune_$(ALGO).toml
+STUDY ?=
+STORAGE ?=
+TIMEOUT ?=
 
-.PHONY: setup train reproduce sweep plot eval test soak bench bench-solve bench-agents parity clean
+.PHONY: setup train reproduce sweep tune plot eval test soak bench bench-solve bench-agents parity clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,plot,tensorboard,envpool]'
+	$(PY) -m pip install --quiet -e '.[dev,plot,tensorboard,envpool,tune]'
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -52,6 +57,9 @@ reproduce: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME)) $(if $(filter 1 yes true,$(VECTORIZED)),--vectorized)
+
+tune: $(STAMP)
+	$(PY) -m jaxrl_lander tune --algo $(ALGO) --space $(SPACE) --trials $(TRIALS) $(filter-out --algo $(ALGO) --resume --tensorboard --overwrite,$(TRAIN_ARGS)) $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 plot: $(STAMP)
 	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)

@@ -1,4 +1,4 @@
-"""Command line: `python -m jaxrl_lander train|reproduce|sweep|plot|evaluate ...` (also `jaxrl-lander ...`).
+"""Command line: `python -m jaxrl_lander train|reproduce|sweep|tune|plot|evaluate ...` (also `jaxrl-lander ...`).
 
 Usage and configuration errors, and an experiment that cannot be resumed, print one line and exit with status 2
 before anything is written; a failure during training prints one line and exits with status 1. Ctrl-C stops a
@@ -6,21 +6,19 @@ training loop at its next step (exit 130, resumable); anywhere else it prints on
 """
 
 import argparse
-import json
-import re
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES, load_config
+from jaxrl_lander.commands import COMMANDS
+from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES
 from jaxrl_lander.config_docs import config_keys_help
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
                                   TrainingFailed, UnreadableModel)
-from jaxrl_lander.files import ExperimentPaths, check_writable, model_path
-from jaxrl_lander.hooks import catch_interrupts, cpu_device_per_core, drop_read_failure_echoes
-from jaxrl_lander.variants import OWN_OPTION, check_agents, parse_settings, sweep_variants
+from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
+from jaxrl_lander.variants import OWN_OPTION
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -117,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train every seed (and --set variant) as vectorised agents of one process, on envpool;"
                             " --set KEY=[A,B] trains one agent per value and seed")
 
+    tune = command("tune", "search hyperparameters: an Optuna study whose trials are training runs, pruned early", keys)
+    config_options(tune)
+    tune.add_argument("--space", type=Path, required=True, help="search space TOML (configs/tune_<algo>.toml)")
+    tune.add_argument("--trials", type=_int_arg("trials", 1), default=50,
+                      help="the study's total trials, whichever workers run them")
+    tune.add_argument("--seed", type=_int_arg("seed", 0), default=None,
+                      help="the seed every trial trains (default: the config's, 42 unless set)")
+    tune.add_argument("--study", default=None, help="study name (default: the space file's stem without 'tune_')")
+    tune.add_argument("--storage", default=None, help="Optuna storage URL shared by workers, e.g. postgresql://..."
+                                                      " (default: a SQLite file in the study's directory)")
+    tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"], help="pruner")
+    tune.add_argument("--heartbeat", type=_int_arg("heartbeat", 1), default=30,
+                      help="seconds between a trial's heartbeats; a trial silent for 3 of them is retried")
+    tune.add_argument("--timeout", type=_int_arg("timeout", 1), default=None,
+                      help="seconds after which a worker starts no new trial (those in hand finish)")
+    tune.add_argument("--jobs", type=_int_arg("jobs", 1), default=None,
+                      help="worker processes running trials at once (default: one per CPU core)")
+    tune.add_argument("--quiet", action="store_true", help="no line per trial")
+    tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --jobs' processes
+
     plot = command("plot", "learning-curve PNG of one experiment, or several side by side")
     plot.add_argument("experiments", type=Path, nargs="+", help="experiment directories")
     plot.add_argument("--out", type=Path, default=None,
@@ -134,135 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args, seed: int | None):
-    """The validated config of a command: file, then --set, then --seed, --steps and --backend (where given)."""
-    given = (("seed", seed), ("total_timesteps", args.steps), ("env_backend", args.backend))
-    options = {k: v for k, v in given if v is not None}
-    return load_config(args.config, args.algo, {**parse_settings(args.algo, args.settings), **options})
-
-
-def _run_config(args, seed: int | None, resume: bool = False):
-    """The config of a command that trains, refused here (before the heavy imports) when train() would refuse it:
-    a re-run over an existing experiment without --resume or --overwrite, an env the policy cannot drive."""
-    config = _config(args, seed)
-    check_writable(args.results_dir)
-    from jaxrl_lander.claim import ExperimentLock, check_rerun
-    from jaxrl_lander.envs import check_envs
-
-    check_envs(config)
-    paths = ExperimentPaths.of(args.results_dir, config.algo, config.seed)
-    check_rerun(paths, resume, args.overwrite)
-    ExperimentLock(paths).check()  # another process writing it: say so now (train() takes the lock for good)
-    return config
-
-
-def _train(args) -> int:
-    config = _run_config(args, args.seed, args.resume)
-    from jaxrl_lander.experiment import train  # heavy imports once the input is good
-
-    results = train(config, args.results_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                    act_device=args.act_device, tensorboard=args.tensorboard,
-                    progress_bar=sys.stderr.isatty() and not args.quiet)
-    if results.status == "interrupted":
-        print(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
-              " Continue with --resume.")
-        return 128 + (signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT)
-    ev, resumed = results.evaluation, results.resumed_from_timestep
-    speed = f"{results.steps_per_second or 0:.0f} steps/s" + (f" since the resume at step {resumed}" if resumed else "")
-    print(f"{results.experiment_id}: {results.timestep} steps in {results.training_time_seconds:.1f} s of training"
-          f" ({speed}) | evaluation over {ev['episodes']} episodes: {ev['mean']:.1f} +/- {ev['std']:.1f}"
-          f" | artifacts in {results.experiment_dir}")
-    return 0
-
-
-def _reproduce(args) -> int:
-    config = _run_config(args, args.seed)
-    from jaxrl_lander.reproduce import reproduce  # it trains with train(), which checks the results directory
-
-    results = reproduce(config, args.results_dir, overwrite=args.overwrite)
-    verdict = results.reproducibility
-    sc004 = "PASS" if results.success_criteria["SC-004"]["passed"] else "FAIL"
-    print(f"{results.experiment_id}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
-          f" {verdict['evaluation_mean_std']:.6f} | parameters identical: {verdict['params_identical']}"
-          f" | metrics identical: {verdict['metrics_identical']}")
-    return 0 if sc004 == "PASS" else 1
-
-
-def _sweep(args) -> int:
-    if len(set(args.seeds)) != len(args.seeds):
-        raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
-    if args.vectorized and args.jobs:
-        raise ConfigError("--jobs has no meaning with --vectorized: every agent trains in one process")
-    backend = args.backend or ("envpool" if args.vectorized else None)
-    variants = {}
-    for name, settings in sweep_variants(args.algo, args.settings).items():  # all valid before any training
-        given = (("total_timesteps", args.steps), ("env_backend", backend))
-        variants[name] = load_config(args.config, args.algo, {**settings, **{k: v for k, v in given if v is not None}})
-    if args.vectorized:
-        check_agents(list(variants.values()))
-        cpu_device_per_core()
-    from jaxrl_lander.envs import check_envs
-
-    for config in variants.values():
-        check_envs(config)
-    check_writable(args.results_dir)  # before the sweep's own files
-    from jaxrl_lander.sweep import run_sweep
-
-    name = args.name or re.sub(r"[^\w.,=+-]", "_", "_".join([args.config.stem if args.config else args.algo,
-                                                                 *args.settings]))
-    if not name or re.search(r"[/*?\[\]]", name) or name.startswith("."):
-        raise ConfigError(f"--name must be a plain directory name (no / * ? [ ]), got '{name}'")
-    out_dir = args.results_dir / "sweeps" / name
-    jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
-    summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)
-    for variant, summary in summaries.items():
-        final = summary["final_evaluation"]
-        print(f"{'/'.join(filter(None, (name, variant)))}: {len(args.seeds)} seeds | final evaluation mean"
-              f" {final['mean']:.1f} [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM"
-              f" {final['iqm']:.1f} [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
-              f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
-              f" | {out_dir / variant / 'summary.json'}")
-    return 0
-
-
-def _plot(args) -> int:
-    for exp in args.experiments:
-        if not exp.is_dir():
-            raise ConfigError(f"no experiment directory {exp}")
-    from jaxrl_lander.plotting import plot_experiments
-
-    print(plot_experiments(args.experiments, args.out))
-    return 0
-
-
-def _evaluate(args) -> int:
-    model_path(args.experiment)  # no model, or two: refused before the heavy imports
-    from jaxrl_lander.evaluate import brief, evaluate_experiment, render_episode_gif
-
-    summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)
-    print(json.dumps(brief(summary)))
-    if args.render:
-        gif, episode_return = render_episode_gif(args.experiment, seed=args.seed, sample=args.sample)
-        print(f"rendered one episode (return {episode_return:.1f}) to {gif}")
-    return 0
-
-
-def _configure_logging(verbose: bool, quiet: bool) -> None:
+def _configure_logging(verbose: bool, quiet: bool, tuning: bool = False) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.getLogger("jaxrl_lander").setLevel(level)
+    if tuning:  # a line per trial, not the trials' progress lines
+        logging.getLogger("jaxrl_lander").setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logging.getLogger("jaxrl_lander.tune").setLevel(logging.WARNING if quiet else logging.INFO)
     for noisy in ("absl", "orbax", "jax"):  # their failures reach us as exceptions, told in one line
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "plot": _plot, "evaluate": _evaluate}
     try:
         catch_interrupts()
         args = build_parser().parse_args(argv)
-        _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # a tuning study's workers run it again
+        _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False), args.command == "tune")
         drop_read_failure_echoes()
-        return commands[args.command](args)
+        return COMMANDS[args.command](args)
     except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel, FileNotFoundError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")  # refused before anything was written
         return EXIT_USAGE

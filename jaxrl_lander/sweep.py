@@ -118,18 +118,19 @@ class Children:
             for proc in self._procs:
                 proc.send_signal(signum)
 
-    def run(self, cmd: list[str]) -> tuple[int, str, str]:
-        """(exit status, stdout, stderr) of `cmd`, or of nothing (status 128 + signal) after a stop."""
+    def run(self, cmd: list[str], capture: bool = True) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of `cmd` (empty unless `capture`: else its output goes to ours), or of
+        nothing (status 128 + signal) after a stop."""
         with self._lock:
             if self.signum is not None:
                 return 128 + self.signum, "", "not started: the sweep was stopped"
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+            pipe = subprocess.PIPE if capture else None
+            proc = subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
             self._procs.add(proc)
         out, err = proc.communicate()
         with self._lock:
             self._procs.discard(proc)
-        return proc.returncode, out, err
+        return proc.returncode, out or "", err or ""
 
 
 def run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], out_dir: Path, jobs: int,

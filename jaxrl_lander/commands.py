@@ -1,0 +1,169 @@
+"""What each command of the command line does, once its arguments are parsed (cli.py parses and reports)."""
+
+import json
+import os
+import re
+import signal
+import sys
+
+from jaxrl_lander.config import load_config
+from jaxrl_lander.errors import ConfigError
+from jaxrl_lander.files import ExperimentPaths, check_writable, model_path
+from jaxrl_lander.hooks import cpu_device_per_core
+from jaxrl_lander.variants import check_agents, parse_settings, sweep_variants
+
+
+def _plain_name(name: str, option: str) -> str:
+    """A study's or sweep's directory name; orbax globs its own paths, so no glob characters."""
+    if not name or re.search(r"[/*?\[\]]", name) or name.startswith("."):
+        raise ConfigError(f"{option} must be a plain directory name (no / * ? [ ]), got '{name}'")
+    return name
+
+
+def _config(args, seed: int | None):
+    """The validated config of a command: file, then --set, then --seed, --steps and --backend (where given)."""
+    given = (("seed", seed), ("total_timesteps", args.steps), ("env_backend", args.backend))
+    options = {k: v for k, v in given if v is not None}
+    return load_config(args.config, args.algo, {**parse_settings(args.algo, args.settings), **options})
+
+
+def _run_config(args, seed: int | None, resume: bool = False):
+    """The config of a command that trains, refused here (before the heavy imports) when train() would refuse it:
+    a re-run over an existing experiment without --resume or --overwrite, an env the policy cannot drive."""
+    config = _config(args, seed)
+    check_writable(args.results_dir)
+    from jaxrl_lander.claim import ExperimentLock, check_rerun
+    from jaxrl_lander.envs import check_envs
+
+    check_envs(config)
+    paths = ExperimentPaths.of(args.results_dir, config.algo, config.seed)
+    check_rerun(paths, resume, args.overwrite)
+    ExperimentLock(paths).check()  # another process writing it: say so now (train() takes the lock for good)
+    return config
+
+
+def _train(args) -> int:
+    config = _run_config(args, args.seed, args.resume)
+    from jaxrl_lander.experiment import train  # heavy imports once the input is good
+
+    results = train(config, args.results_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                    act_device=args.act_device, tensorboard=args.tensorboard,
+                    progress_bar=sys.stderr.isatty() and not args.quiet)
+    if results.status == "interrupted":
+        print(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
+              " Continue with --resume.")
+        return 128 + (signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT)
+    ev, resumed = results.evaluation, results.resumed_from_timestep
+    speed = f"{results.steps_per_second or 0:.0f} steps/s" + (f" since the resume at step {resumed}" if resumed else "")
+    print(f"{results.experiment_id}: {results.timestep} steps in {results.training_time_seconds:.1f} s of training"
+          f" ({speed}) | evaluation over {ev['episodes']} episodes: {ev['mean']:.1f} +/- {ev['std']:.1f}"
+          f" | artifacts in {results.experiment_dir}")
+    return 0
+
+
+def _reproduce(args) -> int:
+    config = _run_config(args, args.seed)
+    from jaxrl_lander.reproduce import reproduce  # it trains with train(), which checks the results directory
+
+    results = reproduce(config, args.results_dir, overwrite=args.overwrite)
+    verdict = results.reproducibility
+    sc004 = "PASS" if results.success_criteria["SC-004"]["passed"] else "FAIL"
+    print(f"{results.experiment_id}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
+          f" {verdict['evaluation_mean_std']:.6f} | parameters identical: {verdict['params_identical']}"
+          f" | metrics identical: {verdict['metrics_identical']}")
+    return 0 if sc004 == "PASS" else 1
+
+
+def _sweep(args) -> int:
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ConfigError(f"--seeds has duplicates: {' '.join(map(str, args.seeds))}")
+    if args.vectorized and args.jobs:
+        raise ConfigError("--jobs has no meaning with --vectorized: every agent trains in one process")
+    backend = args.backend or ("envpool" if args.vectorized else None)
+    variants = {}
+    for name, settings in sweep_variants(args.algo, args.settings).items():  # all valid before any training
+        given = (("total_timesteps", args.steps), ("env_backend", backend))
+        variants[name] = load_config(args.config, args.algo, {**settings, **{k: v for k, v in given if v is not None}})
+    if args.vectorized:
+        check_agents(list(variants.values()))
+        cpu_device_per_core()
+    from jaxrl_lander.envs import check_envs
+
+    for config in variants.values():
+        check_envs(config)
+    check_writable(args.results_dir)  # before the sweep's own files
+    from jaxrl_lander.sweep import run_sweep
+
+    name = _plain_name(args.name or re.sub(r"[^\w.,=+-]", "_", "_".join(
+        [args.config.stem if args.config else args.algo, *args.settings])), "--name")
+    out_dir = args.results_dir / "sweeps" / name
+    jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
+    summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)
+    for variant, summary in summaries.items():
+        final = summary["final_evaluation"]
+        print(f"{'/'.join(filter(None, (name, variant)))}: {len(args.seeds)} seeds | final evaluation mean"
+              f" {final['mean']:.1f} [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM"
+              f" {final['iqm']:.1f} [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
+              f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
+              f" | {out_dir / variant / 'summary.json'}")
+    return 0
+
+
+def _tune(args) -> int:
+    from jaxrl_lander.tune_space import read_space
+
+    space = read_space(args.space, args.algo)
+    given = (("seed", args.seed), ("total_timesteps", args.steps), ("env_backend", args.backend))
+    base = load_config(args.config, args.algo, {**space.settings, **parse_settings(args.algo, args.settings),
+                                                **{k: v for k, v in given if v is not None}})
+    name = _plain_name(args.study or args.space.stem.removeprefix("tune_"), "--study")
+    from jaxrl_lander.envs import check_envs
+
+    check_envs(base)
+    check_writable(args.results_dir)
+    from jaxrl_lander.tune import Study
+
+    study = Study(name, base, space, args.trials, args.results_dir / "tuning" / name, args.storage, args.pruner,
+                  args.heartbeat, args.timeout)
+    jobs = args.jobs or os.cpu_count() or 1
+    if args.worker:  # one of the processes below: trials only
+        study.run()
+        return 0
+    try:
+        if jobs == 1:
+            study.run()
+        else:
+            study.run_workers([sys.executable, "-m", "jaxrl_lander", *args.argv, "--jobs", "1", "--worker"], jobs)
+    finally:
+        data = study.report(plots=True)
+    best = data["best"]
+    print(f"study {name}: {data['trials_counted']} of {args.trials} trials | " + (
+        f"best trial {best['number']}: objective {best['value']:.1f} | {best['config']}" if best
+        else "no trial complete") + f" | {study.out_dir / 'study.json'}")
+    return 0
+
+
+def _plot(args) -> int:
+    for exp in args.experiments:
+        if not exp.is_dir():
+            raise ConfigError(f"no experiment directory {exp}")
+    from jaxrl_lander.plotting import plot_experiments
+
+    print(plot_experiments(args.experiments, args.out))
+    return 0
+
+
+def _evaluate(args) -> int:
+    model_path(args.experiment)  # no model, or two: refused before the heavy imports
+    from jaxrl_lander.evaluate import brief, evaluate_experiment, render_episode_gif
+
+    summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)
+    print(json.dumps(brief(summary)))
+    if args.render:
+        gif, episode_return = render_episode_gif(args.experiment, seed=args.seed, sample=args.sample)
+        print(f"rendered one episode (return {episode_return:.1f}) to {gif}")
+    return 0
+
+
+COMMANDS = {"train": _train, "reproduce": _reproduce, "sweep": _sweep, "tune": _tune, "plot": _plot,
+            "evaluate": _evaluate}

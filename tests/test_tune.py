@@ -1,0 +1,229 @@
+"""Tuning studies: the search space's refusals, pruning on the evaluations during training, a tiny study with two
+workers at once, a worker killed mid-trial, and a study in a real PostgreSQL server."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import load_json
+
+from jaxrl_lander.config import ConfigError, load_config, make_config
+from jaxrl_lander.files import ExperimentPaths
+from jaxrl_lander.tune_space import read_space
+
+KILL_AT = str(Path(__file__).with_name("kill_at.py"))
+# Trials of 1,000 steps with an evaluation (one episode) and a checkpoint every 250: a few seconds each.
+SPACE = """algo = "a2c"
+[settings]
+total_timesteps = 1_000
+checkpoint_interval = 250
+eval_interval = 250
+eval_interval_episodes = 1
+eval_episodes = 2
+[space]
+learning_rate = { type = "float", low = 1e-4, high = 1e-2, log = true }
+n_steps = { type = "categorical", choices = [5, 10] }
+vf_coef = { type = "float", low = 0.25, high = 1.0 }
+"""
+
+
+def run_cli(*args, cwd, point=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, *([KILL_AT, point, "--"] if point else ["-m", "jaxrl_lander"]), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def tune_args(trials: int, *extra: str) -> list[str]:
+    return ["tune", "--algo", "a2c", "--space", "space.toml", "--trials", str(trials), "--jobs", "1", *extra]
+
+
+def study_json(root: Path, name: str = "space") -> dict:
+    return load_json(root / "results/tuning" / name / "study.json")
+
+
+# ---------------------------------------------------------------- the search space
+@pytest.mark.parametrize("space,message", [
+    ('[space]\nlr = { type = "float", low = 0.1, high = 1.0 }', "unknown config key 'lr'"),
+    ('[space]\ngamma = { type = "float", low = 0.99, high = 0.99 }', "'gamma' range is empty"),
+    ('[space]\ngamma = { type = "float", low = 0.999, high = 0.9 }', "'gamma' range is empty"),
+    ('[space]\nent_coef = { type = "float", low = 0.0, high = 0.1, log = true }', "log range needs low > 0"),
+    ('[space]\nn_steps = { type = "float", low = 4.0, high = 8.0 }', "'n_steps' is int"),
+    ('[space]\ngamma = { type = "uniform", low = 0.9, high = 0.99 }', "type = \"float\", \"int\" or \"categorical\""),
+    ('[space]\ngamma = { type = "float", low = 0.9 }', "has no 'high'"),
+    ('[space]\ngamma = { type = "float", low = 0.9, high = 0.99, step = 0.01 }', "unknown field 'step'"),
+    ('[space]\nn_steps = { type = "categorical", choices = [] }', "choices must be a non-empty list"),
+    ('[space]\nn_steps = { type = "categorical", choices = [5, "ten"] }', "must be int"),
+    ('[space]\nseed = { type = "int", low = 0, high = 9 }', "'seed' cannot be tuned"),
+    ('[settings]\ngamma = 0.9\n[space]\ngamma = { type = "float", low = 0.9, high = 0.99 }', "both in [settings]"),
+    ('[settings]\nlr = 0.1\n[space]\ngamma = { type = "float", low = 0.9, high = 0.99 }', "unknown config key 'lr'"),
+    ("[settings]\ngamma = 0.9", "[space] names no key to tune"),
+    ('algo = "ppo"\n[space]\ngamma = { type = "float", low = 0.9, high = 0.99 }', "not for 'a2c'"),
+    ('[spaces]\ngamma = { type = "float", low = 0.9, high = 0.99 }', "unknown top-level key 'spaces'"),
+])
+def test_a_bad_space_is_refused_naming_the_problem(tmp_path, space, message):
+    (tmp_path / "space.toml").write_text(space + "\n")
+    with pytest.raises(ConfigError) as caught:
+        read_space(tmp_path / "space.toml", "a2c")
+    assert message in str(caught.value)
+
+
+def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for algo in ("ppo", "a2c"):
+        space = read_space(root / f"tune_{algo}.toml", algo)
+        base = load_config(None, algo, space.settings)
+        assert base.eval_interval > 0 and len(space.ranges) >= 5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage postgresql://nobody@"),
+    (["--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x"),
+    (["--set", "eval_interval=0"], "tuning needs eval_interval > 0"),
+    (["--study", "a/b"], "--study must be a plain directory name"),
+    (["--space", "missing.toml"], "config file not found: missing.toml"),
+])
+def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
+    (tmp_path / "space.toml").write_text(SPACE)
+    proc = run_cli(*tune_args(2), *args, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not list(tmp_path.glob("results/tuning/*/trial_*"))  # nothing trained
+
+
+# ---------------------------------------------------------------- pruning
+def test_a_pruned_trial_stops_at_the_evaluation_it_was_judged_on(tmp_path):
+    from jaxrl_lander import train
+    from jaxrl_lander.tune import Pruning
+
+    config = make_config("a2c", {"total_timesteps": 1_000, "checkpoint_interval": 250, "eval_interval": 250,
+                                 "eval_interval_episodes": 1, "eval_episodes": 2})
+    kept = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner()).ask()
+    results = train(config, tmp_path / "kept", progress_bar=False, watch=Pruning(kept))
+    during = [e["mean"] for e in results.evaluations_during_training]
+    steps = [e["timestep"] for e in results.evaluations_during_training]  # at the vector step reaching 250, ...
+    assert results.status == "completed" and steps == [256, 504, 752, 1_000]
+    # What the pruner saw at each evaluation: the running mean of the evaluations so far (the final one is not)
+    running = [sum(during[:k + 1]) / (k + 1) for k in range(4)]
+    assert kept.storage.get_trial(kept._trial_id).intermediate_values == pytest.approx(
+        dict(zip(steps, running)))
+
+    doomed = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9)).ask()
+    results = train(config, tmp_path / "doomed", progress_bar=False, watch=Pruning(doomed))
+    assert results.status == "interrupted" and results.reason == "pruned by the study at step 256"
+    assert results.timestep == 256 and results.evaluation is None
+    assert (ExperimentPaths.of(tmp_path / "doomed", "a2c", 42).checkpoints / "256").is_dir()  # a stop checkpoint
+
+
+# ---------------------------------------------------------------- whole studies
+def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tmp_path):
+    (tmp_path / "space.toml").write_text(SPACE)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "jaxrl_lander", *tune_args(4)]
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err for _, err in outs]
+    study = study_json(tmp_path)
+    trials = study["trials"]
+    counted = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    assert len(counted) == 4 and study["trials_counted"] == 4
+    assert all(t["state"] == "FAIL" and "surplus" in t for t in trials if t not in counted)
+    assert all(t["duration_seconds"] > 0 and set(t["params"]) == {"learning_rate", "n_steps", "vf_coef"}
+               for t in counted)
+    # Each complete trial's value is the mean of its run's evaluations during training.
+    for t in counted:
+        if t["state"] == "COMPLETE":
+            results = load_json(tmp_path / t["experiment"] / "a2c_seed42_results.json")
+            assert t["value"] == pytest.approx(sum(e["mean"] for e in results["evaluations_during_training"]) / 4)
+    best = max((t for t in counted if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    assert study["best"]["number"] == best["number"]
+    best_config = load_config(tmp_path / "results/tuning/space/best.toml")
+    assert best_config.learning_rate == best["params"]["learning_rate"] and best_config.seed == 42  # seed omitted
+    # best.toml trains as it is
+    proc = subprocess.run([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--seed", "7", "--config",
+                           "results/tuning/space/best.toml", "--quiet"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # A third worker finds the study full and trains nothing; the report is written with its plots.
+    proc = run_cli(*tune_args(4), cwd=tmp_path)
+    assert proc.returncode == 0 and "4 of 4 trials" in proc.stdout, proc.stderr
+    assert len(study_json(tmp_path)["trials"]) == len(trials)
+    for png in ("history.png", "importances.png"):
+        assert (tmp_path / "results/tuning/space" / png).read_bytes()[:4] == b"\x89PNG"
+    # Joining with another space is refused.
+    (tmp_path / "space.toml").write_text(SPACE.replace("1e-2", "1e-1"))
+    proc = run_cli(*tune_args(4), cwd=tmp_path)
+    assert proc.returncode == 2 and "made with another config or search space" in proc.stderr
+
+
+def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoints(tmp_path):
+    (tmp_path / "space.toml").write_text(SPACE)
+    args = tune_args(2, "--heartbeat", "1")
+    proc = run_cli(*args, cwd=tmp_path, point="checkpoint:752")  # SIGKILL inside trial 0, at its checkpoint of step 752
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(3.5)  # three missed heartbeats: trial 0 is stale
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    trials = {t["number"]: t for t in study_json(tmp_path)["trials"]}
+    assert trials[0]["state"] == "FAIL"
+    retry = next(t for t in trials.values() if t["retry_of"] == 0)
+    assert retry["state"] == "COMPLETE" and retry["params"] == trials[0]["params"]
+    results = load_json(tmp_path / retry["experiment"] / "a2c_seed42_results.json")
+    assert "trial_0000" in retry["experiment"] and results["resumed_from_timestep"] == 504
+    assert sorted(t["state"] for t in trials.values()) == ["COMPLETE", "COMPLETE", "FAIL"]  # 2 counted, once each
+
+
+# ---------------------------------------------------------------- PostgreSQL
+def _postgres_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server in a temporary directory on a free local port, for the module's tests."""
+    bindir = _postgres_bin()
+    if bindir is None or not (bindir / "initdb").exists():
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    data = Path(tempfile.mkdtemp(prefix="jaxrl-pg-"))
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the account Debian's package made
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, bindir / "initdb", "-D", data / "db", "-U", "tuner", "--auth=trust"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_user, bindir / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "start", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://tuner@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_study_in_postgresql(tmp_path, postgres_url):
+    (tmp_path / "space.toml").write_text(SPACE)
+    proc = run_cli(*tune_args(2, "--storage", postgres_url, "--study", "pg"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    trials = study_json(tmp_path, "pg")["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert not (tmp_path / "results/tuning/pg/study.db").exists()  # the study lives in the server
+    stored = optuna.load_study(study_name="pg", storage=postgres_url)
+    assert [t.params for t in stored.trials] == [t["params"] for t in trials]
+    assert json.loads(json.dumps(stored.user_attrs["space"])) == study_json(tmp_path, "pg")["search_space"]
