@@ -28,7 +28,7 @@ from jaxrl_lander.evaluate import brief, evaluate_agents
 from jaxrl_lander.experiment import Experiment
 from jaxrl_lander.files import ExperimentPaths, check_writable
 from jaxrl_lander.loop import Progress, train_loop
-from jaxrl_lander.outputs import Outputs
+from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.metrics import now_iso
 from jaxrl_lander.results import Results, previous_results
@@ -171,13 +171,8 @@ class Agents:
                 experiment.store.close()
             raise
         pending = [e.pending for e in self.experiments]
-        if any(pending):
-            filled = pending[0][1]
-            arrays = {name: np.concatenate([p[0][name] for p in pending], axis=0 if name == "next_obs" else 1)
-                      for name in pending[0][0]}
-            self.pending = arrays, filled
-        else:
-            self.pending = None
+        self.pending = ({name: np.concatenate([p[0][name] for p in pending], axis=0 if name == "next_obs" else 1)
+                         for name in pending[0][0]}, pending[0][1]) if any(pending) else None
         return self.learner.place(stack(states))
 
     # ---------------------------------------------------------------- the loop's hooks
@@ -194,7 +189,7 @@ class Agents:
             self.experiments[i].save(agent_of(state, i), agent, training_seconds)
 
     # ---------------------------------------------------------------- run and finish
-    def run(self, state: TrainState, outputs: list[Outputs]) -> list[Results | Exception]:
+    def run(self, state: TrainState, outputs: list[Outputs], watch: Watch | None = None) -> list[Results | Exception]:
         started = (now_iso(), self.progress[0].timestep, CompileClock())
         first = self.experiments[0]
         self.collector.start(state, train_env_seed(first.keys.env, self.progress[0].timestep))
@@ -203,14 +198,16 @@ class Agents:
         try:
             with StopOnSignal() as stop:
                 result = train_loop(self.configs[0], self.learner, self.collector, state, self.progress, outputs,
-                                    self, stop)
+                                    self, lambda: stop() or (watch is not None and watch.verdict is not None))
         except BaseException:
             self.close()
             raise
         self.signum = stop.signum
         final = on_host(result.state)
         evaluations = [None] * len(self.experiments)
-        if stop.signum is None and not result.failure and not self.configs[0].select_best_checkpoint:
+        ended = self.progress[0].timestep >= self.configs[0].total_timesteps
+        halted = watch.verdict if watch and not ended else None
+        if stop.signum is None and not halted and not result.failure and not self.configs[0].select_best_checkpoint:
             # The agents' final evaluations played together; an agent whose update failed plays alone, unused.
             first = self.configs[0]
             evaluations = evaluate_agents(self.learner.network, final.params, first.env_id, first.eval_episodes,
@@ -219,7 +216,8 @@ class Agents:
         for i, experiment in enumerate(self.experiments):
             try:
                 finished.append(experiment.finish(agent_of(final, i), result, self.progress[i], outputs[i],
-                                                  stop.signum, started, agent=i, evaluation=evaluations[i]))
+                                                  stop.signum, started, agent=i, evaluation=evaluations[i],
+                                                  halted=halted))
             except TrainingFailed as exc:
                 finished.append(exc)
         self.collector.close()
@@ -246,10 +244,11 @@ def _remove_checkpoint(paths: ExperimentPaths, step: int) -> None:
 
 
 def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], device: str = "auto",
-                 progress_bar: bool | None = None) -> list[Results | Exception]:
+                 progress_bar: bool | None = None, watch: Watch | None = None) -> list[Results | Exception]:
     """Train `configs` (one program: check_agents) as vectorised agents, config i into
     results_dirs[i]/experiments/{algo}_seed{seed}/, resuming each from its checkpoints; an agent whose experiment
-    has completed already is returned as it is. One Results per config, or the TrainingFailed of an agent whose
+    has completed already is returned as it is; a `watch` sees every agent's events and may stop all of them
+    early. One Results per config, or the TrainingFailed of an agent whose
     update stopped being finite. Raises ConfigError, ResumeError or ExperimentInUse before anything is written."""
     if isinstance(results_dirs, (str, Path)) or len(results_dirs) != len(configs):
         raise ConfigError("train_agents needs one results directory per config")
@@ -284,10 +283,10 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], devic
                 raise
             start = agents.progress[0].timestep
             watched = f"{agents.experiments[0].paths.name} (shown, of {len(todo)} agents)"
-            outputs = [Outputs(e.recorder, run_sinks(e.config.total_timesteps, start, None, progress_bar, watched)
-                               if n == 0 else [], loss=p.loss)
+            outputs = [Outputs(e.recorder, (run_sinks(e.config.total_timesteps, start, None, progress_bar, watched)
+                                            if n == 0 else []) + ([watch.sink(n)] if watch else []), loss=p.loss)
                        for n, (e, p) in enumerate(zip(agents.experiments, agents.progress))]
-            for i, finished in zip(todo, agents.run(state, outputs)):
+            for i, finished in zip(todo, agents.run(state, outputs, watch)):
                 results[i] = finished
     if agents.signum is not None:
         raise Interrupted(agents.signum, f"{len(todo)} agents stopped by {signal.Signals(agents.signum).name} at step"

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the study's total trials, whichever workers run them")
     tune.add_argument("--seed", type=_int_arg("seed", 0), default=None,
                       help="the seed every trial trains (default: the config's, 42 unless set)")
+    tune.add_argument("--seeds", type=_int_arg("seed", 0), nargs="+", default=None,
+                      help="seeds every trial trains as vectorised agents (envpool), scored by the IQM over them")
     tune.add_argument("--study", default=None, help="study name (default: the space file's stem without 'tune_')")
     tune.add_argument("--storage", default=None, help="Optuna storage URL shared by workers, e.g. postgresql://..."
                                                       " (default: a SQLite file in the study's directory)")

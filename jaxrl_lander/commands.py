@@ -113,10 +113,16 @@ def _tune(args) -> int:
     from jaxrl_lander.tune_space import read_space
 
     space = read_space(args.space, args.algo)
-    given = (("seed", args.seed), ("total_timesteps", args.steps), ("env_backend", args.backend))
+    if args.seeds and (args.seed is not None or len(set(args.seeds)) < len(args.seeds)):
+        raise ConfigError("--seeds: give distinct seeds, and not --seed beside them")
+    seed = args.seeds[0] if args.seeds else args.seed
+    given = (("seed", seed), ("total_timesteps", args.steps), ("env_backend", args.backend))
     base = load_config(args.config, args.algo, {**space.settings, **parse_settings(args.algo, args.settings),
                                                 **{k: v for k, v in given if v is not None}})
     name = _plain_name(args.study or args.space.stem.removeprefix("tune_"), "--study")
+    if args.seeds and len(args.seeds) > 1:  # each trial trains them as vectorised agents
+        check_agents([load_config(None, base.algo, {**base.to_dict(), "seed": s}) for s in args.seeds])
+        cpu_device_per_core()
     from jaxrl_lander.envs import check_envs
 
     check_envs(base)
@@ -124,7 +130,7 @@ def _tune(args) -> int:
     from jaxrl_lander.tune import Study
 
     study = Study(name, base, space, args.trials, args.results_dir / "tuning" / name, args.storage, args.pruner,
-                  args.heartbeat, args.timeout)
+                  args.heartbeat, args.timeout, args.seeds)
     jobs = args.jobs or os.cpu_count() or 1
     if args.worker:  # one of the processes below: trials only
         study.run()

@@ -76,7 +76,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
                 raise
             sinks = run_sinks(config.total_timesteps, progress.timestep,
                               experiment.paths.tensorboard if tensorboard else None, progress_bar)
-            outputs = Outputs(experiment.recorder, sinks + ([watch] if watch else []), loss=progress.loss)
+            outputs = Outputs(experiment.recorder, sinks + ([watch.sink(0)] if watch else []), loss=progress.loss)
             return experiment.run(state, progress, outputs, watch)
 
 

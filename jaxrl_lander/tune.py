@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import signal
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,37 +22,56 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from jaxrl_lander.config import RunConfig, config_to_toml, make_config
+from jaxrl_lander.config import RunConfig, make_config
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, TrainingFailed,
                                   first_line)
+from jaxrl_lander.agents import train_agents
 from jaxrl_lander.experiment import train
-from jaxrl_lander.files import ExperimentPaths, replaced_atomically, write_json_atomic
-from jaxrl_lander.outputs import Watch
-from jaxrl_lander.sweep import Children
+from jaxrl_lander.files import ExperimentPaths
+from jaxrl_lander.outputs import Sink, Watch
+from jaxrl_lander.sweep import Children, iqm
+from jaxrl_lander.tune_report import params_text, write_report
 from jaxrl_lander.tune_space import Space, trial_config
 
 log = logging.getLogger("jaxrl_lander.tune")
 
-OBJECTIVE = ("the mean, over a trial's evaluations during training, of their mean return: a config that solves"
-             " early scores above one that gets there at the end")
+OBJECTIVE = ("the mean, over a trial's evaluations during training, of their mean return (with several seeds,"
+             " the IQM of that over the seeds): a config that solves early scores above one that solves late")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_RETRIES = 2  # a trial that kills its worker again and again is given up after this many retries
 PRUNERS = ("median", "hyperband", "none")
 
 
 class Pruning(Watch):
-    """Reports the running objective at each evaluation during training and stops a trial the pruner gives up."""
+    """Reports the running objective at each evaluation during training (the IQM over a trial's agents once each
+    has evaluated at that step) and stops the trial when the pruner gives up on it."""
 
     def __init__(self, trial: optuna.Trial):
-        self.trial, self.means = trial, []
+        self.trial = trial
+        self.means: dict[int, list[float]] = {}  # agent -> its evaluations' mean returns so far
+        self.at: dict[int, dict[int, float]] = {}  # step -> agent -> its running objective there
+
+    def sink(self, agent: int) -> Sink:
+        self.means[agent] = []
+        return _AgentEvaluations(self, agent)
+
+    def evaluated(self, agent: int, step: int, mean_return: float) -> None:
+        self.means[agent].append(mean_return)
+        at = self.at.setdefault(step, {})
+        at[agent] = float(np.mean(self.means[agent]))
+        if len(at) == len(self.means):
+            self.trial.report(float(iqm(np.array(list(at.values())))), step)
+            if self.verdict is None and self.trial.should_prune():
+                self.verdict = f"pruned by the study at step {step}"
+
+
+class _AgentEvaluations(Sink):
+    def __init__(self, watch: Pruning, agent: int):
+        self.watch, self.agent = watch, agent
 
     def evaluation(self, step: int, summary: dict[str, Any], final: bool = False) -> None:
-        if final:
-            return
-        self.means.append(summary["mean"])
-        self.trial.report(float(np.mean(self.means)), step)
-        if self.verdict is None and self.trial.should_prune():
-            self.verdict = f"pruned by the study at step {step}"
+        if not final:
+            self.watch.evaluated(self.agent, step, summary["mean"])
 
 
 class _Surplus(Exception):
@@ -84,8 +104,8 @@ def _pruner(name: str, config: RunConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _identity(base: RunConfig, space: Space) -> dict[str, Any]:
-    return {"base_config": base.to_dict(), "space": space.ranges}
+def _identity(base: RunConfig, space: Space, seeds: list[int]) -> dict[str, Any]:
+    return {"base_config": base.to_dict(), "space": space.ranges, "seeds": seeds}
 
 
 def _slots(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
@@ -97,12 +117,14 @@ class Study:
 
     def __init__(self, name: str, base: RunConfig, space: Space, trials: int, out_dir: Path,
                  storage: str | None = None, pruner: str = "median", heartbeat: int = 30,
-                 timeout: float | None = None):
+                 timeout: float | None = None, seeds: list[int] | None = None):
         if base.eval_interval <= 0:
             raise ConfigError("tuning needs eval_interval > 0: the objective and the pruner read the evaluations"
                               " during training")
         self.name, self.base, self.space, self.total, self.out_dir = name, base, space, trials, out_dir
+        self.seeds = seeds or [base.seed]  # several: each trial trains them as vectorised agents
         self.timeout = timeout  # seconds after which this worker starts no new trial
+        self.heartbeat = heartbeat
         out_dir.mkdir(parents=True, exist_ok=True)
         url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -112,10 +134,10 @@ class Study:
         sampler = optuna.samplers.TPESampler(n_startup_trials=8, constant_liar=True)  # liar: workers spread out
         self.study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
                                          pruner=_pruner(pruner, base), direction="maximize", load_if_exists=True)
-        identity, held = _identity(base, space), self.study.user_attrs
+        identity, held = _identity(base, space, self.seeds), self.study.user_attrs
         if held and {k: held.get(k) for k in identity} != identity:
-            raise ConfigError(f"study '{name}' was made with another config or search space: give another --study,"
-                              " or the same config, settings and space")
+            raise ConfigError(f"study '{name}' was made with another config, search space or seeds: give another"
+                              " --study, or the same config, settings, space and seeds")
         for key, value in identity.items():
             self.study.set_user_attr(key, value)
         self.current: int | None = None  # the number of the trial this worker is running
@@ -127,22 +149,33 @@ class Study:
         return any(t.state == TrialState.WAITING for t in trials) or len(_slots(trials)) < self.total
 
     def run(self) -> None:
-        """Run trials until the study is full; a stop (Ctrl-C, SIGTERM) fails the trial in hand and queues its
-        retry, then raises Interrupted."""
-        optuna.storages.fail_stale_trials(self.study)
-        if not self.pending():
-            log.info("study %s holds its %d trials already", self.name, self.total)
-            return
+        """Run trials until the study is full, then wait while other workers' trials run (one whose worker dies
+        is retried here); past the timeout, start none. A stop (Ctrl-C, SIGTERM) fails the trial in hand, queues
+        its retry and raises Interrupted."""
+        started, waiting = time.monotonic(), False
         try:
-            self.study.optimize(self._objective, callbacks=[self._after], catch=(_Surplus, _Failed),
-                                timeout=self.timeout, gc_after_trial=False)
+            while self.timeout is None or time.monotonic() - started < self.timeout:
+                optuna.storages.fail_stale_trials(self.study)
+                if self.pending():
+                    left = None if self.timeout is None else self.timeout - (time.monotonic() - started)
+                    self.study.optimize(self._objective, callbacks=[self._after], catch=(_Surplus, _Failed),
+                                        timeout=left, gc_after_trial=False)
+                    continue
+                running = sum(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False))
+                if not running:
+                    break
+                if not waiting:
+                    log.info("study %s: waiting for %d trial(s) of other workers", self.name, running)
+                waiting = True
+                time.sleep(self.heartbeat)
         except (Interrupted, KeyboardInterrupt) as exc:
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             stopped = next((t for t in self.study.get_trials() if t.number == self.current), None)
             if stopped is not None and stopped.state == TrialState.FAIL:
                 RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(self.study, stopped)
-            raise Interrupted(signum, f"study {self.name} stopped during trial {self.current}, which the next worker"
-                                      " retries from its checkpoints: run the same command again") from None
+            during = "between trials" if self.current is None else f"during trial {self.current}, which is retried"
+            raise Interrupted(signum, f"study {self.name} stopped {during}: run the same command again to go on"
+                                      " (a stopped trial resumes from its checkpoints)") from None
 
     def run_workers(self, command: list[str], jobs: int) -> None:
         """Run trials in `jobs` processes of `command` at once (each a worker of this study) until it is full; a
@@ -172,34 +205,45 @@ class Study:
             trial.set_user_attr("refused", str(exc))
             raise optuna.TrialPruned(f"refused: {exc}") from None
         directory = self.out_dir / f"trial_{trial.number if retry_of is None else retry_of:04d}"
+        configs = [make_config(config.algo, {**config.to_dict(), "seed": seed}) for seed in self.seeds]
         trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("experiment", str(ExperimentPaths.of(directory, config.algo, config.seed).root))
+        trial.set_user_attr("experiments", [str(ExperimentPaths.of(directory, c.algo, c.seed).root) for c in configs])
         watch = Pruning(trial)
         try:
-            results = train(config, directory, resume=True, progress_bar=False, watch=watch)
-        except TrainingFailed as exc:  # diverged: as bad as pruned, and counted
-            trial.set_user_attr("failure", str(exc))
-            raise optuna.TrialPruned(f"training failed: {exc}") from None
+            if len(configs) == 1:
+                runs = [train(config, directory, resume=True, progress_bar=False, watch=watch)]
+            else:  # vectorised agents, one per seed
+                runs = train_agents(configs, [directory] * len(configs), progress_bar=False, watch=watch)
         except (ExperimentInUse, ResumeError) as exc:
             trial.set_user_attr("failure", str(exc))
             raise _Failed(str(exc)) from None
-        if results.status == "interrupted":
-            if watch.verdict is not None and results.reason == watch.verdict:
+        except TrainingFailed as exc:
+            runs = [exc]
+        failed = next((r for r in runs if isinstance(r, Exception)), None)
+        if failed is not None:  # diverged: as bad as pruned, and counted
+            trial.set_user_attr("failure", str(failed))
+            raise optuna.TrialPruned(f"training failed: {failed}")
+        stopped = next((r for r in runs if r.status == "interrupted"), None)
+        if stopped is not None:
+            if watch.verdict is not None and stopped.reason == watch.verdict:
                 raise optuna.TrialPruned(watch.verdict)
-            raise Interrupted(signal.SIGTERM if "SIGTERM" in (results.reason or "") else signal.SIGINT,
-                              results.reason or "stopped")
-        trial.set_user_attr("final_evaluation", results.evaluation["mean"])
-        return float(np.mean([e["mean"] for e in results.evaluations_during_training]))
+            raise Interrupted(signal.SIGTERM if "SIGTERM" in (stopped.reason or "") else signal.SIGINT,
+                              stopped.reason or "stopped")
+        values = [float(np.mean([e["mean"] for e in r.evaluations_during_training])) for r in runs]
+        trial.set_user_attr("final_evaluation", float(np.mean([r.evaluation["mean"] for r in runs])))
+        if len(runs) > 1:
+            trial.set_user_attr("seed_values", values)
+        return float(iqm(np.array(values)))
 
     def _after(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.current = None
         if trial.state == TrialState.COMPLETE:
             log.info("trial %d: objective %.1f, final evaluation %.1f | %s", trial.number, trial.value,
-                     trial.user_attrs["final_evaluation"], _params_text(trial.params))
+                     trial.user_attrs["final_evaluation"], params_text(trial.params))
         elif trial.state == TrialState.PRUNED:
             reason = (trial.user_attrs.get("refused") or trial.user_attrs.get("failure")
                       or f"pruned at step {trial.last_step}")
-            log.info("trial %d: %s | %s", trial.number, reason, _params_text(trial.params))
+            log.info("trial %d: %s | %s", trial.number, reason, params_text(trial.params))
         elif "surplus" not in trial.user_attrs:
             log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("failure", "see the log above"))
         if not self.pending():
@@ -209,61 +253,12 @@ class Study:
 
     # ---------------------------------------------------------------- the report
     def report(self, plots: bool = False) -> dict[str, Any]:
-        """study.json (every trial), best.toml (the best complete trial's config, seed left to the command)
-        and, with `plots`, the optimisation history and parameter importances as PNGs."""
+        """study.json, best.toml and, with `plots`, the PNGs (tune_report.py); what study.json holds."""
         trials = self.study.get_trials()
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value) if complete else None
-        data = {
-            "study": self.name, "direction": "maximize", "objective": OBJECTIVE, "trials_total": self.total,
-            "trials_counted": len(_slots(trials)), "search_space": self.space.ranges,
-            "base_config": self.base.to_dict(),
-            "best": None if best is None else {"number": best.number, "value": best.value, "params": best.params,
-                                                 "config": str(self.out_dir / "best.toml")},
-            "trials": [_trial_row(t) for t in trials],
-        }
-        write_json_atomic(self.out_dir / "study.json", data)
-        if best is not None:
-            config = make_config(self.base.algo, best.user_attrs["config"])
-            with replaced_atomically(self.out_dir / "best.toml") as tmp:
-                tmp.write_text(f"# The best trial ({best.number}) of study '{self.name}': objective {best.value:.1f},"
-                               f" final evaluation {best.user_attrs['final_evaluation']:.1f}.\n"
-                               f"# The seed is the command's: make train CONFIG=<this file> SEED=...\n"
-                               + config_to_toml(config, omit=("seed",)))
-        if plots:
-            self._plots(len(complete))
-        return data
-
-    def _plots(self, complete: int) -> None:
-        from jaxrl_lander.plotting import _pyplot, save_figure
-
-        plt = _pyplot()
-        from optuna.visualization import matplotlib as vis
-
-        for name, draw, needs in (("history.png", vis.plot_optimization_history, 1),
-                                  ("importances.png", vis.plot_param_importances, 2)):
-            if complete < needs:
-                log.info("no %s: it needs %d complete trial(s), the study has %d", name, needs, complete)
-                continue
-            try:
-                axes = draw(self.study)
-            except (ValueError, RuntimeError) as exc:  # e.g. importances of a space no trial varied
-                log.info("no %s: %s", name, first_line(exc))
-                continue
-            save_figure(axes.figure, self.out_dir / name)
-            plt.close(axes.figure)
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    duration = t.duration.total_seconds() if t.duration else None
-    attrs = {k: v for k, v in t.user_attrs.items() if k != "config"}
-    return {"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
-            "duration_seconds": duration, "retry_of": t.system_attrs.get("failed_trial"),
-            "intermediate_values": {str(step): v for step, v in sorted(t.intermediate_values.items())}, **attrs}
+        header = {"study": self.name, "direction": "maximize", "objective": OBJECTIVE, "trials_total": self.total,
+                  "trials_counted": len(_slots(trials)), "seeds": self.seeds, "search_space": self.space.ranges,
+                  "base_config": self.base.to_dict()}
+        return write_report(self.study, trials, header, self.out_dir, plots)
 
 
 @contextlib.contextmanager

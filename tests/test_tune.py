@@ -123,6 +123,41 @@ def test_a_pruned_trial_stops_at_the_evaluation_it_was_judged_on(tmp_path):
     assert (ExperimentPaths.of(tmp_path / "doomed", "a2c", 42).checkpoints / "256").is_dir()  # a stop checkpoint
 
 
+def test_vectorised_agents_are_pruned_together_on_the_iqm_of_their_running_objectives(tmp_path):
+    from jaxrl_lander import train_agents
+    from jaxrl_lander.sweep import iqm
+    from jaxrl_lander.tune import Pruning
+
+    configs = [make_config("a2c", {"total_timesteps": 512, "checkpoint_interval": 128, "eval_interval": 128,
+                                   "eval_interval_episodes": 1, "eval_episodes": 2, "env_backend": "envpool",
+                                   "seed": seed}) for seed in (0, 1, 2)]
+    kept = optuna.create_study(direction="maximize").ask()
+    runs = train_agents(configs, [tmp_path / "kept"] * 3, progress_bar=False, watch=Pruning(kept))
+    running = [[sum(e["mean"] for e in r.evaluations_during_training[:k + 1]) / (k + 1) for k in range(4)]
+               for r in runs]
+    steps = [e["timestep"] for e in runs[0].evaluations_during_training]
+    reported = kept.storage.get_trial(kept._trial_id).intermediate_values
+    assert reported == pytest.approx({t: float(iqm([r[k] for r in running])) for k, t in enumerate(steps)})
+
+    doomed = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9)).ask()
+    runs = train_agents(configs, [tmp_path / "doomed"] * 3, progress_bar=False, watch=Pruning(doomed))
+    # all stopped at one step: the end of the compiled rollout that played the judged evaluation's step
+    assert {(r.status, r.reason, r.timestep) for r in runs} == {("interrupted", f"pruned by the study at step"
+                                                                 f" {steps[0]}", 160)}
+
+
+def test_a_trial_of_several_seeds_scores_their_iqm(tmp_path):
+    (tmp_path / "space.toml").write_text(SPACE)
+    proc = run_cli(*tune_args(1, "--seeds", "3", "4", "--backend", "envpool"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (trial,) = study_json(tmp_path)["trials"]
+    values = []
+    for seed, experiment in zip((3, 4), trial["experiments"]):
+        results = load_json(tmp_path / experiment / f"a2c_seed{seed}_results.json")
+        values.append(sum(e["mean"] for e in results["evaluations_during_training"]) / 4)
+    assert trial["seed_values"] == pytest.approx(values) and trial["value"] == pytest.approx(sum(values) / 2)
+
+
 # ---------------------------------------------------------------- whole studies
 def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
@@ -142,7 +177,7 @@ def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tm
     # Each complete trial's value is the mean of its run's evaluations during training.
     for t in counted:
         if t["state"] == "COMPLETE":
-            results = load_json(tmp_path / t["experiment"] / "a2c_seed42_results.json")
+            results = load_json(tmp_path / t["experiments"][0] / "a2c_seed42_results.json")
             assert t["value"] == pytest.approx(sum(e["mean"] for e in results["evaluations_during_training"]) / 4)
     best = max((t for t in counted if t["state"] == "COMPLETE"), key=lambda t: t["value"])
     assert study["best"]["number"] == best["number"]
@@ -162,7 +197,7 @@ def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tm
     # Joining with another space is refused.
     (tmp_path / "space.toml").write_text(SPACE.replace("1e-2", "1e-1"))
     proc = run_cli(*tune_args(4), cwd=tmp_path)
-    assert proc.returncode == 2 and "made with another config or search space" in proc.stderr
+    assert proc.returncode == 2 and "made with another config, search space or seeds" in proc.stderr
 
 
 def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoints(tmp_path):
@@ -177,8 +212,8 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoints(tm
     assert trials[0]["state"] == "FAIL"
     retry = next(t for t in trials.values() if t["retry_of"] == 0)
     assert retry["state"] == "COMPLETE" and retry["params"] == trials[0]["params"]
-    results = load_json(tmp_path / retry["experiment"] / "a2c_seed42_results.json")
-    assert "trial_0000" in retry["experiment"] and results["resumed_from_timestep"] == 504
+    results = load_json(tmp_path / retry["experiments"][0] / "a2c_seed42_results.json")
+    assert "trial_0000" in retry["experiments"][0] and results["resumed_from_timestep"] == 504
     assert sorted(t["state"] for t in trials.values()) == ["COMPLETE", "COMPLETE", "FAIL"]  # 2 counted, once each
 
 

@@ -29,11 +29,16 @@ class Sink:
         """The run is over, at env step `step`."""
 
 
-class Watch(Sink):
-    """A sink that may end the run before total_timesteps (a tuning study's pruner): once `verdict` says why,
-    the run stops at its next step as a stopped run does (a checkpoint, status "interrupted", that reason)."""
+class Watch:
+    """Someone outside a run, or outside vectorised agents' runs, who sees their events and may end them before
+    total_timesteps (a tuning study's pruner): once `verdict` says why, the runs stop at their next step as
+    stopped runs do (a checkpoint each, status "interrupted", that reason)."""
 
     verdict: str | None = None
+
+    def sink(self, agent: int) -> Sink:
+        """Where agent number `agent`'s events go (0 for a single run)."""
+        raise NotImplementedError
 
 
 class Outputs:
