@@ -127,7 +127,7 @@ class Study:
         self.heartbeat = heartbeat
         out_dir.mkdir(parents=True, exist_ok=True)
         url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets a line of ours
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retries
         with _file_lock(out_dir / ".storage.lock"):  # two workers creating one SQLite file's tables at once
             self.storage = open_storage(url, heartbeat)

@@ -200,21 +200,42 @@ def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tm
     assert proc.returncode == 2 and "made with another config, search space or seeds" in proc.stderr
 
 
-def test_a_worker_killed_mid_trial_has_its_trial_retried_from_its_checkpoints(tmp_path):
+def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
     args = tune_args(2, "--heartbeat", "1")
-    proc = run_cli(*args, cwd=tmp_path, point="checkpoint:752")  # SIGKILL inside trial 0, at its checkpoint of step 752
+    proc = run_cli(*args, cwd=tmp_path, point="interrupt:504")  # Ctrl-C inside trial 0, at its step-504 checkpoint
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 130 and "stopped during trial 0, which is retried" in lines[-1], proc.stderr
+    states = {t["number"]: t["state"] for t in study_json(tmp_path)["trials"]}
+    assert states == {0: "FAIL", 1: "WAITING"}  # the retry is queued at once
+    proc = run_cli(*args, cwd=tmp_path, point="checkpoint:752")  # the retry killed with SIGKILL at step 752
     assert proc.returncode == -signal.SIGKILL
-    time.sleep(3.5)  # three missed heartbeats: trial 0 is stale
+    time.sleep(3.5)  # three missed heartbeats: trial 1 is stale
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     trials = {t["number"]: t for t in study_json(tmp_path)["trials"]}
-    assert trials[0]["state"] == "FAIL"
-    retry = next(t for t in trials.values() if t["retry_of"] == 0)
-    assert retry["state"] == "COMPLETE" and retry["params"] == trials[0]["params"]
-    results = load_json(tmp_path / retry["experiments"][0] / "a2c_seed42_results.json")
-    assert "trial_0000" in retry["experiments"][0] and results["resumed_from_timestep"] == 504
-    assert sorted(t["state"] for t in trials.values()) == ["COMPLETE", "COMPLETE", "FAIL"]  # 2 counted, once each
+    assert [trials[n]["state"] for n in sorted(trials)] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]  # 2 counted
+    assert trials[1]["retry_of"] == trials[2]["retry_of"] == 0 and trials[3]["retry_of"] is None
+    assert trials[2]["params"] == trials[1]["params"] == trials[0]["params"]
+    experiment = trials[2]["experiments"][0]
+    results = load_json(tmp_path / experiment / "a2c_seed42_results.json")
+    # resumed from the stop's checkpoint just past 504 (the last one the kill at 752 left), in trial 0's directory
+    assert "trial_0000" in experiment and 504 < results["resumed_from_timestep"] < 752
+    assert results["status"] == "completed"
+
+
+def test_a_space_whose_every_draw_is_refused_still_ends(tmp_path):
+    from jaxrl_lander.tune import Study
+    from jaxrl_lander.tune_space import read_space
+
+    (tmp_path / "space.toml").write_text('[settings]\neval_interval = 1000\n'
+                                         '[space]\nbatch_size = { type = "categorical", choices = [3000, 5000] }\n')
+    space = read_space(tmp_path / "space.toml", "ppo")
+    study = Study("refused", load_config(None, "ppo", space.settings), space, 3, tmp_path / "refused", heartbeat=1)
+    study.run()
+    trials = study.report()["trials"]
+    assert [t["state"] for t in trials] == ["PRUNED"] * 3
+    assert all("must divide" in t["refused"] for t in trials)
 
 
 # ---------------------------------------------------------------- PostgreSQL
