@@ -125,12 +125,14 @@ class Study:
         self.seeds = seeds or [base.seed]  # several: each trial trains them as vectorised agents
         self.timeout = timeout  # seconds after which this worker starts no new trial
         self.heartbeat = heartbeat
-        out_dir.mkdir(parents=True, exist_ok=True)
-        url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets a line of ours
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retries
-        with _file_lock(out_dir / ".storage.lock"):  # two workers creating one SQLite file's tables at once
-            self.storage = open_storage(url, heartbeat)
+        if storage:
+            self.storage = open_storage(storage, heartbeat)
+        else:  # a SQLite file in the study's directory, its tables created by one worker at a time
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with _file_lock(out_dir / ".storage.lock"):
+                self.storage = open_storage(f"sqlite:///{(out_dir / 'study.db').resolve()}", heartbeat)
         sampler = optuna.samplers.TPESampler(n_startup_trials=8, constant_liar=True)  # liar: workers spread out
         self.study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
                                          pruner=_pruner(pruner, base), direction="maximize", load_if_exists=True)
@@ -140,6 +142,7 @@ class Study:
                               " --study, or the same config, settings, space and seeds")
         for key, value in identity.items():
             self.study.set_user_attr(key, value)
+        out_dir.mkdir(parents=True, exist_ok=True)
         self.current: int | None = None  # the number of the trial this worker is running
 
     # ---------------------------------------------------------------- running trials

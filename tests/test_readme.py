@@ -57,14 +57,14 @@ def test_console_script_is_the_cli():
     assert scripts == {"jaxrl-lander": "jaxrl_lander.cli:main"} and "`jaxrl-lander`" in README
 
 
-@pytest.mark.parametrize("command", ["train", "reproduce", "sweep", "plot", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "reproduce", "sweep", "tune", "plot", "evaluate"])
 def test_help_shows_each_default_once(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and "default: 42) (default" not in text
     assert not re.search(r"default[^()]*\) \(default", text)
-    if command in ("train", "reproduce", "sweep"):
+    if command in ("train", "reproduce", "sweep", "tune"):
         assert "ent_coef = 0.01 / 0.0" in text and "Weight of the entropy bonus." in text  # the config keys
     if command == "train":
         assert "--seed SEED the run's one seed (default: the config's seed, 42 unless set)" in text

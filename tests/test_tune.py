@@ -97,6 +97,8 @@ def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert not list(tmp_path.glob("results/tuning/*/trial_*"))  # nothing trained
+    if "--storage" in args:
+        assert not (tmp_path / "results/tuning").exists()  # nothing written
 
 
 # ---------------------------------------------------------------- pruning
