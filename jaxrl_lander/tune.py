@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -84,8 +85,6 @@ class _Failed(Exception):
 
 def open_storage(url: str, heartbeat: int) -> RDBStorage:
     """The study storage at `url`, with a heartbeat every `heartbeat` seconds (stale after three missed)."""
-    import sqlalchemy
-
     shown = sqlalchemy.make_url(url).render_as_string(hide_password=True) if "://" in url else url
     connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10} if "postgres" in url else {}
     try:
@@ -171,14 +170,18 @@ class Study:
                     log.info("study %s: waiting for %d trial(s) of other workers", self.name, running)
                 waiting = True
                 time.sleep(self.heartbeat)
-        except (Interrupted, KeyboardInterrupt) as exc:
-            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        except (Interrupted, KeyboardInterrupt, TrainingFailed) as exc:
             stopped = next((t for t in self.study.get_trials() if t.number == self.current), None)
             if stopped is not None and stopped.state == TrialState.FAIL:
                 RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(self.study, stopped)
             during = "between trials" if self.current is None else f"during trial {self.current}, which is retried"
+            if isinstance(exc, TrainingFailed):
+                raise TrainingFailed(f"{exc}; study {self.name} stopped {during} when it runs again") from None
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             raise Interrupted(signum, f"study {self.name} stopped {during}: run the same command again to go on"
                                       " (a stopped trial resumes from its checkpoints)") from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # the storage failed under us (a full disk, a lost server)
+            raise TrainingFailed(f"the storage of study {self.name} failed: {first_line(exc)}") from None
 
     def run_workers(self, command: list[str], jobs: int) -> None:
         """Run trials in `jobs` processes of `command` at once (each a worker of this study) until it is full; a
@@ -221,6 +224,8 @@ class Study:
             trial.set_user_attr("failure", str(exc))
             raise _Failed(str(exc)) from None
         except TrainingFailed as exc:
+            if str(exc).startswith("could not"):  # a write failed (a full disk): the worker stops, the trial waits
+                raise
             runs = [exc]
         failed = next((r for r in runs if isinstance(r, Exception)), None)
         if failed is not None:  # diverged: as bad as pruned, and counted
