@@ -241,8 +241,8 @@ class Experiment:
         self.collector.close()
         if status != "failed":
             status, reason = self._failed_write(status, reason, lambda: self._save_model(delivery))
-        if status == "interrupted":  # a failure's reason is the error the run ends with
-            log.warning("%s: %s", self.paths.name, reason)
+        if status == "interrupted":  # a failure's reason is the error the run ends with; a watch's verdict is news
+            (log.info if halted and signum is None else log.warning)("%s: %s", self.paths.name, reason)
         if status != "completed":
             evaluation = None
         else:
