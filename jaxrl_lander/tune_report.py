@@ -54,6 +54,8 @@ def _plots(study: optuna.Study, complete: int, out_dir: Path) -> None:
         except (ValueError, RuntimeError) as exc:  # e.g. importances of a space no trial varied
             log.info("no %s: %s", name, first_line(exc))
             continue
+        axes.figure.set_size_inches(9, 5)
+        axes.figure.tight_layout()  # the parameter names and the legend inside the picture
         save_figure(axes.figure, out_dir / name)
         plt.close(axes.figure)
 
