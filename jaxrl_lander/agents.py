@@ -286,6 +286,8 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], devic
             outputs = [Outputs(e.recorder, (run_sinks(e.config.total_timesteps, start, None, progress_bar, watched)
                                             if n == 0 else []) + ([watch.sink(n)] if watch else []), loss=p.loss)
                        for n, (e, p) in enumerate(zip(agents.experiments, agents.progress))]
+            for n, p in enumerate(agents.progress if watch else []):
+                watch.resumed(n, p.evaluations)
             for i, finished in zip(todo, agents.run(state, outputs, watch)):
                 results[i] = finished
     if agents.signum is not None:

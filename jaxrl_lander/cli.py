@@ -123,11 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=_int_arg("seed", 0), default=None,
                       help="the seed every trial trains (default: the config's, 42 unless set)")
     tune.add_argument("--seeds", type=_int_arg("seed", 0), nargs="+", default=None,
-                      help="seeds every trial trains as vectorised agents (envpool), scored by the IQM over them")
+                      help="seeds every trial trains as vectorised agents (needs --backend envpool), scored by their IQM")
     tune.add_argument("--study", default=None, help="study name (default: the space file's stem without 'tune_')")
     tune.add_argument("--storage", default=None, help="Optuna storage URL shared by workers, e.g. postgresql://..."
                                                       " (default: a SQLite file in the study's directory)")
-    tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"], help="pruner")
+    tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                      help="how trials are stopped early on their evaluations during training")
     tune.add_argument("--heartbeat", type=_int_arg("heartbeat", 1), default=30,
                       help="seconds between a trial's heartbeats; a trial silent for 3 of them is retried")
     tune.add_argument("--timeout", type=_int_arg("timeout", 1), default=None,

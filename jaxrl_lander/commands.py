@@ -1,5 +1,6 @@
 """What each command of the command line does, once its arguments are parsed (cli.py parses and reports)."""
 
+import contextlib
 import json
 import os
 import re
@@ -117,9 +118,12 @@ def _tune(args) -> int:
         raise ConfigError("--seeds: give distinct seeds, and not --seed beside them")
     seed = args.seeds[0] if args.seeds else args.seed
     given = (("seed", seed), ("total_timesteps", args.steps), ("env_backend", args.backend))
-    base = load_config(args.config, args.algo, {**space.settings, **parse_settings(args.algo, args.settings),
+    settings = parse_settings(args.algo, args.settings)
+    if set(settings) & set(space.ranges):
+        raise ConfigError(f"--set {sorted(set(settings) & set(space.ranges))[0]}: that key is tuned by {args.space}")
+    base = load_config(args.config, args.algo, {**space.settings, **settings,
                                                 **{k: v for k, v in given if v is not None}})
-    name = _plain_name(args.study or args.space.stem.removeprefix("tune_"), "--study")
+    name = _plain_name(args.space.stem.removeprefix("tune_") if args.study is None else args.study, "--study")
     if args.seeds and len(args.seeds) > 1:  # each trial trains them as vectorised agents
         check_agents([load_config(None, base.algo, {**base.to_dict(), "seed": s}) for s in args.seeds])
         cpu_device_per_core()
@@ -140,12 +144,16 @@ def _tune(args) -> int:
             study.run()
         else:
             study.run_workers([sys.executable, "-m", "jaxrl_lander", *args.argv, "--jobs", "1", "--worker"], jobs)
-    finally:
-        data = study.report(plots=True)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the report of what was done; the error is the one to tell
+            study.report(plots=True)
+        raise
+    data = study.report(plots=True)
     best = data["best"]
     print(f"study {name}: {data['trials_counted']} of {args.trials} trials | " + (
         f"best trial {best['number']}: objective {best['value']:.1f} | {best['config']}" if best
-        else "no trial complete") + f" | {study.out_dir / 'study.json'}")
+        else "no trial complete") + f" | {study.out_dir / 'study.json'}"
+        + (" | run again to go on" if data["trials_counted"] < args.trials else ""))
     return 0
 
 

@@ -77,6 +77,8 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
             sinks = run_sinks(config.total_timesteps, progress.timestep,
                               experiment.paths.tensorboard if tensorboard else None, progress_bar)
             outputs = Outputs(experiment.recorder, sinks + ([watch.sink(0)] if watch else []), loss=progress.loss)
+            if watch:
+                watch.resumed(0, progress.evaluations)
             return experiment.run(state, progress, outputs, watch)
 
 

@@ -40,6 +40,7 @@ OBJECTIVE = ("the mean, over a trial's evaluations during training, of their mea
              " the IQM of that over the seeds): a config that solves early scores above one that solves late")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_RETRIES = 2  # a trial that kills its worker again and again is given up after this many retries
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -55,6 +56,10 @@ class Pruning(Watch):
     def sink(self, agent: int) -> Sink:
         self.means[agent] = []
         return _AgentEvaluations(self, agent)
+
+    def resumed(self, agent: int, evaluations: list[dict[str, Any]]) -> None:
+        for evaluation in evaluations:  # a retry's curve starts where its stopped run's began
+            self.evaluated(agent, evaluation["timestep"], evaluation["mean"])
 
     def evaluated(self, agent: int, step: int, mean_return: float) -> None:
         self.means[agent].append(mean_return)
@@ -133,14 +138,18 @@ class Study:
             with _file_lock(out_dir / ".storage.lock"):
                 self.storage = open_storage(f"sqlite:///{(out_dir / 'study.db').resolve()}", heartbeat)
         sampler = optuna.samplers.TPESampler(n_startup_trials=8, constant_liar=True)  # liar: workers spread out
-        self.study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
-                                         pruner=_pruner(pruner, base), direction="maximize", load_if_exists=True)
-        identity, held = _identity(base, space, self.seeds), self.study.user_attrs
-        if held and {k: held.get(k) for k in identity} != identity:
-            raise ConfigError(f"study '{name}' was made with another config, search space or seeds: give another"
-                              " --study, or the same config, settings, space and seeds")
-        for key, value in identity.items():
-            self.study.set_user_attr(key, value)
+        try:
+            self.study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
+                                             pruner=_pruner(pruner, base), direction="maximize", load_if_exists=True)
+            identity, held = _identity(base, space, self.seeds), self.study.user_attrs
+            if held and {k: held.get(k) for k in identity} != identity:
+                differs = ", ".join(k.replace("_", " ") for k in identity if held.get(k) != identity[k])
+                raise ConfigError(f"study '{name}' was made with another {differs}: give another --study, or the"
+                                  " same config, settings, space, --steps and seeds")
+            for key, value in identity.items():
+                self.study.set_user_attr(key, value)
+        except STORAGE_ERRORS as exc:  # it opens, but cannot be written (read-only, full)
+            raise ConfigError(f"cannot write the study storage: {first_line(exc)}") from None
         out_dir.mkdir(parents=True, exist_ok=True)
         self.current: int | None = None  # the number of the trial this worker is running
 
@@ -160,8 +169,15 @@ class Study:
                 optuna.storages.fail_stale_trials(self.study)
                 if self.pending():
                     left = None if self.timeout is None else self.timeout - (time.monotonic() - started)
-                    self.study.optimize(self._objective, callbacks=[self._after], catch=(_Surplus, _Failed),
-                                        timeout=left, gc_after_trial=False)
+                    try:
+                        self.study.optimize(self._objective, callbacks=[self._after], catch=(_Surplus, _Failed),
+                                            timeout=left, gc_after_trial=False)
+                    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                        if isinstance(exc, ValueError) and "Cannot tell" not in str(exc):
+                            raise  # else this worker stalled past its heartbeats and its trial went to a retry,
+                        log.warning("trial %s was retried elsewhere while this worker stalled; the retry counts"
+                                    " the run it finished", self.current)  # which finds the run done and counts it
+                        self.current = None
                     continue
                 running = sum(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False))
                 if not running:
@@ -172,15 +188,15 @@ class Study:
                 time.sleep(self.heartbeat)
         except (Interrupted, KeyboardInterrupt, TrainingFailed) as exc:
             stopped = next((t for t in self.study.get_trials() if t.number == self.current), None)
-            if stopped is not None and stopped.state == TrialState.FAIL:
-                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(self.study, stopped)
+            if stopped is not None and stopped.state == TrialState.FAIL:  # a stop uses up no retry
+                RetryHeartbeatStaleTrialCallback(max_retry=None)(self.study, stopped)
             during = "between trials" if self.current is None else f"during trial {self.current}, which is retried"
             if isinstance(exc, TrainingFailed):
                 raise TrainingFailed(f"{exc}; study {self.name} stopped {during} when it runs again") from None
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             raise Interrupted(signum, f"study {self.name} stopped {during}: run the same command again to go on"
                                       " (a stopped trial resumes from its checkpoints)") from None
-        except sqlalchemy.exc.SQLAlchemyError as exc:  # the storage failed under us (a full disk, a lost server)
+        except STORAGE_ERRORS as exc:  # the storage failed under us (a full disk, a lost server)
             raise TrainingFailed(f"the storage of study {self.name} failed: {first_line(exc)}") from None
 
     def run_workers(self, command: list[str], jobs: int) -> None:
@@ -222,6 +238,9 @@ class Study:
                 runs = train_agents(configs, [directory] * len(configs), progress_bar=False, watch=watch)
         except (ExperimentInUse, ResumeError) as exc:
             trial.set_user_attr("failure", str(exc))
+            if isinstance(exc, ExperimentInUse) and retry_of is not None:  # its first worker stalled, not died:
+                trial.set_user_attr("requeue", True)  # try again a heartbeat later, until that run is done
+                time.sleep(self.heartbeat)
             raise _Failed(str(exc)) from None
         except TrainingFailed as exc:
             if str(exc).startswith("could not"):  # a write failed (a full disk): the worker stops, the trial waits
@@ -245,6 +264,8 @@ class Study:
 
     def _after(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.current = None
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("requeue"):
+            RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
         if trial.state == TrialState.COMPLETE:
             log.info("trial %d: objective %.1f, final evaluation %.1f | %s", trial.number, trial.value,
                      trial.user_attrs["final_evaluation"], params_text(trial.params))

@@ -11,6 +11,7 @@ and per config key the values to try. Light imports: the command line checks a s
 """
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,8 @@ def _checked_range(key: str, spec: Any, types: dict[str, type], where: str) -> d
     if field is not {"float": float, "int": int}[spec["type"]]:
         raise ConfigError(f"{where}: '{key}' is {field.__name__}: give it type = \"{_kind_of(field)}\"")
     low, high = (_checked(key, spec[k], field, where) for k in ("low", "high"))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{where}: '{key}' range must be finite, got low {low!r}, high {high!r}")
     if not low < high:
         raise ConfigError(f"{where}: '{key}' range is empty (low {low!r} must be below high {high!r})")
     log = _checked(key, spec.get("log", False), bool, where)

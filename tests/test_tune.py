@@ -56,6 +56,7 @@ def study_json(root: Path, name: str = "space") -> dict:
     ('[space]\ngamma = { type = "float", low = 0.99, high = 0.99 }', "'gamma' range is empty"),
     ('[space]\ngamma = { type = "float", low = 0.999, high = 0.9 }', "'gamma' range is empty"),
     ('[space]\nent_coef = { type = "float", low = 0.0, high = 0.1, log = true }', "log range needs low > 0"),
+    ('[space]\nent_coef = { type = "float", low = 0.0, high = inf }', "range must be finite"),
     ('[space]\nn_steps = { type = "float", low = 4.0, high = 8.0 }', "'n_steps' is int"),
     ('[space]\ngamma = { type = "uniform", low = 0.9, high = 0.99 }', "type = \"float\", \"int\" or \"categorical\""),
     ('[space]\ngamma = { type = "float", low = 0.9 }', "has no 'high'"),
@@ -89,6 +90,7 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x"),
     (["--set", "eval_interval=0"], "tuning needs eval_interval > 0"),
     (["--study", "a/b"], "--study must be a plain directory name"),
+    (["--set", "vf_coef=0.5"], "--set vf_coef: that key is tuned by space.toml"),
     (["--space", "missing.toml"], "config file not found: missing.toml"),
 ])
 def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -199,7 +201,7 @@ def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tm
     # Joining with another space is refused.
     (tmp_path / "space.toml").write_text(SPACE.replace("1e-2", "1e-1"))
     proc = run_cli(*tune_args(4), cwd=tmp_path)
-    assert proc.returncode == 2 and "made with another config, search space or seeds" in proc.stderr
+    assert proc.returncode == 2 and "was made with another space: give another --study" in proc.stderr
 
 
 def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
@@ -224,6 +226,8 @@ def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
     # resumed from the stop's checkpoint just past 504 (the last one the kill at 752 left), in trial 0's directory
     assert "trial_0000" in experiment and 504 < results["resumed_from_timestep"] < 752
     assert results["status"] == "completed"
+    # the pruner saw the retry's whole curve, the evaluations before its resume included
+    assert min(map(int, trials[2]["intermediate_values"])) < results["resumed_from_timestep"]
 
 
 def test_a_space_whose_every_draw_is_refused_still_ends(tmp_path):

@@ -40,6 +40,9 @@ class Watch:
         """Where agent number `agent`'s events go (0 for a single run)."""
         raise NotImplementedError
 
+    def resumed(self, agent: int, evaluations: list[dict[str, Any]]) -> None:
+        """Agent `agent` resumed from a checkpoint holding these evaluations during training."""
+
 
 class Outputs:
     """The metrics recorder and the sinks, told of each event in the order it happened."""
