@@ -127,8 +127,7 @@ class Study:
                               " during training")
         self.name, self.base, self.space, self.total, self.out_dir = name, base, space, trials, out_dir
         self.seeds = seeds or [base.seed]  # several: each trial trains them as vectorised agents
-        self.timeout = timeout  # seconds after which this worker starts no new trial
-        self.heartbeat = heartbeat
+        self.timeout, self.heartbeat = timeout, heartbeat  # timeout: no new trial after it (seconds)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets a line of ours
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retries
         if storage:
@@ -173,10 +172,11 @@ class Study:
                         self.study.optimize(self._objective, callbacks=[self._after], catch=(_Surplus, _Failed),
                                             timeout=left, gc_after_trial=False)
                     except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+                        # "Cannot tell a FAIL trial": this worker stalled, its trial went to a retry (that counts it)
                         if isinstance(exc, ValueError) and "Cannot tell" not in str(exc):
-                            raise  # else this worker stalled past its heartbeats and its trial went to a retry,
+                            raise
                         log.warning("trial %s was retried elsewhere while this worker stalled; the retry counts"
-                                    " the run it finished", self.current)  # which finds the run done and counts it
+                                    " the run it finished", self.current)
                         self.current = None
                     continue
                 running = sum(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False))
