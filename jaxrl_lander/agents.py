@@ -26,7 +26,7 @@ from jaxrl_lander.envs import check_envs
 from jaxrl_lander.errors import ConfigError, Interrupted, ResumeError, TrainingFailed
 from jaxrl_lander.evaluate import brief, evaluate_agents
 from jaxrl_lander.experiment import Experiment
-from jaxrl_lander.files import ExperimentPaths, check_writable
+from jaxrl_lander.files import ExperimentPaths, check_results_dir
 from jaxrl_lander.loop import Progress, train_loop
 from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
@@ -267,7 +267,7 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], devic
     if not todo:
         return results
     for directory in {str(d) for d in results_dirs}:
-        check_writable(directory)
+        check_results_dir(directory)
     devices = Devices.resolve(device)
     with contextlib.ExitStack() as held:
         for i in todo:

@@ -9,16 +9,9 @@ import sys
 
 from jaxrl_lander.config import load_config
 from jaxrl_lander.errors import ConfigError
-from jaxrl_lander.files import ExperimentPaths, check_writable, model_path
+from jaxrl_lander.files import ExperimentPaths, check_results_dir, model_path, plain_name
 from jaxrl_lander.hooks import cpu_device_per_core
 from jaxrl_lander.variants import check_agents, parse_settings, sweep_variants
-
-
-def _plain_name(name: str, option: str) -> str:
-    """A study's or sweep's directory name; orbax globs its own paths, so no glob characters."""
-    if not name or re.search(r"[/*?\[\]]", name) or name.startswith("."):
-        raise ConfigError(f"{option} must be a plain directory name (no / * ? [ ]), got '{name}'")
-    return name
 
 
 def _config(args, seed: int | None):
@@ -32,7 +25,7 @@ def _run_config(args, seed: int | None, resume: bool = False):
     """The config of a command that trains, refused here (before the heavy imports) when train() would refuse it:
     a re-run over an existing experiment without --resume or --overwrite, an env the policy cannot drive."""
     config = _config(args, seed)
-    check_writable(args.results_dir)
+    check_results_dir(args.results_dir)
     from jaxrl_lander.claim import ExperimentLock, check_rerun
     from jaxrl_lander.envs import check_envs
 
@@ -92,11 +85,11 @@ def _sweep(args) -> int:
 
     for config in variants.values():
         check_envs(config)
-    check_writable(args.results_dir)  # before the sweep's own files
+    check_results_dir(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep
 
-    name = _plain_name(args.name or re.sub(r"[^\w.,=+-]", "_", "_".join(
-        [args.config.stem if args.config else args.algo, *args.settings])), "--name")
+    name = plain_name(args.name or re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "_".join(
+        [args.config.stem if args.config else args.algo, *args.settings])), "--name (the sweep's name)")
     out_dir = args.results_dir / "sweeps" / name
     jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
     summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)
@@ -123,14 +116,14 @@ def _tune(args) -> int:
         raise ConfigError(f"--set {sorted(set(settings) & set(space.ranges))[0]}: that key is tuned by {args.space}")
     base = load_config(args.config, args.algo, {**space.settings, **settings,
                                                 **{k: v for k, v in given if v is not None}})
-    name = _plain_name(args.space.stem.removeprefix("tune_") if args.study is None else args.study, "--study")
+    name = plain_name(args.space.stem.removeprefix("tune_") if args.study is None else args.study, "--study")
     if args.seeds and len(args.seeds) > 1:  # each trial trains them as vectorised agents
         check_agents([load_config(None, base.algo, {**base.to_dict(), "seed": s}) for s in args.seeds])
         cpu_device_per_core()
     from jaxrl_lander.envs import check_envs
 
     check_envs(base)
-    check_writable(args.results_dir)
+    check_results_dir(args.results_dir)
     from jaxrl_lander.tune import Study
 
     study = Study(name, base, space, args.trials, args.results_dir / "tuning" / name, args.storage, args.pruner,

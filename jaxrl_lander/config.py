@@ -13,8 +13,28 @@ from pathlib import Path
 from typing import Any
 
 from jaxrl_lander.errors import ConfigError
+from jaxrl_lander.redact import shorten
 
 BACKENDS = ("gymnasium", "envpool")
+# The env ids a config, a search space or a saved model may name: gymnasium's LunarLander family. gymnasium imports
+# the module that an id of the form "module:Env" names, so an id read from a file or a command line is never
+# handed to it unless it is on this list. allow_env_id adds an env that the caller's own code registered.
+ENV_IDS = ["LunarLander-v3", "LunarLanderContinuous-v3"]
+
+
+def allow_env_id(env_id: str) -> None:
+    """Let configs name `env_id`, an env registered with gymnasium by the calling program (a test's probe env)."""
+    if ":" in env_id:
+        raise ConfigError(f"env_id {shorten(env_id)}: an id with a module part would make gymnasium import it")
+    if env_id not in ENV_IDS:
+        ENV_IDS.append(env_id)
+
+
+def check_env_id(env_id: str) -> str:
+    """`env_id` if a config may name it (ENV_IDS), else ConfigError."""
+    if env_id not in ENV_IDS:
+        raise ConfigError(f"env_id must be one of {', '.join(ENV_IDS)}, got {shorten(env_id)}")
+    return env_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +44,8 @@ class RunConfig:
     algo: str = ""
     """Which algorithm the config is for; a file for the other one is refused."""
     env_id: str = "LunarLander-v3"
-    """Gymnasium environment id."""
+    """Gymnasium environment id: LunarLander-v3 (LunarLanderContinuous-v3 is refused: PPO and A2C here need discrete
+    actions)."""
     env_backend: str = "gymnasium"
     """Where training episodes are played: "gymnasium" (its Python env, stepped from the host) or "envpool" (its
     C++ port, stepped inside a compiled rollout); every evaluation plays gymnasium's env."""
@@ -108,7 +129,7 @@ class RunConfig:
         default) differs from this config, each with both values."""
         defaults, current = {f.name: f.default for f in dataclasses.fields(self)}, self.to_dict()
         then = {key: saved.get(key, defaults.get(key)) for key in set(saved) | set(current) if key not in ignore}
-        return [f"{key} ({then[key]!r} there, {current.get(key)!r} here)"
+        return [f"{key} ({shorten(then[key], 40)} there, {shorten(current.get(key), 40)} here)"
                 for key in sorted(then) if then[key] != current.get(key)]
 
     _POSITIVE = ("total_timesteps", "num_envs", "n_steps", "hidden_size", "checkpoint_interval",
@@ -119,6 +140,7 @@ class RunConfig:
         for name, kind in _field_types(type(self)).items():
             value = getattr(self, name)
             _require(kind is not float or math.isfinite(value), f"{name} must be a finite number, got {value}")
+        check_env_id(self.env_id)
         for name in self._POSITIVE:
             _require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}")
         _require(0 <= self.seed, f"seed must be a non-negative integer, got {self.seed}")
@@ -231,7 +253,7 @@ def _checked(name: str, value: Any, expected: type, source: str | None = None) -
           float: isinstance(value, numbers.Real) and not flag}.get(expected, isinstance(value, expected))
     if not ok:
         where = f" in {source}" if source else ""
-        raise ConfigError(f"config key '{name}'{where} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"config key '{name}'{where} must be {expected.__name__}, got {type(value).__name__} {shorten(value)}")
     return expected(value) if expected in (bool, int, float) else value
 
 

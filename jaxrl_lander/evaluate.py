@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from jaxrl_lander.checkpoint import ModelSpec, load_model
-from jaxrl_lander.envs.gymnasium import finished_episodes, make_vector_env
+from jaxrl_lander.envs.gymnasium import finished_episodes, make_env, make_vector_env
 from jaxrl_lander.envs.normalization import observation_function
 from jaxrl_lander.files import ExperimentPaths, model_path, replaced_atomically
 from jaxrl_lander.policy import ActorCritic, greedy_action, sample_action, state_value
@@ -198,11 +198,10 @@ def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | No
                        max_steps: int = 1000, frame_every: int = 2, scale: int = 2) -> tuple[Path, float]:
     """Play one episode (as evaluate_experiment would) with rgb_array rendering and save it as an animated GIF
     (needs Pillow, which the `plot` extra brings): every `frame_every`-th frame, downscaled by `scale`."""
-    import gymnasium as gym
     from PIL import Image
 
     act, spec, seed = _player(path, seed, sample)
-    env = gym.make(spec.env_id, render_mode="rgb_array", max_episode_steps=max_steps)
+    env = make_env(spec.env_id, render_mode="rgb_array", max_episode_steps=max_steps)
     frames, total = [], 0.0
     try:
         obs, _ = env.reset(seed=seed)

@@ -21,7 +21,7 @@ from jaxrl_lander.envs import check_envs
 from jaxrl_lander.envs.gymnasium import make_vector_env
 from jaxrl_lander.errors import ConfigError, Interrupted, ResumeError, TrainingFailed, WriteFailed, first_line
 from jaxrl_lander.evaluate import Policy, brief, evaluate
-from jaxrl_lander.files import ExperimentPaths, check_writable, remove_partial_writes, write_json_atomic
+from jaxrl_lander.files import ExperimentPaths, check_results_dir, remove_partial_writes, write_json_atomic
 from jaxrl_lander.loop import LoopResult, Progress, train_loop
 from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
@@ -55,7 +55,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     if done and done.status == "completed" and done.total_timesteps >= config.total_timesteps:
         log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
         return done
-    check_writable(results_dir)
+    check_results_dir(results_dir)
     check_envs(config)
     if tensorboard:
         from jaxrl_lander.outputs.tensorboard import require_tensorboard

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxrl_lander.errors import ConfigError, UnreadableModel
+from jaxrl_lander.redact import shorten
 
 # orbax writes a checkpoint or model into "<name>.orbax-checkpoint-tmp-<n>" and renames it when complete.
 ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
@@ -89,11 +91,33 @@ def model_path(path: str | Path) -> Path:
     raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
 
 
-def check_writable(results_dir: str | Path) -> None:
-    """Raise ConfigError unless `results_dir`, and its experiments/ and sweeps/ where they exist, are (or can be
-    created as) writable directories (root passes the mode bits, but not a file in the way or a read-only mount)."""
+# Orbax reads the directory it writes a checkpoint into as a glob pattern when it merges the checkpoint's parts,
+# and so writes a checkpoint it cannot read back under a path holding one of these.
+GLOB_CHARACTERS = "[]*?"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
+MAX_NAME = 100  # a name the tool makes a directory of; the files in it add their own suffixes
+
+
+def plain_name(name: str, option: str) -> str:
+    """`name` if it can name a directory the tool writes (a sweep, a study): letters, digits and _ . , = + -, not
+    starting with a dot, at most MAX_NAME characters; else ConfigError naming `option`."""
+    if not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME:
+        raise ConfigError(f"{option} must be a plain directory name of at most {MAX_NAME} characters (letters, digits"
+                          f" and _ . , = + -, not starting with '.'), got {shorten(name)}")
+    return name
+
+
+def check_results_dir(results_dir: str | Path) -> None:
+    """Raise ConfigError unless the tool may write under `results_dir`: a path without glob characters (orbax
+    reads them as a pattern), that is, or can be created as, a writable directory, as are its experiments/ and
+    sweeps/ where they exist (root passes the mode bits, but not a file in the way or a read-only mount)."""
     if not str(results_dir):
         raise ConfigError("results directory must not be empty")
+    absolute = str(Path(results_dir).absolute())
+    glob = next((c for c in absolute if c in GLOB_CHARACTERS), None)
+    if glob is not None:
+        raise ConfigError(f"results directory {shorten(absolute)} holds '{glob}': orbax, which writes the checkpoints,"
+                          f" reads {' '.join(GLOB_CHARACTERS)} in a path as a pattern; choose a path without them")
     for directory in (Path(results_dir), Path(results_dir) / "experiments", Path(results_dir) / "sweeps"):
         probe = directory
         while not probe.exists():

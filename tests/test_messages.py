@@ -138,9 +138,9 @@ def test_read_only_experiments_message(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "experiments" and access(path, mode))
     with pytest.raises(ConfigError, match=re.escape(
             f"results directory {tmp_path} is not writable: {tmp_path / 'experiments'} is read-only")):
-        files.check_writable(tmp_path)
+        files.check_results_dir(tmp_path)
     with pytest.raises(ConfigError, match="results directory must not be empty"):
-        files.check_writable("")
+        files.check_results_dir("")
 
 
 @pytest.mark.parametrize("command", ["train", "reproduce", "sweep"])

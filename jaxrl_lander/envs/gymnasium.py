@@ -12,15 +12,23 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from jaxrl_lander.config import check_env_id
 from jaxrl_lander.envs.normalization import Normalizer
 from jaxrl_lander.errors import ConfigError, first_line
 
 
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """gymnasium's env `env_id`, made only when the id is on the allow-list (config.ENV_IDS): the one way this
+    package asks gymnasium for an env, so that no id can make it import a module."""
+    return gym.make(check_env_id(env_id), **kwargs)
+
+
 def check_env(env_id: str) -> tuple[int, int]:
     """(observation size, number of actions) of `env_id`, or a ConfigError when it is not an env the policy can
-    drive: registered with gymnasium, with discrete actions and a flat vector of observations."""
+    drive: on the allow-list, registered with gymnasium, with discrete actions and a flat vector of observations."""
+    check_env_id(env_id)
     try:
-        env = gym.make(env_id)
+        env = make_env(env_id)
     except Exception as exc:  # gymnasium's NameNotFound, VersionNotFound, DependencyNotInstalled, ...
         raise ConfigError(f"env_id '{env_id}' cannot be made: {first_line(exc)}") from None
     try:
@@ -37,7 +45,7 @@ def check_env(env_id: str) -> tuple[int, int]:
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
     """A synchronous vector env with same-step autoreset and per-episode return/length statistics."""
     envs = gym.make_vec(
-        env_id,
+        check_env_id(env_id),
         num_envs=num_envs,
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
