@@ -11,6 +11,7 @@ CONFIG ?=
 SET ?=
 RESUME ?=
 OVERWRITE ?=
+INIT_FROM ?=
 TENSORBOARD ?=
 BACKEND ?=
 VECTORIZED ?=
@@ -23,8 +24,10 @@ endif
 ifneq ($(and $(BACKEND),$(filter parity bench bench-solve bench-agents,$(MAKECMDGOALS))),)
 $(error make $(filter parity bench bench-solve bench-agents,$(MAKECMDGOALS)) takes no BACKEND: parity trains on gymnasium's env as SB3 does, and the benchmarks run both)
 endif
-# SEED goes to the command line only when given, so that a config file's seed holds otherwise (eval and plot use 42).
-TRAIN_ARGS := --algo $(ALGO) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
+# SEED goes to the command line only when given, so that a config file's seed holds otherwise (eval and plot use 42);
+# ALGO likewise beside a CONFIG, whose file names its algorithm (a best.toml of make tune does).
+ALGO_ARG := $(if $(and $(CONFIG),$(filter file,$(origin ALGO))),,--algo $(ALGO))
+TRAIN_ARGS := $(ALGO_ARG) $(if $(filter-out file,$(origin SEED)),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(TENSORBOARD)),--tensorboard) $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
 RUNS ?= 3
 BENCH_VENV := .venv-bench
@@ -50,13 +53,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m jaxrl_lander train $(TRAIN_ARGS)
+	$(PY) -m jaxrl_lander train $(TRAIN_ARGS) $(if $(INIT_FROM),--init-from '$(INIT_FROM)')
 
 reproduce: $(STAMP)
 	$(PY) -m jaxrl_lander reproduce $(filter-out --resume --tensorboard,$(TRAIN_ARGS))
 
 sweep: $(STAMP)
-	$(PY) -m jaxrl_lander sweep --algo $(ALGO) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME)) $(if $(filter 1 yes true,$(VECTORIZED)),--vectorized)
+	$(PY) -m jaxrl_lander sweep $(ALGO_ARG) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME)) $(if $(filter 1 yes true,$(VECTORIZED)),--vectorized)
 
 tune: $(STAMP)
 	$(PY) -m jaxrl_lander tune --algo $(ALGO) --space $(SPACE) --trials $(TRIALS) $(filter-out --algo $(ALGO) --resume --tensorboard --overwrite,$(TRAIN_ARGS)) $(if $(STUDY),--study $(STUDY)) $(if $(STORAGE),--storage '$(STORAGE)') $(if $(TIMEOUT),--timeout $(TIMEOUT))

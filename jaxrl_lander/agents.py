@@ -195,6 +195,8 @@ class Agents:
         self.collector.start(state, train_env_seed(first.keys.env, self.progress[0].timestep))
         if self.pending:
             self.collector.resume_pending(*self.pending)
+        log.info("%d agents: making their env and compiling their programs, then training from step %d",
+                 len(self.experiments), self.progress[0].timestep)
         try:
             with StopOnSignal() as stop:
                 result = train_loop(self.configs[0], self.learner, self.collector, state, self.progress, outputs,
@@ -210,6 +212,7 @@ class Agents:
         if stop.signum is None and not halted and not result.failure and not self.configs[0].select_best_checkpoint:
             # The agents' final evaluations played together; an agent whose update failed plays alone, unused.
             first = self.configs[0]
+            log.info("final evaluation of %d agents: %d episodes each", len(self.experiments), first.eval_episodes)
             evaluations = evaluate_agents(self.learner.network, final.params, first.env_id, first.eval_episodes,
                                           [e.seeds.final for e in self.experiments], timed=True)
         finished: list[Results | Exception] = []

@@ -23,7 +23,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrl_lander.algos.base import TrainState
+from jaxrl_lander.config import check_env_id
 from jaxrl_lander.errors import UnreadableModel, WriteFailed, first_line
+from jaxrl_lander.redact import shorten
 
 
 def pack(tree) -> dict[str, np.ndarray]:
@@ -111,6 +113,30 @@ class CheckpointStore:
             pending = jax.device_get(unpack(tree["rollout"], rollout))
         return TrainState(params=params, opt_state=opt_state, key=key), dict(restored.metadata), pending
 
+    def run_metadata(self, step: int) -> dict[str, Any]:
+        """The metadata of the checkpoint at `step` as a resume reads it, each value checked (ValueError naming the
+        first one that is not usable: a checkpoint's files may have been edited or damaged)."""
+        meta = self.metadata(step)
+        if meta.get("timestep") != step or isinstance(meta.get("timestep"), bool):
+            raise ValueError(f"its metadata's timestep {shorten(meta.get('timestep'))} is not its step {step}")
+        for name in ("updates", "rollout_filled"):
+            value = meta.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"its metadata's {name} must be an integer >= 0, got {shorten(value)}")
+        wall, loss = meta.get("wall_time"), meta.get("loss")
+        if not isinstance(wall, (int, float)) or isinstance(wall, bool) or not 0 <= wall < float("inf"):
+            raise ValueError(f"its metadata's wall_time must be a number >= 0, got {shorten(wall)}")
+        if loss is not None and (not isinstance(loss, (int, float)) or isinstance(loss, bool)):
+            raise ValueError(f"its metadata's loss must be a number or null, got {shorten(loss)}")
+        evaluations = meta.get("evaluations")
+        if not isinstance(evaluations, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("timestep"), int) and isinstance(e.get("mean"), (int, float))
+                for e in evaluations):
+            raise ValueError("its metadata's evaluations must be a list of {timestep, mean, ...}")
+        if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("normalizer"), (dict, type(None))):
+            raise ValueError("its metadata's config must be an object, and its normalizer an object or null")
+        return meta
+
     def wait(self) -> None:
         """Wait for the checkpoint being committed in the background; WriteFailed if that commit failed."""
         with _writing(f"checkpoint {self._in_flight}"):
@@ -158,9 +184,21 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> "ModelSpec":
+        """The spec saved with a model, each value checked (ValueError naming the first that is not usable): a
+        model's files may have been edited, and its env_id is handed to gymnasium."""
         names = {f.name for f in dataclasses.fields(cls)}
         if set(saved) != names:
             raise ValueError(f"model spec keys {sorted(saved)} are not {sorted(names)}")
+        for name, least in (("seed", 0), ("timestep", 0), ("first_eval_seed", 0), ("obs_dim", 1),
+                            ("num_actions", 1), ("hidden_size", 1)):
+            value = saved[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"its spec's {name} must be an integer >= {least}, got {shorten(value)}")
+        if saved["algo"] not in ("ppo", "a2c"):
+            raise ValueError(f"its spec's algo must be ppo or a2c, got {shorten(saved['algo'])}")
+        check_env_id(saved["env_id"])
+        if not isinstance(saved["observation_normalization"], (dict, type(None))):
+            raise ValueError("its spec's observation_normalization must be an object or null")
         return cls(**saved)
 
 

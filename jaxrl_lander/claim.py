@@ -14,12 +14,15 @@ An overwrite trains in `experiments/.{name}.new/`; its first committed checkpoin
 import fcntl
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 from jaxrl_lander.config import RunConfig
-from jaxrl_lander.errors import ConfigError, ExperimentInUse
+from jaxrl_lander.errors import ConfigError, ExperimentInUse, ResumeError
 from jaxrl_lander.files import ExperimentPaths
+from jaxrl_lander.redact import redact
+from jaxrl_lander.results import previous_results
 
 
 def _sibling(paths: ExperimentPaths, suffix: str) -> Path:
@@ -43,7 +46,7 @@ def _holder(inode: int) -> str:
             command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except (OSError, IndexError):
         return "another process"
-    return f"process {pids[0]} ({command[:300]})"
+    return f"process {pids[0]} ({redact(command)[:300]})"
 
 
 def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool) -> None:
@@ -56,15 +59,31 @@ def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool) -> None:
 
 
 class ExperimentLock:
-    """The exclusive right to write one experiment, held from `acquire()` until `release()` or process death."""
+    """The exclusive right to write one experiment, held from `acquire()` until `release()` or process death.
+
+    The thread that holds it may take it again (a command that trains its experiment inside a longer claim of it,
+    as `reproduce` does); each acquire is matched by a release, and the last one lets it go."""
+
+    _held = threading.local()  # this thread's locks: lock file path -> how many times taken
 
     def __init__(self, paths: ExperimentPaths):
         self.paths, self.path, self._fd = paths, _sibling(paths, "lock"), None
+        self._nested = False
+
+    def _counts(self) -> dict[str, int]:
+        if not hasattr(self._held, "counts"):
+            self._held.counts = {}
+        return self._held.counts
 
     def acquire(self) -> "ExperimentLock":
         """Take the lock, or raise ExperimentInUse naming the process that holds it. Writes nothing but the empty
         lock file, the first time: a refused command leaves every file as it was."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key, counts = os.path.realpath(self.path), self._counts()
+        if counts.get(key):  # this thread holds it already
+            counts[key] += 1
+            self._nested = True
+            return self
         fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,6 +92,7 @@ class ExperimentLock:
             os.close(fd)
             raise ExperimentInUse(f"{self.paths.root} is in use by {holder}; wait for it to end or stop it") from None
         self._fd = fd
+        counts[key] = 1
         return self
 
     def check(self) -> None:
@@ -81,7 +101,11 @@ class ExperimentLock:
             self.acquire().release()
 
     def release(self) -> None:
-        if self._fd is not None:
+        if self._nested:
+            self._counts()[os.path.realpath(self.path)] -= 1
+            self._nested = False
+        elif self._fd is not None:
+            self._counts().pop(os.path.realpath(self.path), None)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -91,6 +115,23 @@ class ExperimentLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_starting_afresh(paths: ExperimentPaths) -> None:
+    """ResumeError when starting the experiment at `paths` afresh (a resume that found no checkpoint) would delete
+    a run that had committed one: its model, or results that list checkpoints. What a run killed or failed before
+    its first checkpoint leaves (a metrics journal, partial writes, empty directories, a failure's results) may go."""
+    if paths.checkpoints.exists() and not paths.checkpoints.is_dir():
+        raise ResumeError(f"cannot resume {paths.root}: {paths.checkpoints.name} is not a directory; nothing was"
+                          " changed (move it away, or --overwrite to replace the experiment)")
+    done = previous_results(paths)
+    kept = [name for name, present in ((paths.model.name, paths.model.exists()),
+                                       (paths.results.name, bool(done and done.artifacts.get("checkpoints"))))
+            if present]
+    if kept:
+        raise ResumeError(f"cannot resume {paths.root}: it has no checkpoint to resume from, but holds a run that"
+                          f" had some ({', '.join(kept)}); nothing was changed: restore its {paths.checkpoints.name}/,"
+                          " or --overwrite to replace it")
 
 
 def recover_interrupted_overwrite(paths: ExperimentPaths) -> None:

@@ -13,23 +13,25 @@ import sys
 from pathlib import Path
 
 from jaxrl_lander.commands import COMMANDS
-from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES
+from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES, read_toml
 from jaxrl_lander.config_docs import config_keys_help
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
-                                  TrainingFailed, UnreadableModel)
+                                  TrainingFailed, UnreadableModel, first_line, out_of_memory)
 from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
+from jaxrl_lander.redact import RedactingFilter, redact
 from jaxrl_lander.variants import OWN_OPTION
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 PROG = "jaxrl_lander"
+MAX_LINE = 1000  # characters of an error line
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but an error is one line (no usage dump) and exit status 2."""
 
     def error(self, message: str):
-        sys.stderr.write(f"{PROG}: error: {message}\n")
+        _say("error: ", message)
         sys.exit(EXIT_USAGE)
 
 
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         return Path(text)
 
     def config_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--algo", required=True, choices=sorted(CONFIG_CLASSES), help="algorithm")
+        p.add_argument("--algo", choices=sorted(CONFIG_CLASSES), default=None,
+                       help="algorithm (default: the --config file's algo)")
         p.add_argument("--steps", type=_int_arg("steps", 1), default=None,
                        help="total env steps (default: the config's total_timesteps, 50000 unless set)")
         p.add_argument("--backend", choices=BACKENDS, default=None,
@@ -93,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     train = sub.choices["train"]
     train.add_argument("--resume", action="store_true", help="continue the experiment from its latest checkpoint")
+    train.add_argument("--init-from", type=Path, default=None, metavar="PATH",
+                       help="start from the parameters and normaliser statistics of another experiment's model (its"
+                            " directory or the model's), with a fresh optimiser; the config may change anything but"
+                            " the network")
     for p in (train, sub.choices["reproduce"]):
         p.add_argument("--overwrite", action="store_true",
                        help="replace an existing experiment of this algorithm and seed (once the new run has"
@@ -150,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seed of the first episode (default: the seeds of the run's final evaluation)")
     evaluate.add_argument("--sample", action="store_true",
                           help="draw actions from the policy (a key seeded by --seed) instead of taking the argmax")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print the summary as one JSON object (episodes, mean, std, min, max)")
     evaluate.add_argument("--render", action="store_true",
                           help="also save one episode as <experiment>/<name>_episode.gif")
     return parser
@@ -157,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: bool, quiet: bool, tuning: bool = False) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # no password reaches a log line
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.getLogger("jaxrl_lander").setLevel(level)
     if tuning:  # a line per trial, not the trials' progress lines
@@ -166,6 +177,30 @@ def _configure_logging(verbose: bool, quiet: bool, tuning: bool = False) -> None
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
+def _resolve_algo(args: argparse.Namespace) -> None:
+    """--algo, or else the algo that the --config file (for tune, the --space file) names."""
+    if not hasattr(args, "algo") or args.algo is not None:
+        return
+    for path in (getattr(args, "config", None), getattr(args, "space", None)):
+        if path is not None and isinstance(algo := read_toml(path).get("algo"), str) and algo in CONFIG_CLASSES:
+            args.algo = algo
+            return
+    raise ConfigError("the following arguments are required: --algo (or a --config file that sets algo)")
+
+
+def _say(prefix: str, message: object) -> None:
+    """One line on stderr: the message's lines joined, any password masked, at most MAX_LINE characters."""
+    text = redact(" ".join(str(message).split()))
+    sys.stderr.write(f"{PROG}: {prefix}{text if len(text) <= MAX_LINE else text[:MAX_LINE - 3] + '...'}\n")
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as words and the file it names (str() of one shows a Path's repr)."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         catch_interrupts()
@@ -173,25 +208,35 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)  # a tuning study's workers run it again
         _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False), args.command == "tune")
         drop_read_failure_echoes()
+        _resolve_algo(args)
         return COMMANDS[args.command](args)
-    except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel, FileNotFoundError) as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")  # refused before anything was written
+    except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel) as exc:
+        _say("error: ", exc)  # refused before anything was written
+        return EXIT_USAGE
+    except FileNotFoundError as exc:
+        _say("error: ", _os_error(exc))
         return EXIT_USAGE
     except TrainingFailed as exc:
-        sys.stderr.write(f"{PROG}: training failed: {exc}\n")
-        if str(exc).startswith("could not"):  # a failed write: orbax's threads may wait on it for 5 minutes,
+        _say("training failed: ", exc)
+        if exc.write_failed:  # orbax's threads may wait on a failed write for 5 minutes,
             sys.stdout.flush(), sys.stderr.flush()  # which exit would join; what was committed is on disk
             os._exit(EXIT_RUNTIME)
         return EXIT_RUNTIME
     except SweepFailed as exc:
-        sys.stderr.write(f"{PROG}: sweep failed: {exc}\n")
+        _say("sweep failed: ", exc)
         return EXIT_RUNTIME
     except Interrupted as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
+        _say("", exc)
         return 128 + exc.signum
     except OSError as exc:  # e.g. the disk filled up while writing
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        _say("error: ", _os_error(exc))
         return EXIT_RUNTIME
     except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handling, or a second one during its stop
-        sys.stderr.write(f"{PROG}: interrupted\n")
+        _say("", "interrupted")
         return 128 + signal.SIGINT
+    except Exception as exc:
+        if not out_of_memory(exc):
+            raise
+        _say("out of memory: ", f"{first_line(exc)}; hidden_size, num_envs and n_steps set what a run needs;"
+                                " checkpoints already committed are kept")
+        return EXIT_RUNTIME

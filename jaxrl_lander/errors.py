@@ -6,7 +6,12 @@ class ConfigError(ValueError):
 
 
 class TrainingFailed(RuntimeError):
-    """Training stopped on a numerical fault; the results JSON says why and the last good checkpoint is kept."""
+    """Training stopped on a numerical fault, or on a file it could not write (`write_failed`: a full disk, which a
+    resume gets past once there is room); the results JSON says why and the last good checkpoint is kept."""
+
+    def __init__(self, message: str, write_failed: bool = False):
+        super().__init__(message)
+        self.write_failed = write_failed
 
 
 class SweepFailed(RuntimeError):
@@ -43,3 +48,10 @@ class Interrupted(RuntimeError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.signum = signum
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says the host or the accelerator ran out of memory: Python's MemoryError, or XLA's status
+    RESOURCE_EXHAUSTED (JAX raises it as a runtime error whose message starts with that status code)."""
+    return isinstance(exc, MemoryError) or (
+        type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and str(exc).startswith("RESOURCE_EXHAUSTED"))

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from jaxrl_lander.checkpoint import ModelSpec, load_model
+from jaxrl_lander.errors import UnreadableModel
 from jaxrl_lander.envs.gymnasium import finished_episodes, make_env, make_vector_env
 from jaxrl_lander.envs.normalization import observation_function
 from jaxrl_lander.files import ExperimentPaths, model_path, replaced_atomically
@@ -73,9 +74,17 @@ class Policy:
 
 
 def load_agent(path: str | Path) -> tuple[Policy, ModelSpec]:
-    """The policy saved in a model or experiment directory, and its spec."""
-    params, spec = load_model(model_path(path))
+    """The policy saved in a model or experiment directory, and its spec; UnreadableModel when the parameters are
+    not those of the network its spec describes (an edited spec)."""
+    model = model_path(path)
+    params, spec = load_model(model)
     network = ActorCritic(num_actions=spec.num_actions, hidden_size=spec.hidden_size)
+    expected = jax.eval_shape(network.init, jax.random.key(0), jax.ShapeDtypeStruct((1, spec.obs_dim), np.float32))
+    shape = lambda tree: jax.tree.map(lambda x: (tuple(np.shape(x)), np.dtype(x.dtype).name), tree)  # noqa: E731
+    if shape(expected) != shape(params):
+        raise UnreadableModel(f"model {model} is unreadable: its parameters are not those of the network its spec"
+                              f" describes (obs_dim {spec.obs_dim}, num_actions {spec.num_actions}, hidden_size"
+                              f" {spec.hidden_size})")
     return Policy(network, params, spec.observation_normalization), spec
 
 

@@ -12,8 +12,8 @@ import jax
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.algos.base import TrainState
 from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, save_model
-from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, check_resumable, holds_experiment,
-                                 recover_interrupted_overwrite)
+from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, check_resumable, check_starting_afresh,
+                                 holds_experiment, recover_interrupted_overwrite)
 from jaxrl_lander.collect import HostCollector
 from jaxrl_lander.compiled import CompiledCollector
 from jaxrl_lander.config import RunConfig
@@ -31,12 +31,13 @@ from jaxrl_lander.results import Results, build_results, previous_results
 from jaxrl_lander.runtime import CompileClock, Devices, StopOnSignal, enable_compilation_cache, package_versions
 from jaxrl_lander.seeding import EvalSeeds, RunKeys, train_env_seed
 from jaxrl_lander.selection import Delivery, select_checkpoint
+from jaxrl_lander.starting_point import StartingPoint, load_starting_point
 
 log = logging.getLogger("jaxrl_lander")
 
 def train(config: RunConfig, results_dir: str | Path = "results", *, resume: bool = False, overwrite: bool = False,
           device: str = "auto", act_device: str = "auto", tensorboard: bool = False,
-          progress_bar: bool | None = None, watch: Watch | None = None) -> Results:
+          progress_bar: bool | None = None, watch: Watch | None = None, init_from: str | Path | None = None) -> Results:
     """Train `config` into results_dir/experiments/{algo}_seed{seed}/, as `python -m jaxrl_lander train` does.
 
     An existing experiment of the same algorithm and seed is continued from its latest complete checkpoint with
@@ -45,6 +46,8 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     update, `act_device` the per-step action sampling (auto: JAX's default device, and the host CPU).
     `progress_bar` (default: when stderr is a terminal) replaces the progress log lines; `tensorboard` adds event
     files. A `watch` sees the run's events and may stop it early (its verdict is then the results' reason).
+    `init_from` (a model or experiment directory) starts a new experiment from the parameters and normaliser
+    statistics another one delivered, with a fresh optimiser (recorded in the results as initialized_from).
     Raises ConfigError, ResumeError or ExperimentInUse (another process is writing the experiment), with
     nothing written, when the run is refused, and TrainingFailed after writing the results of a run stopped by a
     numerical fault.
@@ -56,7 +59,10 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
         log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
         return done
     check_results_dir(results_dir)
-    check_envs(config)
+    dims = check_envs(config)
+    if init_from is not None and resume:
+        raise ConfigError("--init-from starts a new experiment and --resume continues one: give one of them")
+    start = load_starting_point(init_from, config, *dims) if init_from is not None else None
     if tensorboard:
         from jaxrl_lander.outputs.tensorboard import require_tensorboard
 
@@ -68,7 +74,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
         replace = Overwrite(paths) if overwrite and holds_experiment(paths) else None
         enable_compilation_cache()
         with jax.default_device(devices.update):
-            experiment = Experiment(config, paths, devices, replace)
+            experiment = Experiment(config, paths, devices, replace, start=start)
             try:
                 state, progress = experiment.open(resume)
             except BaseException:
@@ -86,8 +92,9 @@ class Experiment:
     """One run of one experiment directory: the loop's checkpoint and evaluation hooks, and its finish."""
 
     def __init__(self, config: RunConfig, paths: ExperimentPaths, devices: Devices, replace: Overwrite | None = None,
-                 collector=None):
-        self.config, self.devices, self.replace = config, devices, replace
+                 collector=None, start: StartingPoint | None = None):
+        self.config, self.devices, self.replace, self.start = config, devices, replace, start
+        self.initialized_from = start.record if start else None  # recorded in every checkpoint and the results
         self.paths = replace.staged if replace else paths  # an overwrite writes aside until its first checkpoint
         self.keys, self.seeds = RunKeys.from_seed(config.seed), EvalSeeds.of(config)
         self.learner = make_learner(config, *check_envs(config))
@@ -99,6 +106,7 @@ class Experiment:
             self.collector = HostCollector(make_vector_env(config.env_id, config.num_envs), self.learner.network,
                                            config, devices)
         self.recorder: MetricsRecorder | None = None
+        self.write_failed = False  # a file of the run could not be written (a full disk): --resume goes on later
         self.pending: tuple[dict, int] | None = None  # a resumed checkpoint's partly collected rollout
         self.store: CheckpointStore | None = None
 
@@ -114,24 +122,32 @@ class Experiment:
                 self.store.close()
                 raise
             self.store.close()
+        if not self.replace:  # an overwrite's staging directory holds nothing of value
+            check_starting_afresh(self.paths)
         if resume:
             log.info("no checkpoint to resume from in %s; starting afresh", self.paths.root)
-        if self.paths.root.exists():  # a resume that found no checkpoint (a run killed before its first), or a
+        if self.paths.root.exists():  # what a run killed or failed before its first checkpoint left, or a
             shutil.rmtree(self.paths.root)  # staging directory: nothing committed is lost
         config = self.config
         self.recorder = MetricsRecorder(self.paths.name, config.algo, config.env_id, config.seed,
                                         config.recording_interval)
         self.store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
-        return self.learner.init(self.keys.state), Progress()
+        state = self.learner.init(self.keys.state)
+        if self.start:
+            state = state.replace(params=self.start.params, opt_state=self.learner.tx.init(self.start.params))
+            if self.collector.normalizer is not None:
+                self.collector.normalizer.start_from(self.start.observations, self.start.returns)
+        return state, Progress()
 
     def _resume(self) -> tuple[TrainState, Progress]:
         """State, metrics and counters of the latest checkpoint; raises before anything is written."""
         step = self.store.latest_step()
         try:
+            meta = self.store.run_metadata(step)
             # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
-            check_resumable(self.config, self.store.metadata(step)["config"], step, self.paths.root)
-            state, meta, rollout = self.store.restore_run(step, self.learner.init(self.keys.state),
-                                                          self.collector.pending(step)[0])
+            check_resumable(self.config, meta["config"], step, self.paths.root)
+            state, _, rollout = self.store.restore_run(step, self.learner.init(self.keys.state),
+                                                       self.collector.pending(step)[0])
         except ConfigError:
             raise
         except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
@@ -148,6 +164,7 @@ class Experiment:
         if removed:
             log.info("removed %d partial write(s) left by a killed run: %s", len(removed), ", ".join(removed))
         log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
+        self.initialized_from = meta.get("initialized_from")
         if self.collector.normalizer is not None:
             self.collector.normalizer.load_state_dict(meta["normalizer"])
         if rollout is not None:  # a checkpoint written before rollouts were kept resumes at a rollout's start
@@ -187,6 +204,7 @@ class Experiment:
             "config": self.config.to_dict(),
             "normalizer": normalizer.state_dict() if normalizer else None,
             "rollout_filled": filled,  # vector steps of the rollout in progress, saved with the state
+            "initialized_from": self.initialized_from,
         }, rollout)
         if self.replace:
             self._take_place()
@@ -225,35 +243,40 @@ class Experiment:
             status = "interrupted"
             reason = halted if signum is None else f"stopped by {signal.Signals(signum).name} at step {progress.timestep}"
         if self.replace:  # an overwrite stopped or failed before its first checkpoint: the old experiment stays
-            self._failed_write(status, reason, self.store.close)
+            self._failed_write(status, reason, self.store.close, "the last checkpoint")
             self.collector.close()
             self.replace.discard()
             message = (f"{reason}, before the overwrite's first checkpoint; the previous experiment at"
                        f" {self.replace.final.root} is kept as it was")
-            raise Interrupted(signum, message) if signum is not None and not failure else TrainingFailed(message)
+            if signum is not None and not failure:
+                raise Interrupted(signum, message)
+            raise TrainingFailed(message, write_failed=result.write_failed)
         if status == "interrupted" and result.last_checkpoint != progress.timestep:
             status, reason = self._failed_write(status, reason, lambda: self.save(
-                state, progress, progress.wall_time + result.clock.seconds()))
+                state, progress, progress.wall_time + result.clock.seconds()), f"the checkpoint at {progress.timestep}")
         # the last checkpoint's write is training time, as every other's
-        status, reason = self._failed_write(status, reason, self.store.wait)
+        status, reason = self._failed_write(status, reason, self.store.wait, "the last checkpoint")
         loop_seconds = result.clock.seconds()  # before the selection's evaluations, which are not
         compile_seconds = compile_clock.seconds()
         delivery = self._deliver(state, progress, status)
-        self._failed_write(status, reason, self.store.close)
+        self._failed_write(status, reason, self.store.close, "the last checkpoint")
         self.collector.close()
         if status != "failed":
-            status, reason = self._failed_write(status, reason, lambda: self._save_model(delivery))
+            status, reason = self._failed_write(status, reason, lambda: self._save_model(delivery), "the model")
         if status == "interrupted":  # a failure's reason is the error the run ends with; a watch's verdict is news
             (log.info if halted and signum is None else log.warning)("%s: %s", self.paths.name, reason)
         if status != "completed":
             evaluation = None
         else:
+            if not delivery.evaluation and (delivery.step != progress.timestep or evaluation is None):
+                log.info("%s: final evaluation, %d episodes", self.paths.name, self.config.eval_episodes)
             if delivery.evaluation or delivery.step != progress.timestep or evaluation is None:
                 evaluation = delivery.evaluation or evaluate(delivery.policy, self.config.env_id,
                                                              self.config.eval_episodes, self.seeds.final, timed=True)
             outputs.evaluation(progress.timestep, evaluation, final=True)
         outputs.close(progress.timestep)
-        status, reason = self._failed_write(status, reason, lambda: self.recorder.save(self.paths.metrics))
+        status, reason = self._failed_write(status, reason, lambda: self.recorder.save(self.paths.metrics),
+                                            self.paths.metrics.name)
         results = build_results(
             self.config, self.paths, self.recorder, self.store.all_steps(), evaluation, progress.evaluations,
             status=status, reason=reason, timestep=progress.timestep, updates=progress.updates,
@@ -261,27 +284,31 @@ class Experiment:
             steps_per_second=(progress.timestep - start_step) / loop_seconds if loop_seconds > 0 else None,
             first_update_seconds=result.first_update_seconds, compile_seconds=compile_seconds,
             resumed_from_timestep=start_step or None, selected_checkpoint=delivery.selected,
+            initialized_from=self.initialized_from,
             package_versions=package_versions(), device=self.devices.describe())
         status, reason = self._failed_write(status, reason, lambda: write_json_atomic(self.paths.results,
-                                                                                       results.to_dict()))
+                                                                                       results.to_dict()),
+                                            self.paths.results.name)
         if status == "failed":
-            hint = ", and --resume continues from it once that is fixed" if reason.startswith("could not") else ""
-            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}{hint}")
+            write_failed = result.write_failed or self.write_failed
+            hint = ", and --resume continues from it once that is fixed" if write_failed else ""
+            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}{hint}",
+                                 write_failed=write_failed)
         plot_learning_curve(self.paths.root)
         return results
 
-    @staticmethod
-    def _failed_write(status: str, reason: str | None, write) -> tuple[str, str | None]:
-        """Call `write`; when it fails on the file system (a full disk, a vanished directory) the run has failed
-        for that reason, unless it had already failed for another."""
+    def _failed_write(self, status: str, reason: str | None, write, what: str) -> tuple[str, str | None]:
+        """Call `write`, which writes `what`; when it fails on the file system (a full disk, a vanished directory)
+        the run has failed for that reason, unless it had already failed for another."""
         try:
             write()
         except WriteFailed as exc:
             failure = str(exc)
         except OSError as exc:
-            failure = f"could not write {exc.filename or 'a file'} ({exc.strerror or exc})"
+            failure = f"could not write {what} in {self.paths.root} ({exc.strerror or exc})"
         else:
             return status, reason
+        self.write_failed = True
         return ("failed", reason) if status == "failed" else ("failed", failure)
 
     def _deliver(self, state: TrainState, progress: Progress, status: str) -> Delivery:

@@ -72,6 +72,7 @@ class LoopResult:
     failure: str | None = None  # why training stopped: a checkpoint that could not be written, or (every agent)
     # a numerical fault
     agent_failures: list[str | None] = dataclasses.field(default_factory=list)  # each agent's numerical fault
+    write_failed: bool = False  # the failure is a checkpoint that could not be written (a full disk)
     last_checkpoint: int | None = None  # the step of this process's latest checkpoint
     first_update_seconds: float | None = None  # compile included
 
@@ -173,7 +174,9 @@ def _at_step(config: RunConfig, result: LoopResult, progress: list[Progress], ho
         try:
             hooks.checkpoint(state, [progress[i] for i in training], progress[0].wall_time + result.clock.seconds())
         except (OSError, WriteFailed) as exc:  # a full disk, a vanished directory: stop, keep what is saved
-            result.failure = str(exc) if isinstance(exc, WriteFailed) else f"could not save step {end}: {exc}"
+            result.failure = str(exc) if isinstance(exc, WriteFailed) else (
+                f"could not write checkpoint {end} ({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''})")
+            result.write_failed = True
             return False
         result.last_checkpoint = end
     return True

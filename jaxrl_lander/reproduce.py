@@ -11,10 +11,11 @@ import jax
 import numpy as np
 
 from jaxrl_lander.checkpoint import load_model
+from jaxrl_lander.claim import ExperimentLock
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.errors import Interrupted
 from jaxrl_lander.experiment import train
-from jaxrl_lander.files import ExperimentPaths, read_json, write_json_atomic
+from jaxrl_lander.files import ExperimentPaths, check_results_dir, read_json, write_json_atomic
 from jaxrl_lander.results import Results, reproducibility_criterion
 
 log = logging.getLogger("jaxrl_lander")
@@ -41,16 +42,23 @@ def reproduce(config: RunConfig, results_dir: str | Path = "results", overwrite:
 
     The verdict goes into the first run's results JSON: the std of the final evaluation return over the two
     runs (target < 0.01; 0.0 when the runs are identical) and whether parameters and metrics are identical.
-    An existing experiment is refused unless `overwrite`.
+    An existing experiment is refused unless `overwrite`. The experiment stays claimed (its lock) from the first
+    run to the verdict's write: no other command changes it in between.
     """
-    first = _completed(train(config, results_dir, overwrite=overwrite))
-    Path(results_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=results_dir, prefix=".reproduce-") as scratch:
-        log.info("second run of %s for the reproducibility check", first.experiment_id)
-        second = _completed(train(config, scratch))
-        paths = [ExperimentPaths.at(r.experiment_dir) for r in (first, second)]
-        metrics = [_without_times(read_json(p.metrics)) for p in paths]
-        params = [load_model(p.model)[0] for p in paths]
+    check_results_dir(results_dir)
+    with ExperimentLock(ExperimentPaths.of(results_dir, config.algo, config.seed)):
+        first = _completed(train(config, results_dir, overwrite=overwrite))
+        with tempfile.TemporaryDirectory(dir=results_dir, prefix=".reproduce-") as scratch:
+            log.info("second run of %s for the reproducibility check", first.experiment_id)
+            second = _completed(train(config, scratch))
+            paths = [ExperimentPaths.at(r.experiment_dir) for r in (first, second)]
+            metrics = [_without_times(read_json(p.metrics)) for p in paths]
+            params = [load_model(p.model)[0] for p in paths]
+        return _record(first, second, paths[0], metrics, params)
+
+
+def _record(first: Results, second: Results, paths: ExperimentPaths, metrics: list[dict], params: list) -> Results:
+    """SC-004 from the two runs, written into the first run's results JSON."""
     same_params = all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), *params)))
     eval_means = [r.evaluation["mean"] for r in (first, second)]
     std = float(np.std(eval_means))
@@ -64,5 +72,5 @@ def reproduce(config: RunConfig, results_dir: str | Path = "results", overwrite:
     }
     updated = dataclasses.replace(first, reproducibility=verdict,
                                   success_criteria={**first.success_criteria, "SC-004": reproducibility_criterion(std)})
-    write_json_atomic(paths[0].results, updated.to_dict())
+    write_json_atomic(paths.results, updated.to_dict())
     return updated

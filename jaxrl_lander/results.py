@@ -13,7 +13,9 @@ from jaxrl_lander.config import RunConfig, make_config
 from jaxrl_lander.errors import ResumeError, first_line
 from jaxrl_lander.files import ExperimentPaths, read_json
 from jaxrl_lander.outputs.metrics import MetricsRecorder
+from jaxrl_lander.redact import shorten
 
+STATUSES = ("completed", "interrupted", "failed")
 SC003_SECONDS = 1800.0
 SC004_STD = 0.01
 
@@ -50,6 +52,7 @@ class Results:
     device: dict[str, str]
     success_criteria: dict[str, dict[str, Any]]
     reproducibility: dict[str, Any] | None = None  # after `reproduce`
+    initialized_from: dict[str, Any] | None = None  # a run started from another's model (train --init-from)
 
     @property
     def config(self) -> RunConfig:
@@ -61,13 +64,31 @@ class Results:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["reproducibility"] is None:
-            del data["reproducibility"]
+        for optional in ("reproducibility", "initialized_from"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Results":
-        return cls(**data)
+        """The Results of a results JSON; ValueError naming what a damaged or edited file gets wrong (TypeError
+        for a missing or unknown key)."""
+        results = cls(**data)
+        if results.status not in STATUSES:
+            raise ValueError(f"status {shorten(results.status)} is not one of {', '.join(STATUSES)}")
+        for name in ("timestep", "total_timesteps", "updates"):
+            value = getattr(results, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {shorten(value)}")
+        evaluation = results.evaluation
+        if results.status == "completed" and not (
+                isinstance(evaluation, dict) and isinstance(evaluation.get("episodes"), int)
+                and all(isinstance(evaluation.get(k), (int, float)) for k in ("mean", "std", "min", "max"))):
+            raise ValueError("a completed run's evaluation must hold its episodes, mean, std, min and max")
+        if not (isinstance(results.artifacts, dict) and isinstance(results.artifacts.get("experiment_dir"), str)
+                and isinstance(results.artifacts.get("checkpoints"), list)):
+            raise ValueError("artifacts must name the experiment_dir and list its checkpoints")
+        return results
 
     @classmethod
     def load(cls, path: str | Path) -> "Results":
@@ -103,7 +124,7 @@ def build_results(config: RunConfig, paths: ExperimentPaths, recorder: MetricsRe
                   evaluation: dict[str, Any] | None, evaluations: list[dict[str, Any]], **run: Any) -> Results:
     """The Results of a run. `run` holds the rest of the fields that the run itself measured: status, reason,
     timestep, updates, start_time, end_time, training_time_seconds, steps_per_second, first_update_seconds,
-    compile_seconds, resumed_from_timestep, selected_checkpoint, package_versions, device."""
+    compile_seconds, resumed_from_timestep, selected_checkpoint, package_versions, device, initialized_from."""
     progression = [{"timestep": s, "reward": recorder.reward_at(s)} for s in checkpoint_steps]
     with_reward = [p["reward"] for p in progression if p["reward"] is not None]
     expected = expected_checkpoints(config, run["timestep"], checkpoint_steps)

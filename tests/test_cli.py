@@ -75,6 +75,36 @@ def _two_models(root):
     shutil.copytree(root / EXP / "a2c_seed42_model", root / "mixed" / "copy_model")
 
 
+def _remove_checkpoints(root):
+    shutil.rmtree(root / EXP / "checkpoints")
+
+
+def _checkpoints_a_file(root):
+    _remove_checkpoints(root)
+    (root / EXP / "checkpoints").write_text("not a directory\n")
+
+
+EVIL_MODULE = "import pathlib\npathlib.Path('pwned').write_text('code ran')\n"  # the snapshot would show 'pwned'
+
+
+def _evil_module(root):
+    (root / "evilmod.py").write_text(EVIL_MODULE)
+
+
+def _edit_json(name, **changes):
+    """A damage that sets keys of a JSON file of the experiment (a checkpoint's metadata, the model's spec)."""
+    def damage(root):
+        path = root / EXP / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    damage.__name__ = f"{name.replace('/', '_')}_{'_'.join(changes)}"
+    return damage
+
+
+def _model_spec_names_evil_module(root):
+    _evil_module(root)
+    _edit_json("a2c_seed42_model/policy/metadata", env_id="evilmod:LunarLander-v3")(root)
+
+
 # (arguments, the one line's message, damage done to the existing experiment first)
 BAD = [
     (["train", "--algo", "dqn"], "invalid choice: 'dqn'", None),
@@ -147,6 +177,40 @@ BAD = [
      "env_id must be one of LunarLander-v3, LunarLanderContinuous-v3, got 'CartPole-v1'", None),
     (["train", "--algo", "a2c", "--backend", "envpool", "--set", "normalize_observations=true"],
      "normalize_observations and normalize_rewards need env_backend 'gymnasium'", None),
+    # Paths that orbax would read as a pattern, and writes it could not read back.
+    (["train", "--algo", "a2c", "--config", "tiny.toml", "--results-dir", "g[1]"], "holds '[': orbax", None),
+    (["train", "--algo", "a2c", "--config", "tiny.toml", "--results-dir", "qq?x"], "holds '?': orbax", None),
+    (["sweep", "--algo", "a2c", "--seeds", "0", "--name", "n" * 300], "--name must be a plain"
+     " directory name of at most 100 characters", None),
+    (["sweep", "--algo", "a2c", "--seeds", "0", "--name", "%2E%2E%2Fescape"], "must be a plain directory name",
+     None),
+    # A resume that would have started afresh over a run that had checkpoints.
+    (RESUME, "has no checkpoint to resume from, but holds a run that had some (a2c_seed42_model,"
+     " a2c_seed42_results.json); nothing was changed", _remove_checkpoints),
+    (RESUME, "checkpoints is not a directory; nothing was changed", _checkpoints_a_file),
+    # Names that would have run code, edited files that crashed late.
+    (["train", "--algo", "a2c", "--set", "env_id=evilmod:LunarLander-v3"], "env_id must be one of LunarLander-v3,"
+     " LunarLanderContinuous-v3, got 'evilmod:LunarLander-v3'", _evil_module),
+    (["train", "--algo", "a2c", "--set", f"env_id={'x' * 100_000}"], "env_id must be one of", None),
+    (["evaluate", EXP], "a2c_seed42_model is unreadable (ConfigError: env_id must be one of",
+     _model_spec_names_evil_module),
+    (["evaluate", EXP], "a2c_seed42_model is unreadable: its parameters are not those of the network its spec"
+     " describes (obs_dim 8, num_actions 4, hidden_size 32)", _edit_json("a2c_seed42_model/policy/metadata",
+                                                                        hidden_size=32)),
+    (["evaluate", EXP], "its spec's timestep must be an integer >= 0, got 'x'",
+     _edit_json("a2c_seed42_model/policy/metadata", timestep="x")),
+    (RESUME, "checkpoints/400 is unreadable (ValueError: its metadata's timestep 'x' is not its step 400)",
+     _edit_json("checkpoints/400/metadata/metadata", timestep="x")),
+    (RESUME, "its metadata's timestep -5000 is not its step 400",
+     _edit_json("checkpoints/400/metadata/metadata", timestep=-5000)),
+    (RESUME, "a2c_seed42_results.json is unreadable (ValueError: a completed run's evaluation must hold",
+     _edit_json("a2c_seed42_results.json", evaluation=None)),
+    # Starting from another experiment's model.
+    (["train", "--algo", "a2c", "--seed", "5", "--config", "tiny.toml", "--init-from", EXP, "--set",
+      "hidden_size=32"], "its network has hidden_size 64, the config 32; set hidden_size = 64", None),
+    ([*RESUME, "--init-from", EXP], "--init-from starts a new experiment and --resume continues one", None),
+    (["train", "--algo", "a2c", "--seed", "5", "--config", "tiny.toml", "--init-from", "nowhere"],
+     "no trained model in nowhere", None),
 ]
 
 
@@ -178,7 +242,8 @@ def test_bad_input_one_line_exit_2_nothing_changed(finished_experiment, tmp_path
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert len(lines) == 1 and message in lines[0], proc.stderr[:2000]
+    assert len(lines[0]) <= 1100  # a long value is cut, not echoed whole
     assert _snapshot(tmp_path) == before  # the existing experiment and every other file untouched
 
 
@@ -194,11 +259,15 @@ def test_tiny_run_through_the_cli(tmp_path):
     assert results["artifacts"]["checkpoints"] == ["checkpoints/200", "checkpoints/400"]
     png = tmp_path / "results/experiments/a2c_seed3/a2c_seed3_learning_curve.png"  # plotted after training
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", cwd=tmp_path)
+    human = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", cwd=tmp_path)
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.startswith("results/experiments/a2c_seed3: 2 deterministic episodes from seed ")
+    proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert '"episodes": 2' in proc.stdout
     greedy = json.loads(proc.stdout)
-    proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", "--sample", cwd=tmp_path)
+    assert f"mean {greedy['mean']:.1f} +/- {greedy['std']:.1f}" in human.stdout
+    proc = run_cli("evaluate", "results/experiments/a2c_seed3", "--episodes", "2", "--sample", "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     sampled = json.loads(proc.stdout)
     assert sampled["episodes"] == 2 and sampled["mean"] != greedy["mean"]

@@ -100,6 +100,13 @@ class Normalizer:
             self.return_stats = RunningMeanStd.from_dict(saved["returns"])
         self.returns[:] = 0.0
 
+    def start_from(self, observations: dict[str, Any] | None, returns: dict[str, Any] | None) -> None:
+        """Begin with another run's statistics where it has them (`train --init-from`)."""
+        if self.obs_stats is not None and observations is not None:
+            self.obs_stats = RunningMeanStd.from_dict(observations, self.obs_stats.mean.shape)
+        if self.return_stats is not None and returns is not None:
+            self.return_stats = RunningMeanStd.from_dict(returns)
+
 
 def observation_function(spec: dict[str, Any] | None):
     """The standardisation a saved model's spec asks for, or None when the model takes raw observations."""

@@ -20,11 +20,18 @@ class ProgressBar(Sink):
 
     def __init__(self, total: int, start: int, label: str = "training"):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
+        fixed = lambda **kw: Column(no_wrap=True, **kw)  # noqa: E731  (cut, never wrapped onto a second line)
+        # On an 80-column terminal the numbers and the time left keep their width; the label and the bar give way.
         self.progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} steps"),
-            TextColumn("{task.fields[rate]} steps/s"), TextColumn("{task.fields[episodes]} episodes"),
-            TextColumn("return {task.fields[recent]}"), TimeRemainingColumn(), transient=False,
+            TextColumn(f"[bold]{label}", table_column=fixed(max_width=24, overflow="ellipsis")),
+            BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=4)),
+            TextColumn("{task.completed:,}/{task.total:,} steps", table_column=fixed()),
+            TextColumn("{task.fields[rate]}/s", table_column=fixed()),
+            TextColumn("{task.fields[episodes]:,} ep", table_column=fixed()),
+            TextColumn("return {task.fields[recent]}", table_column=fixed()),
+            TimeRemainingColumn(table_column=fixed(min_width=7)), transient=False, expand=True,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=start, rate="-", episodes=0, recent="-")
@@ -72,6 +79,12 @@ def run_sinks(total: int, start: int, tensorboard_dir: Path | None, progress_bar
     lines, and TensorBoard event files in `tensorboard_dir` when given. `label` names the run watched (one of
     vectorised agents)."""
     bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+    if not bar and log.level == logging.NOTSET:  # train() from a script that left this package's logging alone:
+        log.setLevel(logging.INFO)  # its progress lines are shown, as the command line shows them
+        if not log.hasHandlers():
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+            log.addHandler(handler)
     sinks: list[Sink] = [ProgressBar(total, start, label or "training")] if bar else []
     sinks.append(LogLines(total, start, progress_lines=not bar, label=f"{label}: " if label else ""))
     if tensorboard_dir is not None:
