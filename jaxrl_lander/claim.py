@@ -14,7 +14,6 @@ An overwrite trains in `experiments/.{name}.new/`; its first committed checkpoin
 import fcntl
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,31 +58,19 @@ def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool) -> None:
 
 
 class ExperimentLock:
-    """The exclusive right to write one experiment, held from `acquire()` until `release()` or process death.
-
-    The thread that holds it may take it again (a command that trains its experiment inside a longer claim of it,
-    as `reproduce` does); each acquire is matched by a release, and the last one lets it go."""
-
-    _held = threading.local()  # this thread's locks: lock file path -> how many times taken
+    """The exclusive right to write one experiment, held from `acquire()` until `release()` or process death."""
 
     def __init__(self, paths: ExperimentPaths):
         self.paths, self.path, self._fd = paths, _sibling(paths, "lock"), None
-        self._nested = False
 
-    def _counts(self) -> dict[str, int]:
-        if not hasattr(self._held, "counts"):
-            self._held.counts = {}
-        return self._held.counts
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> "ExperimentLock":
         """Take the lock, or raise ExperimentInUse naming the process that holds it. Writes nothing but the empty
         lock file, the first time: a refused command leaves every file as it was."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        key, counts = os.path.realpath(self.path), self._counts()
-        if counts.get(key):  # this thread holds it already
-            counts[key] += 1
-            self._nested = True
-            return self
         fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,7 +79,6 @@ class ExperimentLock:
             os.close(fd)
             raise ExperimentInUse(f"{self.paths.root} is in use by {holder}; wait for it to end or stop it") from None
         self._fd = fd
-        counts[key] = 1
         return self
 
     def check(self) -> None:
@@ -101,11 +87,7 @@ class ExperimentLock:
             self.acquire().release()
 
     def release(self) -> None:
-        if self._nested:
-            self._counts()[os.path.realpath(self.path)] -= 1
-            self._nested = False
-        elif self._fd is not None:
-            self._counts().pop(os.path.realpath(self.path), None)
+        if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -1,6 +1,7 @@
 """One experiment on disk: open it (afresh, or resumed from its latest checkpoint), run the training loop with
 its checkpoints and evaluations, and finish it (model, final evaluation, metrics and results JSON)."""
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -37,7 +38,8 @@ log = logging.getLogger("jaxrl_lander")
 
 def train(config: RunConfig, results_dir: str | Path = "results", *, resume: bool = False, overwrite: bool = False,
           device: str = "auto", act_device: str = "auto", tensorboard: bool = False,
-          progress_bar: bool | None = None, watch: Watch | None = None, init_from: str | Path | None = None) -> Results:
+          progress_bar: bool | None = None, watch: Watch | None = None, init_from: str | Path | None = None,
+          claim: ExperimentLock | None = None) -> Results:
     """Train `config` into results_dir/experiments/{algo}_seed{seed}/, as `python -m jaxrl_lander train` does.
 
     An existing experiment of the same algorithm and seed is continued from its latest complete checkpoint with
@@ -48,6 +50,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     files. A `watch` sees the run's events and may stop it early (its verdict is then the results' reason).
     `init_from` (a model or experiment directory) starts a new experiment from the parameters and normaliser
     statistics another one delivered, with a fresh optimiser (recorded in the results as initialized_from).
+    `claim` is the experiment's lock when the caller holds it already, for longer than this run (`reproduce`).
     Raises ConfigError, ResumeError or ExperimentInUse (another process is writing the experiment), with
     nothing written, when the run is refused, and TrainingFailed after writing the results of a run stopped by a
     numerical fault.
@@ -68,7 +71,9 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
 
         require_tensorboard()
     devices = Devices.resolve(device, act_device)
-    with ExperimentLock(paths):
+    if claim is not None and not (claim.held and claim.paths.root.absolute() == paths.root.absolute()):
+        raise ValueError(f"claim is not a held lock of {paths.root}")
+    with contextlib.nullcontext() if claim else ExperimentLock(paths):
         recover_interrupted_overwrite(paths)
         check_rerun(paths, resume, overwrite)  # again: a run that held the lock until now may have made it
         replace = Overwrite(paths) if overwrite and holds_experiment(paths) else None

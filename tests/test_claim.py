@@ -176,3 +176,59 @@ def test_a_run_stopped_during_its_start_up_blocks_no_re_run(tmp_path):
     (paths.checkpoints / "200").mkdir()
     (paths.checkpoints / "200" / "state").write_text("x")
     assert holds_experiment(paths)
+
+
+def test_reproduce_keeps_its_experiment_claimed_until_the_verdict_is_written(tmp_path, monkeypatch):
+    """A train --resume of the same seed, tried while reproduce plays its second run, is refused: the verdict
+    written afterwards stands beside the checkpoints, metrics and model of the run it judged."""
+    from jaxrl_lander import reproduce as module
+
+    (tmp_path / "tiny.toml").write_text(TINY)
+    tried = []
+
+    def train_and_meddle(config, results_dir, **kwargs):
+        if kwargs.get("claim") is None:  # the second run, in the scratch directory: the first one is done
+            tried.append(run_cli("train", "--algo", "a2c", "--steps", "600", "--config", "tiny.toml", "--resume",
+                                 "--quiet", cwd=tmp_path))
+        return real_train(config, results_dir, **kwargs)
+
+    real_train = module.train
+    monkeypatch.setattr(module, "train", train_and_meddle)
+    monkeypatch.chdir(tmp_path)
+    config = make_config("a2c", {"total_timesteps": 400, "checkpoint_interval": 200, "eval_episodes": 2})
+    results = module.reproduce(config, "results")
+    assert tried[0].returncode == 2 and f"is in use by process {os.getpid()}" in tried[0].stderr, tried[0].stderr
+    saved = load_json(EXP / "a2c_seed42_results.json")
+    assert saved["timestep"] == results.timestep == 400 and saved["success_criteria"]["SC-004"]["passed"] is True
+    assert CheckpointStore(EXP / "checkpoints").all_steps() == [200, 400]
+
+
+def test_a_sweep_whose_seeds_are_still_written_by_orphans_exits_2(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    with ExperimentLock(ExperimentPaths.of(tmp_path / "results/sweeps/s", "a2c", 1)):  # as a killed sweep's seed
+        proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
+                       "--name", "s", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"jaxrl_lander: error: results/sweeps/s/experiments/a2c_seed1 is in use by process {os.getpid()}"
+        f" ({' '.join(open(f'/proc/{os.getpid()}/cmdline').read().split(chr(0))).strip()[:300]}); wait for it to"
+        " end or stop it"]
+    assert not (tmp_path / "results/sweeps/s/experiments/a2c_seed0").exists()  # no seed started
+
+
+def test_the_holder_of_a_lock_is_named_without_its_passwords(tmp_path):
+    paths = ExperimentPaths.of(tmp_path, "ppo", 3)
+    (tmp_path / "hold.py").write_text(
+        "import sys, time; from jaxrl_lander.claim import ExperimentLock; from jaxrl_lander.files import "
+        f"ExperimentPaths; ExperimentLock(ExperimentPaths.of({str(tmp_path)!r}, 'ppo', 3)).acquire(); "
+        "print('locked', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "hold.py", "--storage", "postgresql://alice:S3cretPW@db/optuna"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ExperimentInUse) as refused:
+            ExperimentLock(paths).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "postgresql://alice:***@db/optuna" in str(refused.value) and "S3cretPW" not in str(refused.value)

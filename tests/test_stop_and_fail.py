@@ -75,3 +75,44 @@ def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     template = make_learner(config, obs_dim=1, num_actions=2).init(jax.random.key(0))
     restored, meta = store.restore(64, template)
     assert meta["timestep"] == 64 and meta["updates"] == 0
+
+
+def test_out_of_memory_is_one_line_and_blocks_no_re_run(tmp_path):
+    """A network too large for the memory at hand: one line naming the problem, exit 1, and a plain re-run with
+    a size that fits is not refused (the run had committed nothing)."""
+    import resource
+
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 1\n")
+    args = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml",
+            "--quiet"]
+    limit = 16 * 2**30  # 16 GiB of address space; the network asks XLA for 160 GB
+
+    def small_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    big = subprocess.run([*args, "--set", "hidden_size=200000"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, preexec_fn=small_memory, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert big.returncode == 1, big.stderr[-2000:]
+    lines = big.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxrl_lander: out of memory: ") and "hidden_size" in lines[0]
+    fits = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert fits.returncode == 0, fits.stderr
+    assert load_json(ExperimentPaths.of(tmp_path / "results", "a2c", 42).results)["hyperparameters"]["hidden_size"] == 64
+
+
+def test_a_write_that_fails_names_what_it_was_writing(tmp_path):
+    """An error of the file system without a file name (os.write's) still says what could not be written, where."""
+    from types import SimpleNamespace
+
+    from jaxrl_lander.experiment import Experiment
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    run = SimpleNamespace(paths=ExperimentPaths.of(tmp_path, "ppo", 1), write_failed=False)
+    status, reason = Experiment._failed_write(run, "completed", None, full_disk, "the model")
+    assert (status, reason) == ("failed", f"could not write the model in {tmp_path}/experiments/ppo_seed1"
+                                          " (No space left on device)")
+    assert run.write_failed
+    assert Experiment._failed_write(run, "failed", "non-finite loss", full_disk, "the model") == (
+        "failed", "non-finite loss")  # the first failure is the run's reason
