@@ -68,7 +68,7 @@ def test_help_shows_each_default_once(command, capsys):
         assert "ent_coef = 0.01 / 0.0" in text and "Weight of the entropy bonus." in text  # the config keys
     if command == "train":
         assert "--seed SEED the run's one seed (default: the config's seed, 42 unless set)" in text
-        assert "--algo {a2c,ppo} algorithm --steps" in text  # required: no default shown
+        assert "--algo {a2c,ppo} algorithm (default: the --config file's algo) --steps" in text
 
 
 def test_no_readme_number_without_its_measurement():
