@@ -192,7 +192,7 @@ def _train_processes(algo: str, seeds: list[int], out_dir: Path, jobs: int) -> d
         if returncode != 0:
             lines = err.strip().splitlines()
             return lines[-1] if lines else f"exit status {returncode}"
-        log.info("seed %d done in %.0f s: %s", seed, time.perf_counter() - start, out.strip())
+        log.info("seed %d done in %.0f s: %s", seed, time.perf_counter() - start, out.strip().partition("\n")[0])
         return None
 
     with children, ThreadPoolExecutor(max_workers=jobs) as pool:
