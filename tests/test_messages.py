@@ -220,3 +220,34 @@ def test_json_files_follow_the_umask_as_the_png_does(trained, tmp_path):
     finally:
         os.umask(previous)
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.json": 0o640, "b.txt": 0o640}
+
+
+def test_the_progress_bar_keeps_its_numbers_and_time_left_on_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from jaxrl_lander.outputs.console import ProgressBar
+
+    for label, width in (("training", 80), ("ppo_seed0 (shown, of 10 agents)", 80), ("training", 120)):
+        screen = io.StringIO()
+        bar = ProgressBar(1_000_000, 0, label, console=Console(file=screen, width=width, force_terminal=True,
+                                                               color_system=None))
+        bar.t0 -= 10.0  # 12,346 steps/s
+        bar.record({"timestep": 123_456, "episode": 12_345, "reward": -123.4})
+        bar.close(123_456)
+        line = [row for row in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).splitlines() if row.strip()][-1]
+        assert len(line) <= width
+        assert "123,456/1,000,000 " in line and "12,346/s" in line and "12,345 ep" in line and "ret -123.4" in line, line
+        assert re.search(r"(\d+:\d\d:\d\d|-:--:--)$", line), line  # the time left, whole
+        assert line.count("━") + line.count("╸") + line.count(" ") > 4  # a bar, not a sliver
+
+
+def test_train_from_python_shows_its_progress(tmp_path):
+    """A script that sets up no logging still sees the run's progress lines and its final evaluation."""
+    code = ("from jaxrl_lander import A2CConfig, train; "
+            "train(A2CConfig(total_timesteps=400, checkpoint_interval=200, eval_episodes=1), 'results')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"step \d+/400 \| \d+ steps/s", proc.stderr), proc.stderr
+    assert "final evaluation at step 400" in proc.stderr

@@ -16,22 +16,22 @@ def _speed(start_step: int, start_time: float, step: int) -> float:
 
 
 class ProgressBar(Sink):
-    """Steps, steps/s, episodes, recent mean return and time left, refreshed at each metrics record."""
+    """Steps, steps/s, episodes, recent mean return ("ret") and time left, refreshed at each metrics record."""
 
-    def __init__(self, total: int, start: int, label: str = "training"):
+    def __init__(self, total: int, start: int, label: str = "training", console=None):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Column
 
         fixed = lambda **kw: Column(no_wrap=True, **kw)  # noqa: E731  (cut, never wrapped onto a second line)
         # On an 80-column terminal the numbers and the time left keep their width; the label and the bar give way.
         self.progress = Progress(
-            TextColumn(f"[bold]{label}", table_column=fixed(max_width=24, overflow="ellipsis")),
+            TextColumn(f"[bold]{label}", table_column=fixed(max_width=16, overflow="ellipsis")),
             BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=4)),
-            TextColumn("{task.completed:,}/{task.total:,} steps", table_column=fixed()),
+            TextColumn("{task.completed:,}/{task.total:,}", table_column=fixed()),
             TextColumn("{task.fields[rate]}/s", table_column=fixed()),
             TextColumn("{task.fields[episodes]:,} ep", table_column=fixed()),
-            TextColumn("return {task.fields[recent]}", table_column=fixed()),
-            TimeRemainingColumn(table_column=fixed(min_width=7)), transient=False, expand=True,
+            TextColumn("ret {task.fields[recent]}", table_column=fixed()),
+            TimeRemainingColumn(table_column=fixed(min_width=7)), transient=False, expand=True, console=console,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=start, rate="-", episodes=0, recent="-")
