@@ -143,19 +143,25 @@ def _tune(args) -> int:
 
     check_envs(base)
     check_results_dir(args.results_dir)
-    from jaxrl_lander.tune import Study
+    from jaxrl_lander.tune import Study, unprunable
+    from jaxrl_lander.tune_storage import STORAGE_ENV
 
-    study = Study(name, base, space, args.trials, args.results_dir / "tuning" / name, args.storage, args.pruner,
+    storage = os.environ.get(STORAGE_ENV) if args.worker else args.storage  # never on a worker's command line
+    study = Study(name, base, space, args.trials, args.results_dir / "tuning" / name, storage, args.pruner,
                   args.heartbeat, args.timeout, args.seeds)
     jobs = args.jobs or os.cpu_count() or 1
     if args.worker:  # one of the processes below: trials only
         study.run()
         return 0
+    if unprunable(base):  # said once, by the command, not by each worker
+        import logging
+
+        logging.getLogger("jaxrl_lander.tune").warning(unprunable(base))
     try:
         if jobs == 1:
             study.run()
         else:
-            study.run_workers([sys.executable, "-m", "jaxrl_lander", *args.argv, "--jobs", "1", "--worker"], jobs)
+            study.run_workers(args.argv, jobs)
     except BaseException:
         with contextlib.suppress(Exception):  # the report of what was done; the error is the one to tell
             study.report(plots=True)

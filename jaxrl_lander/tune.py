@@ -5,12 +5,14 @@ Optuna storage URL that workers on several machines share.
 The objective is OBJECTIVE. `trials` is the study's total, whoever runs them: a worker runs trials until the
 study holds that many complete, pruned or running ones; a trial whose worker died (no heartbeat) or was stopped
 is failed, counted no more, and retried with the same values by the next worker, resuming from its checkpoints.
+A worker whose trials fail FAILURES_IN_A_ROW times in a row stops, naming the last one's cause.
 """
 
 import contextlib
-import fcntl
 import logging
+import os
 import signal
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +21,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from jaxrl_lander.config import RunConfig, make_config
@@ -30,17 +31,21 @@ from jaxrl_lander.agents import train_agents
 from jaxrl_lander.experiment import train
 from jaxrl_lander.files import ExperimentPaths
 from jaxrl_lander.outputs import Sink, Watch
+from jaxrl_lander.redact import RedactingFilter, redact
 from jaxrl_lander.sweep import Children, iqm
 from jaxrl_lander.tune_report import params_text, write_report
 from jaxrl_lander.tune_space import Space, trial_config
+from jaxrl_lander.tune_storage import (STORAGE_ENV, STORAGE_ERRORS, claim_identity, open_storage,
+                                       storage_failure)
 
 log = logging.getLogger("jaxrl_lander.tune")
+log.addFilter(RedactingFilter())  # a failure's text may quote a command line or a storage URL
 
 OBJECTIVE = ("the mean, over a trial's evaluations during training, of their mean return (with several seeds,"
-             " the IQM of that over the seeds): a config that solves early scores above one that solves late")
+             " the IQM of that over the seeds): a config that solves early scores above one that solves late;"
+             " with eval_interval >= total_timesteps, the final evaluation's mean return")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-MAX_RETRIES = 2  # a trial that kills its worker again and again is given up after this many retries
-STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops instead of starting new ones forever
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -52,6 +57,7 @@ class Pruning(Watch):
         self.trial = trial
         self.means: dict[int, list[float]] = {}  # agent -> its evaluations' mean returns so far
         self.at: dict[int, dict[int, float]] = {}  # step -> agent -> its running objective there
+        self.storage_error: Exception | None = None  # the storage failed: the runs stop, the worker says so
 
     def sink(self, agent: int) -> Sink:
         self.means[agent] = []
@@ -65,10 +71,13 @@ class Pruning(Watch):
         self.means[agent].append(mean_return)
         at = self.at.setdefault(step, {})
         at[agent] = float(np.mean(self.means[agent]))
-        if len(at) == len(self.means):
-            self.trial.report(float(iqm(np.array(list(at.values())))), step)
-            if self.verdict is None and self.trial.should_prune():
-                self.verdict = f"pruned by the study at step {step}"
+        if len(at) == len(self.means) and self.storage_error is None:
+            try:
+                self.trial.report(float(iqm(np.array(list(at.values())))), step)
+                if self.verdict is None and self.trial.should_prune():
+                    self.verdict = f"pruned by the study at step {step}"
+            except STORAGE_ERRORS as exc:  # stop at the next step, with a checkpoint the retry resumes from
+                self.storage_error, self.verdict = exc, "the study's storage failed"
 
 
 class _AgentEvaluations(Sink):
@@ -88,16 +97,39 @@ class _Failed(Exception):
     """A trial that could not run (its experiment held by another process, or not resumable)."""
 
 
-def open_storage(url: str, heartbeat: int) -> RDBStorage:
-    """The study storage at `url`, with a heartbeat every `heartbeat` seconds (stale after three missed)."""
-    shown = sqlalchemy.make_url(url).render_as_string(hide_password=True) if "://" in url else url
-    connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10} if "postgres" in url else {}
-    try:
-        return RDBStorage(url, engine_kwargs={"connect_args": connect}, heartbeat_interval=heartbeat,
-                          grace_period=3 * heartbeat,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-    except Exception as exc:  # an unreachable server, bad credentials, an unknown dialect or driver
-        raise ConfigError(f"cannot open the study storage {shown}: {first_line(exc)}") from None
+class _StudyFailing(TrainingFailed):
+    """FAILURES_IN_A_ROW trials of this worker failed in a row: the study stops, naming the last one's cause."""
+
+
+def unprunable(config: RunConfig) -> str | None:
+    """Why trials of `config` are scored by their final evaluation, when they are: no evaluation during
+    training falls before their last step."""
+    if config.eval_interval >= config.total_timesteps:
+        return (f"eval_interval {config.eval_interval} >= steps {config.total_timesteps}: trials are scored by their"
+                " final evaluation and cannot be pruned")
+    return None
+
+
+def _score(config: RunConfig, run) -> float:
+    """A run's objective: the mean of its evaluations during training, or (unprunable) its final evaluation."""
+    if unprunable(config):
+        return float(run.evaluation["mean"])
+    return float(np.mean([e["mean"] for e in run.evaluations_during_training]))
+
+
+def worker_command(argv: list[str]) -> list[str]:
+    """The command of one of a study's worker processes: this command's `argv` without its --storage (or an
+    abbreviation that argparse took for it) and the URL after it; the worker reads that from STORAGE_ENV."""
+    kept, skip = [], False
+    for token in argv:
+        name, equals, _ = token.partition("=")
+        if not skip and len(name) >= len("--sto") and "--storage".startswith(name):
+            skip = not equals
+        elif not skip:
+            kept.append(token)
+        else:
+            skip = False
+    return [sys.executable, "-m", "jaxrl_lander", *kept, "--jobs", "1", "--worker"]
 
 
 def _pruner(name: str, config: RunConfig) -> optuna.pruners.BasePruner:
@@ -129,28 +161,25 @@ class Study:
         self.seeds = seeds or [base.seed]  # several: each trial trains them as vectorised agents
         self.timeout, self.heartbeat = timeout, heartbeat  # timeout: no new trial after it (seconds)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets a line of ours
+        logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # its failures reach us as exceptions
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retries
-        if storage:
-            self.storage = open_storage(storage, heartbeat)
-        else:  # a SQLite file in the study's directory, its tables created by one worker at a time
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with _file_lock(out_dir / ".storage.lock"):
-                self.storage = open_storage(f"sqlite:///{(out_dir / 'study.db').resolve()}", heartbeat)
+        self.url = storage  # what the workers started here get (in their environment, never on their command line)
+        self.storage = open_storage(storage, out_dir / "study.db", heartbeat)
+        self.where = redact(storage) if storage else str(out_dir / "study.db")
         sampler = optuna.samplers.TPESampler(n_startup_trials=8, constant_liar=True)  # liar: workers spread out
         try:
             self.study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
                                              pruner=_pruner(pruner, base), direction="maximize", load_if_exists=True)
-            identity, held = _identity(base, space, self.seeds), self.study.user_attrs
-            if held and {k: held.get(k) for k in identity} != identity:
-                differs = ", ".join(k.replace("_", " ") for k in identity if held.get(k) != identity[k])
-                raise ConfigError(f"study '{name}' was made with another {differs}: give another --study, or the"
-                                  " same config, settings, space, --steps and seeds")
-            for key, value in identity.items():
-                self.study.set_user_attr(key, value)
+            differs = claim_identity(self.storage, self.storage.get_study_id_from_name(name),
+                                     _identity(base, space, self.seeds))
         except STORAGE_ERRORS as exc:  # it opens, but cannot be written (read-only, full)
-            raise ConfigError(f"cannot write the study storage: {first_line(exc)}") from None
+            raise ConfigError(f"cannot write the study storage: {redact(first_line(exc))}") from None
+        if differs:
+            raise ConfigError(f"study '{name}' was made with another {', '.join(k.replace('_', ' ') for k in differs)}:"
+                              " give another --study, or the same config, settings, space, --steps and seeds")
         out_dir.mkdir(parents=True, exist_ok=True)
         self.current: int | None = None  # the number of the trial this worker is running
+        self.failed_in_a_row = 0
 
     # ---------------------------------------------------------------- running trials
     def pending(self) -> bool:
@@ -161,59 +190,123 @@ class Study:
     def run(self) -> None:
         """Run trials until the study is full, then wait while other workers' trials run (one whose worker dies
         is retried here); past the timeout, start none. A stop (Ctrl-C, SIGTERM) fails the trial in hand, queues
-        its retry and raises Interrupted."""
-        started, waiting = time.monotonic(), False
+        its retry and raises Interrupted; a storage that fails under it raises TrainingFailed, as do
+        FAILURES_IN_A_ROW failed trials."""
         try:
-            while self.timeout is None or time.monotonic() - started < self.timeout:
-                optuna.storages.fail_stale_trials(self.study)
-                if self.pending():
-                    left = None if self.timeout is None else self.timeout - (time.monotonic() - started)
-                    try:
-                        self.study.optimize(self._objective, callbacks=[self._after], catch=(_Surplus, _Failed),
-                                            timeout=left, gc_after_trial=False)
-                    except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-                        # "Cannot tell a FAIL trial": this worker stalled, its trial went to a retry (that counts it)
-                        if isinstance(exc, ValueError) and "Cannot tell" not in str(exc):
-                            raise
-                        log.warning("trial %s was retried elsewhere while this worker stalled; the retry counts"
-                                    " the run it finished", self.current)
-                        self.current = None
-                    continue
-                running = sum(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False))
-                if not running:
-                    break
-                if not waiting:
-                    log.info("study %s: waiting for %d trial(s) of other workers", self.name, running)
-                waiting = True
-                time.sleep(self.heartbeat)
-        except (Interrupted, KeyboardInterrupt, TrainingFailed) as exc:
-            stopped = next((t for t in self.study.get_trials() if t.number == self.current), None)
-            if stopped is not None and stopped.state == TrialState.FAIL:  # a stop uses up no retry
-                RetryHeartbeatStaleTrialCallback(max_retry=None)(self.study, stopped)
-            during = "between trials" if self.current is None else f"during trial {self.current}, which is retried"
-            if isinstance(exc, TrainingFailed):
-                raise TrainingFailed(f"{exc}; study {self.name} stopped {during} when it runs again") from None
-            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            raise Interrupted(signum, f"study {self.name} stopped {during}: run the same command again to go on"
-                                      " (a stopped trial resumes from its checkpoints)") from None
-        except STORAGE_ERRORS as exc:  # the storage failed under us (a full disk, a lost server)
-            raise TrainingFailed(f"the storage of study {self.name} failed: {first_line(exc)}") from None
+            try:
+                self._run_trials()
+            except _StudyFailing:
+                raise
+            except (Interrupted, KeyboardInterrupt, TrainingFailed) as exc:
+                self._stopped(exc)
+        except Exception as exc:
+            failed = storage_failure(exc)
+            if failed is None:
+                raise
+            with contextlib.suppress(Exception):  # where the storage still answers, the trial in hand waits
+                self._retry(self.current)
+            raise TrainingFailed(f"could not use the storage of study {self.name} ({redact(first_line(failed))}):"
+                                 " the study stopped; run the same command again to go on once the storage works"
+                                 " (a trial in hand resumes from its checkpoints)", write_failed=True) from None
 
-    def run_workers(self, command: list[str], jobs: int) -> None:
-        """Run trials in `jobs` processes of `command` at once (each a worker of this study) until it is full; a
-        Ctrl-C or SIGTERM reaches each once, and each stops as run() does."""
-        children = Children()
-        with children, ThreadPoolExecutor(max_workers=jobs) as pool:
-            codes = list(pool.map(lambda _: children.run(command, capture=False)[0], range(jobs)))
+    def _run_trials(self) -> None:
+        started, waiting = time.monotonic(), False
+        while self.timeout is None or time.monotonic() - started < self.timeout:
+            optuna.storages.fail_stale_trials(self.study)
+            if self.pending():
+                left = None if self.timeout is None else self.timeout - (time.monotonic() - started)
+                try:
+                    self.study.optimize(self._objective, callbacks=[self._after], catch=(_Surplus, _Failed),
+                                        timeout=left, gc_after_trial=False)
+                except Exception as exc:
+                    if storage_failure(exc) is not None or not self._failed_elsewhere():
+                        raise
+                    log.warning("trial %s was retried elsewhere while this worker stalled; the retry counts"
+                                " the run it finished", self.current)
+                    self.current = None
+                continue
+            running = sum(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False))
+            if not running:
+                break
+            if not waiting:
+                log.info("study %s: waiting for %d trial(s) of other workers", self.name, running)
+            waiting = True
+            time.sleep(self.heartbeat)
+
+    def _trial_numbered(self, number: int | None) -> optuna.trial.FrozenTrial | None:
+        return next((t for t in self.study.get_trials() if t.number == number), None)
+
+    def _failed_elsewhere(self) -> bool:
+        """Whether the trial in hand was failed by another worker while this one ran it (this worker stalled past
+        its heartbeats, and Optuna refused to end the trial): FAIL, without the cause this worker records."""
+        trial = self._trial_numbered(self.current)
+        return trial is not None and trial.state == TrialState.FAIL and "failure" not in trial.user_attrs
+
+    def _retry(self, number: int | None) -> None:
+        """Queue the retry of trial `number` if it failed (a stop uses up no retry)."""
+        stopped = self._trial_numbered(number)
+        if stopped is not None and stopped.state == TrialState.FAIL:
+            RetryHeartbeatStaleTrialCallback(max_retry=None)(self.study, stopped)
+
+    def _stopped(self, exc: BaseException) -> None:
+        self._retry(self.current)
+        during = "between trials" if self.current is None else f"during trial {self.current}, which is retried"
+        if isinstance(exc, TrainingFailed):  # a failed write (a full disk): its message stays first
+            raise TrainingFailed(redact(f"{exc}; study {self.name} stopped {during} when it runs again"),
+                                 write_failed=exc.write_failed) from None
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        raise Interrupted(signum, f"study {self.name} stopped {during}: run the same command again to go on"
+                                  " (a stopped trial resumes from its checkpoints)") from None
+
+    def run_workers(self, argv: list[str], jobs: int) -> None:
+        """Run trials in `jobs` worker processes of this command (`argv`: its arguments) at once until the study is
+        full; a Ctrl-C or SIGTERM reaches each once, and each stops as run() does. The storage URL reaches them in
+        their environment, never on their command line, which every user can read."""
+        command = worker_command(argv)
+        if self.url and any(self.url in token for token in command):
+            raise ConfigError("--storage: give it once, as --storage URL, so that the workers' command lines can"
+                              " leave it out")
+        children, before = Children(), os.environ.pop(STORAGE_ENV, None)
+        if self.url:
+            os.environ[STORAGE_ENV] = self.url
+        try:
+            with children, ThreadPoolExecutor(max_workers=jobs) as pool:
+                codes = list(pool.map(lambda _: children.run(command, capture=False)[0], range(jobs)))
+        finally:
+            os.environ.pop(STORAGE_ENV, None)
+            if before is not None:
+                os.environ[STORAGE_ENV] = before
         if children.signum is not None:
             raise Interrupted(children.signum, f"study {self.name} stopped by {signal.Signals(children.signum).name};"
                                                " the trials in hand are retried from their checkpoints: run the"
                                                " same command again")
+        killed = [signal.Signals(-code).name for code in codes if code < 0]
+        if killed:
+            who = "a worker" if len(killed) == 1 else f"{len(killed)} workers"
+            raise TrainingFailed(f"{who} of study {self.name} {'was' if len(killed) == 1 else 'were'} killed by"
+                                 f" {', '.join(killed)}; {self._after_kill()}")
         if any(codes):
             raise TrainingFailed(f"a worker of study {self.name} exited with status {max(codes)} (its error is above)")
 
+    def _after_kill(self) -> str:
+        with contextlib.suppress(*STORAGE_ERRORS):
+            if not self.pending() and not any(t.state == TrialState.RUNNING for t in self.study.get_trials()):
+                return "the other workers retried its trial, and the study is full"
+        return "its trial is retried from its checkpoints when the study runs again"
+
     def _objective(self, trial: optuna.Trial) -> float:
         self.current = trial.number
+        try:
+            return self._train_trial(trial)
+        except (optuna.TrialPruned, _Surplus, _Failed):
+            raise
+        except BaseException as exc:  # the trial FAILs: its cause stays with it, unless the storage is what failed
+            if storage_failure(exc) is None:
+                with contextlib.suppress(*STORAGE_ERRORS, optuna.exceptions.UpdateFinishedTrialError):
+                    trial.set_user_attr("failure", redact(first_line(exc)))
+            raise
+
+    def _train_trial(self, trial: optuna.Trial) -> float:
         trials = self.study.get_trials(deepcopy=False)
         retry_of = next(t for t in trials if t.number == trial.number).system_attrs.get("failed_trial")
         if retry_of is None and sum(t.number < trial.number for t in _slots(trials)) >= self.total:
@@ -224,47 +317,54 @@ class Study:
         try:
             config = trial_config(self.base, values)
         except ConfigError as exc:  # counted: a space whose every draw is refused still ends
-            trial.set_user_attr("refused", str(exc))
+            trial.set_user_attr("refused", redact(str(exc)))
             raise optuna.TrialPruned(f"refused: {exc}") from None
         directory = self.out_dir / f"trial_{trial.number if retry_of is None else retry_of:04d}"
         configs = [make_config(config.algo, {**config.to_dict(), "seed": seed}) for seed in self.seeds]
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("experiments", [str(ExperimentPaths.of(directory, c.algo, c.seed).root) for c in configs])
-        watch = Pruning(trial)
+        watch = None if unprunable(config) else Pruning(trial)  # scored by the final evaluation: nothing to judge
         try:
             if len(configs) == 1:
                 runs = [train(config, directory, resume=True, progress_bar=False, watch=watch)]
             else:  # vectorised agents, one per seed
                 runs = train_agents(configs, [directory] * len(configs), progress_bar=False, watch=watch)
         except (ExperimentInUse, ResumeError) as exc:
-            trial.set_user_attr("failure", str(exc))
+            trial.set_user_attr("failure", redact(str(exc)))
             if isinstance(exc, ExperimentInUse) and retry_of is not None:  # its first worker stalled, not died:
                 trial.set_user_attr("requeue", True)  # try again a heartbeat later, until that run is done
                 time.sleep(self.heartbeat)
             raise _Failed(str(exc)) from None
         except TrainingFailed as exc:
-            if str(exc).startswith("could not"):  # a write failed (a full disk): the worker stops, the trial waits
-                raise
             runs = [exc]
+        if watch is not None and watch.storage_error is not None:
+            raise watch.storage_error
         failed = next((r for r in runs if isinstance(r, Exception)), None)
+        if failed is not None and failed.write_failed:  # a full disk: the worker stops, the trial waits
+            raise failed
         if failed is not None:  # diverged: as bad as pruned, and counted
-            trial.set_user_attr("failure", str(failed))
+            trial.set_user_attr("failure", redact(str(failed)))
             raise optuna.TrialPruned(f"training failed: {failed}")
         stopped = next((r for r in runs if r.status == "interrupted"), None)
         if stopped is not None:
-            if watch.verdict is not None and stopped.reason == watch.verdict:
+            if watch is not None and watch.verdict is not None and stopped.reason == watch.verdict:
                 raise optuna.TrialPruned(watch.verdict)
             raise Interrupted(signal.SIGTERM if "SIGTERM" in (stopped.reason or "") else signal.SIGINT,
                               stopped.reason or "stopped")
-        values = [float(np.mean([e["mean"] for e in r.evaluations_during_training])) for r in runs]
+        values = [_score(config, r) for r in runs]
+        value = float(iqm(np.array(values)))
+        if not np.isfinite(value):
+            trial.set_user_attr("failure", f"the objective is not finite ({value}) over {values}")
+            raise _Failed(trial.user_attrs["failure"])
         trial.set_user_attr("final_evaluation", float(np.mean([r.evaluation["mean"] for r in runs])))
         if len(runs) > 1:
             trial.set_user_attr("seed_values", values)
-        return float(iqm(np.array(values)))
+        return value
 
     def _after(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.current = None
-        if trial.state == TrialState.FAIL and trial.user_attrs.get("requeue"):
+        requeued = trial.state == TrialState.FAIL and trial.user_attrs.get("requeue")
+        if requeued:
             RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
         if trial.state == TrialState.COMPLETE:
             log.info("trial %d: objective %.1f, final evaluation %.1f | %s", trial.number, trial.value,
@@ -274,7 +374,14 @@ class Study:
                       or f"pruned at step {trial.last_step}")
             log.info("trial %d: %s | %s", trial.number, reason, params_text(trial.params))
         elif "surplus" not in trial.user_attrs:
-            log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("failure", "see the log above"))
+            reason = trial.user_attrs.get("failure", "no cause recorded")
+            log.warning("trial %d failed: %s", trial.number, reason)
+            self.failed_in_a_row += not requeued  # a retry that waits for a stalled worker is no failure
+            if self.failed_in_a_row >= FAILURES_IN_A_ROW:
+                raise _StudyFailing(f"study {self.name} stopped: {self.failed_in_a_row} trials in a row failed, the"
+                                    f" last ({trial.number}) because {reason}")
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.failed_in_a_row = 0
         if not self.pending():
             study.stop()
         with contextlib.suppress(OSError):  # the report is refreshed after each trial; the last write matters
@@ -284,17 +391,9 @@ class Study:
     def report(self, plots: bool = False) -> dict[str, Any]:
         """study.json, best.toml and, with `plots`, the PNGs (tune_report.py); what study.json holds."""
         trials = self.study.get_trials()
-        header = {"study": self.name, "direction": "maximize", "objective": OBJECTIVE, "trials_total": self.total,
-                  "trials_counted": len(_slots(trials)), "seeds": self.seeds, "search_space": self.space.ranges,
-                  "base_config": self.base.to_dict()}
+        if plots:
+            log.info("writing the report of study %s: study.json, best.toml, PNGs", self.name)
+        header = {"study": self.name, "storage": self.where, "direction": "maximize", "objective": OBJECTIVE,
+                  "trials_total": self.total, "trials_counted": len(_slots(trials)), "seeds": self.seeds,
+                  "search_space": self.space.ranges, "base_config": self.base.to_dict()}
         return write_report(self.study, trials, header, self.out_dir, plots)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)

@@ -11,8 +11,11 @@ from optuna.trial import FrozenTrial, TrialState
 from jaxrl_lander.config import config_to_toml, make_config
 from jaxrl_lander.errors import first_line
 from jaxrl_lander.files import replaced_atomically, write_json_atomic
+from jaxrl_lander.redact import redact
 
 log = logging.getLogger("jaxrl_lander.tune")
+# The cause of a FAIL trial that no worker recorded: Optuna failed it when its heartbeats stopped
+NO_HEARTBEAT = "its worker stopped sending heartbeats (killed, or stalled for three of them)"
 
 
 def write_report(study: optuna.Study, trials: list[FrozenTrial], header: dict[str, Any], out_dir: Path,
@@ -66,7 +69,9 @@ def params_text(params: dict[str, Any]) -> str:
 
 def _trial_row(t: FrozenTrial) -> dict[str, Any]:
     duration = t.duration.total_seconds() if t.duration else None
-    attrs = {k: v for k, v in t.user_attrs.items() if k != "config"}
+    attrs = {k: redact(v) if isinstance(v, str) else v for k, v in t.user_attrs.items() if k != "config"}
+    if t.state == TrialState.FAIL and "failure" not in attrs and "surplus" not in attrs:
+        attrs["failure"] = NO_HEARTBEAT
     return {"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
             "duration_seconds": duration, "retry_of": t.system_attrs.get("failed_trial"),
             "intermediate_values": {str(step): v for step, v in sorted(t.intermediate_values.items())}, **attrs}

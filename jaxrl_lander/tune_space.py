@@ -15,14 +15,29 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.config import (CONFIG_CLASSES, RunConfig, _checked, _field_types, check_keys_and_types, make_config,
-                                 read_toml)
+from jaxrl_lander.config import (A2C_OPTIMIZERS, BACKENDS, CONFIG_CLASSES, RunConfig, _checked, _field_types,
+                                 check_env_id, check_keys_and_types, make_config, read_toml)
 from jaxrl_lander.errors import ConfigError
+from jaxrl_lander.redact import shorten
 
 # What each kind of range takes: (required keys, optional keys)
 KINDS = {"float": ({"low", "high"}, {"log"}), "int": ({"low", "high"}, {"step", "log"}),
          "categorical": ({"choices"}, set())}
 NOT_TUNED = ("algo", "seed")  # a trial's seed is the study's; the algorithm is the study's
+# Optuna draws ints through floats: past 2**53 its draws leave the range or the step's grid, or fail
+INT_LIMIT = 2**53
+
+
+def _allowed(allowed: tuple[str, ...]):
+    def check(value: str) -> None:
+        if value not in allowed:
+            raise ConfigError(f"must be one of {', '.join(allowed)}, got {shorten(value)}")
+    return check
+
+
+# The config fields whose values are checked one by one, whatever the others are: a choice outside them is
+# refused before the study starts (an env id is never handed to gymnasium unless it is on the allow-list).
+CHOICE_RULES = {"env_id": check_env_id, "env_backend": _allowed(BACKENDS), "optimizer": _allowed(A2C_OPTIMIZERS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +67,7 @@ def read_space(path: str | Path, algo: str) -> Space:
     """The space in the TOML file at `path` for `algo`, or one ConfigError line naming the problem."""
     source = str(path)
     values = read_toml(path)
+    _check_finite(values, source, "")
     unknown = set(values) - {"algo", "settings", "space"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key '{sorted(unknown)[0]}' (a space file holds algo,"
@@ -99,12 +115,20 @@ def _checked_range(key: str, spec: Any, types: dict[str, type], where: str) -> d
         choices = [_checked(key, c, field, where) for c in choices]
         if len(set(choices)) < len(choices):
             raise ConfigError(f"{where}: '{key}' choices repeat a value")
+        for choice in choices if key in CHOICE_RULES else ():
+            try:
+                CHOICE_RULES[key](choice)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: '{key}' choice {shorten(choice)} is refused: {exc}") from None
         return {"type": "categorical", "choices": choices}
     if field is not {"float": float, "int": int}[spec["type"]]:
         raise ConfigError(f"{where}: '{key}' is {field.__name__}: give it type = \"{_kind_of(field)}\"")
     low, high = (_checked(key, spec[k], field, where) for k in ("low", "high"))
-    if not (math.isfinite(low) and math.isfinite(high)):
+    if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(high - low)):
         raise ConfigError(f"{where}: '{key}' range must be finite, got low {low!r}, high {high!r}")
+    if field is int and max(abs(low), abs(high)) > INT_LIMIT:
+        raise ConfigError(f"{where}: '{key}' range must lie within +-2**53 (Optuna draws ints through floats), got"
+                          f" low {low}, high {high}")
     if not low < high:
         raise ConfigError(f"{where}: '{key}' range is empty (low {low!r} must be below high {high!r})")
     log = _checked(key, spec.get("log", False), bool, where)
@@ -117,6 +141,19 @@ def _checked_range(key: str, spec: Any, types: dict[str, type], where: str) -> d
             raise ConfigError(f"{where}: '{key}' step must be a positive integer (1 with log), got {step}")
         checked["step"] = step
     return checked
+
+
+def _check_finite(value: Any, source: str, at: str) -> None:
+    """ConfigError naming the first non-finite float anywhere in a space file's `value` (NaN equals nothing: a study
+    made with it could never be joined again)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {at} is {value}: a search space holds finite numbers only")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, source, f"{at}.{key}" if at else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, source, f"{at}[{i}]")
 
 
 def _kind_of(field: type) -> str:

@@ -1,7 +1,6 @@
 """Tuning studies: the search space's refusals, pruning on the evaluations during training, a tiny study with two
 workers at once, a worker killed mid-trial, and a study in a real PostgreSQL server."""
 
-import json
 import os
 import shutil
 import signal
@@ -56,7 +55,7 @@ def study_json(root: Path, name: str = "space") -> dict:
     ('[space]\ngamma = { type = "float", low = 0.99, high = 0.99 }', "'gamma' range is empty"),
     ('[space]\ngamma = { type = "float", low = 0.999, high = 0.9 }', "'gamma' range is empty"),
     ('[space]\nent_coef = { type = "float", low = 0.0, high = 0.1, log = true }', "log range needs low > 0"),
-    ('[space]\nent_coef = { type = "float", low = 0.0, high = inf }', "range must be finite"),
+    ('[space]\nent_coef = { type = "float", low = 0.0, high = inf }', "space.ent_coef.high is inf"),
     ('[space]\nn_steps = { type = "float", low = 4.0, high = 8.0 }', "'n_steps' is int"),
     ('[space]\ngamma = { type = "uniform", low = 0.9, high = 0.99 }', "type = \"float\", \"int\" or \"categorical\""),
     ('[space]\ngamma = { type = "float", low = 0.9 }', "has no 'high'"),
@@ -69,6 +68,16 @@ def study_json(root: Path, name: str = "space") -> dict:
     ("[settings]\ngamma = 0.9", "[space] names no key to tune"),
     ('algo = "ppo"\n[space]\ngamma = { type = "float", low = 0.9, high = 0.99 }', "not for 'a2c'"),
     ('[spaces]\ngamma = { type = "float", low = 0.9, high = 0.99 }', "unknown top-level key 'spaces'"),
+    ('[space]\nlearning_rate = { type = "categorical", choices = [nan, 0.001] }',
+     "space.learning_rate.choices[0] is nan: a search space holds finite numbers only"),
+    ('[settings]\nent_coef = -inf\n[space]\ngamma = { type = "float", low = 0.9, high = 0.99 }',
+     "settings.ent_coef is -inf"),
+    ('[space]\nvf_coef = { type = "float", low = -1e308, high = 1e308 }', "'vf_coef' range must be finite"),
+    ('[space]\nn_steps = { type = "int", low = 1, high = 9223372036854775807 }', "range must lie within +-2**53"),
+    ('[space]\nn_steps = { type = "int", low = -9007199254740993, high = 8 }', "range must lie within +-2**53"),
+    ('[space]\nenv_id = { type = "categorical", choices = ["evilmod:LunarLander-v3", "LunarLander-v3"] }',
+     "'env_id' choice 'evilmod:LunarLander-v3' is refused: env_id must be one of"),
+    ('[space]\noptimizer = { type = "categorical", choices = ["adam", "sgd"] }', "'optimizer' choice 'sgd' is refused"),
 ])
 def test_a_bad_space_is_refused_naming_the_problem(tmp_path, space, message):
     (tmp_path / "space.toml").write_text(space + "\n")
@@ -92,15 +101,22 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--study", "a/b"], "--study must be a plain directory name"),
     (["--set", "vf_coef=0.5"], "--set vf_coef: that key is tuned by space.toml"),
     (["--space", "missing.toml"], "config file not found: missing.toml"),
+    (["--storage", "postgresql://u:S3cretPW@localhost:notaport/db"],
+     "cannot open the study storage postgresql://u:***@localhost:notaport/db: ValueError"),
+    (["--study", "%2E%2E%2F%2E%2E%2Fescape"], "--study must be a plain directory name"),
+    (["--results-dir", "qq?x"], "results directory"),
+    (["--space", "nan.toml"], "nan.toml: space.gamma.choices[1] is nan"),
+    (["--space", "huge.toml"], "'n_steps' range must lie within +-2**53"),
 ])
 def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "space.toml").write_text(SPACE)
+    (tmp_path / "nan.toml").write_text('[space]\ngamma = { type = "categorical", choices = [0.99, nan] }\n')
+    (tmp_path / "huge.toml").write_text('[space]\nn_steps = { type = "int", low = 5, high = 9223372036854775807 }\n')
     proc = run_cli(*tune_args(2), *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
-    assert not list(tmp_path.glob("results/tuning/*/trial_*"))  # nothing trained
-    if "--storage" in args:
-        assert not (tmp_path / "results/tuning").exists()  # nothing written
+    assert "S3cretPW" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.toml", "nan.toml", "space.toml"]  # nothing written
 
 
 # ---------------------------------------------------------------- pruning
@@ -250,30 +266,70 @@ def _postgres_bin() -> Path | None:
     return versions[-1].parent if versions else None
 
 
+class Postgres:
+    """A PostgreSQL server in a temporary directory on a free local port, whose user `tuner` logs in over TCP with
+    the password PASSWORD; stop() and start() it to see what a lost server does to a study."""
+
+    PASSWORD = "S3cretPW"
+
+    def __init__(self, bindir: Path):
+        self.bindir, self.data = bindir, Path(tempfile.mkdtemp(prefix="jaxrl-pg-"))
+        self.as_user = []
+        if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the account Debian's package made
+            shutil.chown(self.data, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        (self.data / "pw").write_text(self.PASSWORD + "\n")
+        if self.as_user:
+            shutil.chown(self.data / "pw", "postgres")
+        subprocess.run([*self.as_user, bindir / "initdb", "-D", self.data / "db", "-U", "tuner", "--auth-local=trust",
+                        "--auth-host=scram-sha-256", "--pwfile", self.data / "pw"], check=True, capture_output=True)
+        self.start()
+
+    def url(self, database: str = "postgres", driver: str = "postgresql") -> str:
+        return f"{driver}://tuner:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        subprocess.run([*self.as_user, self.bindir / "pg_ctl", "-D", self.data / "db", "-l", self.data / "log", "-w",
+                        "start", "-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"], check=True,
+                       capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, self.bindir / "pg_ctl", "-D", self.data / "db", "-m", "immediate", "stop"],
+                       capture_output=True)
+
+    def new_database(self, name: str) -> str:
+        """The URL of a new, empty database `name` (no tables yet: a study creates them)."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=tuner password={self.PASSWORD} dbname=postgres",
+                             autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def postgres_url():
-    """A PostgreSQL server in a temporary directory on a free local port, for the module's tests."""
+def postgres():
+    """A PostgreSQL server for the module's tests."""
     bindir = _postgres_bin()
     if bindir is None or not (bindir / "initdb").exists():
         pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
-    data = Path(tempfile.mkdtemp(prefix="jaxrl-pg-"))
-    as_user = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the account Debian's package made
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*as_user, bindir / "initdb", "-D", data / "db", "-U", "tuner", "--auth=trust"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_user, bindir / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "start", "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+    server = Postgres(bindir)
     try:
-        yield f"postgresql://tuner@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres):
+    return postgres.url()
 
 
 def test_a_study_in_postgresql(tmp_path, postgres_url):
@@ -285,4 +341,4 @@ def test_a_study_in_postgresql(tmp_path, postgres_url):
     assert not (tmp_path / "results/tuning/pg/study.db").exists()  # the study lives in the server
     stored = optuna.load_study(study_name="pg", storage=postgres_url)
     assert [t.params for t in stored.trials] == [t["params"] for t in trials]
-    assert json.loads(json.dumps(stored.user_attrs["space"])) == study_json(tmp_path, "pg")["search_space"]
+    assert stored.user_attrs["identity"]["space"] == study_json(tmp_path, "pg")["search_space"]
