@@ -151,7 +151,7 @@ def _tune(args) -> int:
                   args.heartbeat, args.timeout, args.seeds)
     jobs = args.jobs or os.cpu_count() or 1
     if args.worker:  # one of the processes below: trials only
-        study.run()
+        study.run_as_worker()
         return 0
     if unprunable(base):  # said once, by the command, not by each worker
         import logging

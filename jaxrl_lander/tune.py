@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from jaxrl_lander.config import RunConfig, make_config
@@ -35,7 +35,7 @@ from jaxrl_lander.redact import RedactingFilter, redact
 from jaxrl_lander.sweep import Children, iqm
 from jaxrl_lander.tune_report import params_text, write_report
 from jaxrl_lander.tune_space import Space, trial_config
-from jaxrl_lander.tune_storage import (STORAGE_ENV, STORAGE_ERRORS, claim_identity, open_storage,
+from jaxrl_lander.tune_storage import (STORAGE_ENV, STORAGE_ERRORS, Retry, claim_identity, open_storage,
                                        storage_failure)
 
 log = logging.getLogger("jaxrl_lander.tune")
@@ -46,6 +46,8 @@ OBJECTIVE = ("the mean, over a trial's evaluations during training, of their mea
              " with eval_interval >= total_timesteps, the final evaluation's mean return")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops instead of starting new ones forever
+# Where a worker process of run_workers leaves the line that ends it, for the command to tell once for all
+WORKER_ERRORS_ENV = "JAXRL_LANDER_WORKER_ERRORS"
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -246,7 +248,7 @@ class Study:
         """Queue the retry of trial `number` if it failed (a stop uses up no retry)."""
         stopped = self._trial_numbered(number)
         if stopped is not None and stopped.state == TrialState.FAIL:
-            RetryHeartbeatStaleTrialCallback(max_retry=None)(self.study, stopped)
+            Retry(max_retry=None)(self.study, stopped)
 
     def _stopped(self, exc: BaseException) -> None:
         self._retry(self.current)
@@ -258,6 +260,21 @@ class Study:
         raise Interrupted(signum, f"study {self.name} stopped {during}: run the same command again to go on"
                                   " (a stopped trial resumes from its checkpoints)") from None
 
+    def run_as_worker(self) -> None:
+        """run(), in a worker process of run_workers: the failure that ends it is left for the command that started
+        it, which tells it once for all its workers (they would each tell the same lost storage)."""
+        try:
+            self.run()
+        except TrainingFailed as exc:
+            errors = os.environ.get(WORKER_ERRORS_ENV)
+            if errors is None:
+                raise
+            Path(errors, f"{os.getpid()}.txt").write_text(redact(str(exc)))
+            if exc.write_failed:  # orbax's threads may wait on a failed write for minutes, which exit would join
+                sys.stdout.flush(), sys.stderr.flush()
+                os._exit(1)
+            raise SystemExit(1) from None
+
     def run_workers(self, argv: list[str], jobs: int) -> None:
         """Run trials in `jobs` worker processes of this command (`argv`: its arguments) at once until the study is
         full; a Ctrl-C or SIGTERM reaches each once, and each stops as run() does. The storage URL reaches them in
@@ -266,16 +283,18 @@ class Study:
         if self.url and any(self.url in token for token in command):
             raise ConfigError("--storage: give it once, as --storage URL, so that the workers' command lines can"
                               " leave it out")
-        children, before = Children(), os.environ.pop(STORAGE_ENV, None)
-        if self.url:
-            os.environ[STORAGE_ENV] = self.url
+        children, saved = Children(), {key: os.environ.pop(key, None) for key in (STORAGE_ENV, WORKER_ERRORS_ENV)}
         try:
-            with children, ThreadPoolExecutor(max_workers=jobs) as pool:
-                codes = list(pool.map(lambda _: children.run(command, capture=False)[0], range(jobs)))
+            with tempfile.TemporaryDirectory(prefix="jaxrl_lander-workers-") as errors:
+                os.environ.update({WORKER_ERRORS_ENV: errors, **({STORAGE_ENV: self.url} if self.url else {})})
+                with children, ThreadPoolExecutor(max_workers=jobs) as pool:
+                    codes = list(pool.map(lambda _: children.run(command, capture=False)[0], range(jobs)))
+                told = sorted({p.read_text() for p in Path(errors).iterdir()})
         finally:
-            os.environ.pop(STORAGE_ENV, None)
-            if before is not None:
-                os.environ[STORAGE_ENV] = before
+            for key, value in saved.items():
+                os.environ.pop(key, None)
+                if value is not None:
+                    os.environ[key] = value
         if children.signum is not None:
             raise Interrupted(children.signum, f"study {self.name} stopped by {signal.Signals(children.signum).name};"
                                                " the trials in hand are retried from their checkpoints: run the"
@@ -285,6 +304,8 @@ class Study:
             who = "a worker" if len(killed) == 1 else f"{len(killed)} workers"
             raise TrainingFailed(f"{who} of study {self.name} {'was' if len(killed) == 1 else 'were'} killed by"
                                  f" {', '.join(killed)}; {self._after_kill()}")
+        if told:  # the workers' own lines, each told once
+            raise TrainingFailed(" | ".join(told))
         if any(codes):
             raise TrainingFailed(f"a worker of study {self.name} exited with status {max(codes)} (its error is above)")
 
@@ -365,7 +386,7 @@ class Study:
         self.current = None
         requeued = trial.state == TrialState.FAIL and trial.user_attrs.get("requeue")
         if requeued:
-            RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
+            Retry(max_retry=None)(study, trial)
         if trial.state == TrialState.COMPLETE:
             log.info("trial %d: objective %.1f, final evaluation %.1f | %s", trial.number, trial.value,
                      trial.user_attrs["final_evaluation"], params_text(trial.params))

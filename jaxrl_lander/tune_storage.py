@@ -3,6 +3,7 @@ workers on several machines share) with no secret in any message, claiming the s
 telling a storage that failed under a running worker from the other errors."""
 
 import contextlib
+import copy
 import fcntl
 import json
 import sqlite3
@@ -26,6 +27,16 @@ IDENTITY = "identity"  # the study user attribute that holds what the study was 
 CREATION_TRIES = 3  # workers creating a new database's tables at once collide; the later ones find them made
 
 
+class Retry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial (a WAITING trial with its values), without what the failed attempt recorded
+    about itself (its failure, a mark to queue it again): each attempt's attributes are its own."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        fresh = copy.deepcopy(trial)
+        fresh.user_attrs = {}
+        super().__call__(study, fresh)
+
+
 class _Storage(RDBStorage):
     """Optuna's RDB storage, whose heartbeat thread skips a beat the storage refuses instead of dying with a
     traceback: the worker meets that failure at its next own call, and says so in one line."""
@@ -39,7 +50,7 @@ def open_storage(url: str | None, sqlite_file: Path, heartbeat: int) -> RDBStora
     """The storage at `url`, or without one the SQLite file `sqlite_file` (its directory made, its tables created
     by one process at a time); a heartbeat every `heartbeat` seconds, stale after three missed. The file's path
     is handed to SQLite as it is, never read as a URL (where % ? # would be escapes, a query, a fragment)."""
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+    retry = Retry(max_retry=MAX_RETRIES)
     kwargs = dict(heartbeat_interval=heartbeat, grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry)
     if url is None:
         path = str(sqlite_file.absolute())

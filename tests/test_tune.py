@@ -228,6 +228,10 @@ def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
     trials = {t["number"]: t for t in study_json(tmp_path)["trials"]}
     assert [trials[n]["state"] for n in sorted(trials)] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]  # 2 counted
     assert trials[1]["retry_of"] == trials[2]["retry_of"] == 0 and trials[3]["retry_of"] is None
+    # each attempt says why it failed: the stop, then the kill (no heartbeat); the retry that completed, nothing
+    assert trials[0]["failure"].startswith("Interrupted: stopped by SIGINT")
+    assert trials[1]["failure"] == "its worker stopped sending heartbeats (killed, or stalled for three of them)"
+    assert "failure" not in trials[2]
     assert trials[2]["params"] == trials[1]["params"] == trials[0]["params"]
     experiment = trials[2]["experiments"][0]
     results = load_json(tmp_path / experiment / "a2c_seed42_results.json")
