@@ -142,6 +142,12 @@ def _tune(args) -> int:
     from jaxrl_lander.envs import check_envs
 
     check_envs(base)
+    for key in ("env_id", "env_backend"):  # every env a trial may draw, before any trains
+        for choice in space.ranges.get(key, {}).get("choices", ()):
+            try:
+                check_envs(load_config(None, base.algo, {**base.to_dict(), key: choice}))
+            except ConfigError as exc:
+                raise ConfigError(f"{args.space}: {key} choice '{choice}': {exc}") from None
     check_results_dir(args.results_dir)
     from jaxrl_lander.tune import Study, unprunable
     from jaxrl_lander.tune_storage import STORAGE_ENV

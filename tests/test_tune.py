@@ -107,16 +107,20 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--results-dir", "qq?x"], "results directory"),
     (["--space", "nan.toml"], "nan.toml: space.gamma.choices[1] is nan"),
     (["--space", "huge.toml"], "'n_steps' range must lie within +-2**53"),
+    (["--space", "continuous.toml"], "continuous.toml: env_id choice 'LunarLanderContinuous-v3': "),
 ])
 def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "space.toml").write_text(SPACE)
     (tmp_path / "nan.toml").write_text('[space]\ngamma = { type = "categorical", choices = [0.99, nan] }\n')
     (tmp_path / "huge.toml").write_text('[space]\nn_steps = { type = "int", low = 5, high = 9223372036854775807 }\n')
+    (tmp_path / "continuous.toml").write_text(SPACE.replace("[space]", '[space]\nenv_id = { type = "categorical",'
+                                                             ' choices = ["LunarLander-v3", "LunarLanderContinuous-v3"] }'))
     proc = run_cli(*tune_args(2), *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert "S3cretPW" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.toml", "nan.toml", "space.toml"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["continuous.toml", "huge.toml", "nan.toml",
+                                                          "space.toml"]  # nothing written
 
 
 # ---------------------------------------------------------------- pruning
