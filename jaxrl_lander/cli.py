@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seeds every trial trains as vectorised agents (needs --backend envpool), scored by their IQM")
     tune.add_argument("--study", default=None, help="study name (default: the space file's stem without 'tune_')")
     tune.add_argument("--storage", default=None, help="Optuna storage URL shared by workers, e.g. postgresql://..."
-                                                      " (default: a SQLite file in the study's directory)")
+                                                      " (default: $JAXRL_LANDER_STORAGE, which keeps a password off"
+                                                      " the command line, else a SQLite file in the study's"
+                                                      " directory)")
     tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
                       help="how trials are stopped early on their evaluations during training")
     tune.add_argument("--heartbeat", type=_int_arg("heartbeat", 1), default=30,
@@ -202,9 +204,11 @@ def _os_error(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command = None
     try:
         catch_interrupts()
         args = build_parser().parse_args(argv)
+        command = args.command
         args.argv = list(sys.argv[1:] if argv is None else argv)  # a tuning study's workers run it again
         _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False), args.command == "tune")
         drop_read_failure_echoes()
@@ -217,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         _say("error: ", _os_error(exc))
         return EXIT_USAGE
     except TrainingFailed as exc:
-        _say("training failed: ", exc)
+        fixed = exc.write_failed and command == "train"  # (a study, a sweep: the same command goes on)
+        _say("training failed: ", f"{exc}{', and --resume continues from it once that is fixed' if fixed else ''}")
         if exc.write_failed:  # orbax's threads may wait on a failed write for 5 minutes,
             sys.stdout.flush(), sys.stderr.flush()  # which exit would join; what was committed is on disk
             os._exit(EXIT_RUNTIME)

@@ -152,7 +152,7 @@ def _tune(args) -> int:
     from jaxrl_lander.tune import Study, unprunable
     from jaxrl_lander.tune_storage import STORAGE_ENV
 
-    storage = os.environ.get(STORAGE_ENV) if args.worker else args.storage  # never on a worker's command line
+    storage = args.storage or os.environ.get(STORAGE_ENV)  # a worker's: never on its command line
     study = Study(name, base, space, args.trials, args.results_dir / "tuning" / name, storage, args.pruner,
                   args.heartbeat, args.timeout, args.seeds)
     jobs = args.jobs or os.cpu_count() or 1

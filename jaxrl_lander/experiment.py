@@ -295,10 +295,8 @@ class Experiment:
                                                                                        results.to_dict()),
                                             self.paths.results.name)
         if status == "failed":
-            write_failed = result.write_failed or self.write_failed
-            hint = ", and --resume continues from it once that is fixed" if write_failed else ""
-            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}{hint}",
-                                 write_failed=write_failed)
+            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}",
+                                 write_failed=result.write_failed or self.write_failed)
         plot_learning_curve(self.paths.root)
         return results
 

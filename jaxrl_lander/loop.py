@@ -174,8 +174,9 @@ def _at_step(config: RunConfig, result: LoopResult, progress: list[Progress], ho
         try:
             hooks.checkpoint(state, [progress[i] for i in training], progress[0].wall_time + result.clock.seconds())
         except (OSError, WriteFailed) as exc:  # a full disk, a vanished directory: stop, keep what is saved
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             result.failure = str(exc) if isinstance(exc, WriteFailed) else (
-                f"could not write checkpoint {end} ({exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''})")
+                f"could not write checkpoint {end} ({exc.strerror or exc}{where})")
             result.write_failed = True
             return False
         result.last_checkpoint = end

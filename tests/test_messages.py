@@ -238,7 +238,8 @@ def test_the_progress_bar_keeps_its_numbers_and_time_left_on_80_columns():
         bar.close(123_456)
         line = [row for row in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue()).splitlines() if row.strip()][-1]
         assert len(line) <= width
-        assert "123,456/1,000,000 " in line and "12,346/s" in line and "12,345 ep" in line and "ret -123.4" in line, line
+        assert "123,456/1,000,000 " in line and "12,346/s" in line, line
+        assert "12,345 ep" in line and "ret -123.4" in line, line
         assert re.search(r"(\d+:\d\d:\d\d|-:--:--)$", line), line  # the time left, whole
         assert line.count("━") + line.count("╸") + line.count(" ") > 4  # a bar, not a sliver
 

@@ -97,7 +97,8 @@ def test_out_of_memory_is_one_line_and_blocks_no_re_run(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("jaxrl_lander: out of memory: ") and "hidden_size" in lines[0]
     fits = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert fits.returncode == 0, fits.stderr
-    assert load_json(ExperimentPaths.of(tmp_path / "results", "a2c", 42).results)["hyperparameters"]["hidden_size"] == 64
+    results = load_json(ExperimentPaths.of(tmp_path / "results", "a2c", 42).results)
+    assert results["hyperparameters"]["hidden_size"] == 64
 
 
 def test_a_write_that_fails_names_what_it_was_writing(tmp_path):
