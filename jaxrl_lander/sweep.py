@@ -147,9 +147,9 @@ def run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], out_d
     Raises SweepFailed, naming the failed seeds, once every seed has finished; the others' artifacts stay.
     """
     dirs = {name: out_dir / name if name else out_dir for name in variants}
+    texts = {name: _config_text(config, dirs[name]) for name, config in variants.items()}  # all refused or none
     log.info("sweep %s: %d seed(s) x %d variant(s), %s", out_dir.name, len(seeds), len(variants),
              "as vectorised agents of this process" if vectorized else f"up to {jobs} training process(es) at once")
-    texts = {name: _config_text(config, dirs[name]) for name, config in variants.items()}  # all refused or none
     for name, text in texts.items():
         dirs[name].mkdir(parents=True, exist_ok=True)
         with replaced_atomically(dirs[name] / "config.toml") as tmp:
