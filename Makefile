@@ -61,8 +61,12 @@ reproduce: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m jaxrl_lander sweep $(ALGO_ARG) --seeds $(SEEDS) $(if $(STEPS),--steps $(STEPS)) $(if $(CONFIG),--config $(CONFIG)) $(if $(BACKEND),--backend $(BACKEND)) $(SET_ARGS) $(if $(SWEEP_NAME),--name $(SWEEP_NAME)) $(if $(filter 1 yes true,$(VECTORIZED)),--vectorized)
 
+# The storage URL goes to the study in the environment, not on a command line that make echoes and ps shows.
+ifneq ($(STORAGE),)
+tune: export JAXRL_LANDER_STORAGE = $(STORAGE)
+endif
 tune: $(STAMP)
-	$(if $(STORAGE),JAXRL_LANDER_STORAGE='$(STORAGE)') $(PY) -m jaxrl_lander tune --algo $(ALGO) --space $(SPACE) --trials $(TRIALS) $(filter-out --algo $(ALGO) --resume --tensorboard --overwrite,$(TRAIN_ARGS)) $(if $(STUDY),--study $(STUDY)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+	$(PY) -m jaxrl_lander tune --algo $(ALGO) --space $(SPACE) --trials $(TRIALS) $(filter-out --algo $(ALGO) --resume --tensorboard --overwrite,$(TRAIN_ARGS)) $(if $(STUDY),--study $(STUDY)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 plot: $(STAMP)
 	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)

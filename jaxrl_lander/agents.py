@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.algos.base import Learner, Rollout, TrainState
+from jaxrl_lander.checkpoint import recover_model
 from jaxrl_lander.claim import ExperimentLock, check_rerun, recover_interrupted_overwrite
 from jaxrl_lander.compiled import CompiledCollector
 from jaxrl_lander.config import RunConfig
@@ -276,6 +277,7 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], devic
         for i in todo:
             held.enter_context(ExperimentLock(paths[i]))
             recover_interrupted_overwrite(paths[i])
+            recover_model(paths[i].model)
         enable_compilation_cache()
         with jax.default_device(devices.update):
             agents = Agents([configs[i] for i in todo], [paths[i] for i in todo], devices)

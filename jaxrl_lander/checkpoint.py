@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -202,15 +203,39 @@ class ModelSpec:
         return cls(**saved)
 
 
+def _swap_sides(path: Path) -> tuple[Path, Path]:
+    """Where a model is written before it replaces the one at `path`, and where that one waits meanwhile."""
+    return path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
+
+
 def save_model(path: str | Path, params, spec: ModelSpec) -> None:
-    """Save final policy parameters and their spec (JSON) as one orbax checkpoint."""
+    """Save final policy parameters and their spec (JSON) as one orbax checkpoint at `path`. A model already there
+    stays whole until the new one is complete (a resumed run delivers its model again): the new one is written
+    beside it, then swapped in by two renames; recover_model mends a kill between them."""
     path = Path(path).absolute()
+    staged, old = _swap_sides(path)
+    shutil.rmtree(staged, ignore_errors=True)
     with _writing(f"the model {path.name}"), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(
-            path,
+            staged,
             args=ocp.args.Composite(params=ocp.args.StandardSave(params), policy=ocp.args.JsonSave(spec.to_dict())),
             force=True,
         )
+    if path.exists():
+        os.rename(path, old)
+    os.rename(staged, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_model(path: str | Path) -> None:
+    """Undo a model swap that a kill interrupted (called with the experiment's lock held): the model the results
+    name goes back in place, and what the swap left beside it goes."""
+    path = Path(path).absolute()
+    staged, old = _swap_sides(path)
+    if old.exists() and not path.exists():
+        os.rename(old, path)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def load_model(path: str | Path) -> tuple[Any, ModelSpec]:

@@ -48,13 +48,18 @@ def _holder(inode: int) -> str:
     return f"process {pids[0]} ({redact(command)[:300]})"
 
 
-def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool) -> None:
-    """ConfigError unless the run may write `paths`: an existing experiment needs `resume` or `overwrite`."""
+def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool, can_resume: bool = True) -> None:
+    """ConfigError unless the run may write `paths`: an existing experiment needs `resume` or `overwrite` (only
+    `overwrite` where the command cannot resume, as `reproduce`)."""
     if resume and overwrite:
         raise ConfigError("--resume continues an experiment and --overwrite replaces it: give one of them")
     if not (resume or overwrite) and holds_experiment(paths):
+        if not can_resume:
+            raise ConfigError(f"{paths.root} already holds an experiment: add --overwrite to replace it (make:"
+                              " OVERWRITE=1)")
         raise ConfigError(f"{paths.root} already holds an experiment: add --resume to continue it or --overwrite"
-                          " to replace it (make: RESUME=1 or OVERWRITE=1)")
+                          " to replace it (make: RESUME=1 or OVERWRITE=1; Python: train(..., resume=True) or"
+                          " overwrite=True)")
 
 
 class ExperimentLock:

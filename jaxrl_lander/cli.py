@@ -18,7 +18,7 @@ from jaxrl_lander.config_docs import config_keys_help
 from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
                                   TrainingFailed, UnreadableModel, first_line, out_of_memory)
 from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
-from jaxrl_lander.redact import RedactingFilter, redact
+from jaxrl_lander.redact import RedactingFilter, redact, shorten
 from jaxrl_lander.variants import OWN_OPTION
 
 EXIT_USAGE = 2
@@ -51,10 +51,12 @@ def _int_arg(name: str, minimum: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got '{text}'") from None
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {shorten(text)}") from None
         if value < minimum:
             kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {value}")
+        if name == "seed" and value >= 2**32:  # numpy's seed range, as the config checks it
+            raise argparse.ArgumentTypeError(f"seed must be below 2**32, got {value}")
         return value
 
     return parse
@@ -184,8 +186,11 @@ def _resolve_algo(args: argparse.Namespace) -> None:
     if not hasattr(args, "algo") or args.algo is not None:
         return
     for path in (getattr(args, "config", None), getattr(args, "space", None)):
-        if path is not None and isinstance(algo := read_toml(path).get("algo"), str) and algo in CONFIG_CLASSES:
-            args.algo = algo
+        if path is not None and "algo" in (values := read_toml(path)):
+            if values["algo"] not in CONFIG_CLASSES:
+                raise ConfigError(f"{path}: algo must be one of {', '.join(sorted(CONFIG_CLASSES))}, got"
+                                  f" {shorten(values['algo'])}")
+            args.algo = values["algo"]
             return
     raise ConfigError("the following arguments are required: --algo (or a --config file that sets algo)")
 

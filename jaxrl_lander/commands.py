@@ -9,7 +9,7 @@ import sys
 
 from jaxrl_lander.config import load_config
 from jaxrl_lander.errors import ConfigError
-from jaxrl_lander.files import ExperimentPaths, check_results_dir, model_path, plain_name
+from jaxrl_lander.files import MAX_NAME, ExperimentPaths, check_results_dir, check_writable, model_path, plain_name
 from jaxrl_lander.hooks import cpu_device_per_core
 from jaxrl_lander.variants import check_agents, parse_settings, sweep_variants
 
@@ -31,15 +31,18 @@ def _run_config(args, seed: int | None, resume: bool = False):
 
     check_envs(config)
     paths = ExperimentPaths.of(args.results_dir, config.algo, config.seed)
-    check_rerun(paths, resume, args.overwrite)
+    check_writable(paths.root, f"experiment {paths.root}")
     ExperimentLock(paths).check()  # another process writing it: say so now (train() takes the lock for good)
+    check_rerun(paths, resume, args.overwrite, can_resume=args.command == "train")
     return config
 
 
 def _train(args) -> int:
     config = _run_config(args, args.seed, args.resume)
     from jaxrl_lander.experiment import train  # heavy imports once the input is good
+    from jaxrl_lander.outputs.metrics import now_iso
 
+    started = now_iso()
     results = train(config, args.results_dir, resume=args.resume, overwrite=args.overwrite, device=args.device,
                     act_device=args.act_device, tensorboard=args.tensorboard,
                     progress_bar=sys.stderr.isatty() and not args.quiet, init_from=args.init_from)
@@ -48,24 +51,32 @@ def _train(args) -> int:
               " Continue with --resume.")
         return 128 + (signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT)
     ev, resumed = results.evaluation, results.resumed_from_timestep
-    speed = f"{results.steps_per_second or 0:.0f} steps/s" + (f" since the resume at step {resumed}" if resumed else "")
-    if resumed is not None and resumed >= results.timestep:
+    if results.end_time < started:  # a finished run, resumed: nothing was trained now
+        speed = f"finished on {results.end_time[:10]}; nothing to do"
+    elif resumed is not None and resumed >= results.timestep:
         speed = f"nothing left to train after the resume at step {resumed}"
+    else:
+        speed = f"{results.steps_per_second or 0:.0f} steps/s" + (f" since the resume at step {resumed}"
+                                                                 if resumed else "")
+    where = ExperimentPaths.of(args.results_dir, config.algo, config.seed).root
     print(f"{results.experiment_id}: {results.timestep} steps in {results.training_time_seconds:.1f} s of training"
           f" ({speed}) | evaluation over {ev['episodes']} episodes: {ev['mean']:.1f} +/- {ev['std']:.1f}"
-          f" | artifacts in {results.experiment_dir}")
+          f" | artifacts in {where}")
     if not results.success_criteria["SC-006"]["passed"]:
-        print(_not_solved(config, ev["mean"]))
+        print(_not_solved(results, args.config))
     return 0
 
 
-def _not_solved(config, mean: float) -> str:
+def _not_solved(results, config_file) -> str:
     """What a run that does not land (SC-006) should know: whether its budget could have."""
+    config, mean = results.config, results.evaluation["mean"]
     line = f"SC-006 not met: {mean:.1f} is not above solve_threshold {config.solve_threshold:g}"
     if config.total_timesteps < 200_000:
         line += (f"; {config.total_timesteps:,} steps are too few to land, for Stable-Baselines3 too (the seed"
-                 f" experiment's 50,000 end between -600 and -400 on both: docs/experiments.md, Parity); configs/"
-                 f"{config.algo}_solve.toml lands")
+                 " experiment's 50,000 end between -600 and -400 on both: docs/experiments.md, Parity)")
+        solve = f"{config.algo}_solve"
+        if config_file is None or config_file.stem != solve:
+            line += f"; configs/{solve}.toml lands"
     return line
 
 
@@ -102,8 +113,12 @@ def _sweep(args) -> int:
     check_results_dir(args.results_dir)  # before the sweep's own files
     from jaxrl_lander.sweep import run_sweep
 
-    name = plain_name(args.name or re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "_".join(
-        [args.config.stem if args.config else args.algo, *args.settings])), "--name")
+    derived = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "_".join([args.config.stem if args.config else args.algo,
+                                                            *args.settings]))
+    if args.name is None and len(derived) > MAX_NAME:
+        raise ConfigError(f"the sweep's name made of its config and --set items is {len(derived)} characters long,"
+                          f" over {MAX_NAME}: give it a --name")
+    name = plain_name(args.name or derived, "--name")
     out_dir = args.results_dir / "sweeps" / name
     from jaxrl_lander.claim import ExperimentLock
 
@@ -114,10 +129,10 @@ def _sweep(args) -> int:
     summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)
     for variant, summary in summaries.items():
         final = summary["final_evaluation"]
-        print(f"{'/'.join(filter(None, (name, variant)))}: {len(args.seeds)} seeds | final evaluation mean"
+        print(f"{'/'.join(filter(None, (name, variant)))}: {len(summary['seeds'])} seeds | final evaluation mean"
               f" {final['mean']:.1f} [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM"
               f" {final['iqm']:.1f} [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
-              f" | {summary['seeds_solved_at_end']}/{len(args.seeds)} seeds >= {summary['solve_threshold']:g}"
+              f" | {summary['seeds_solved_at_end']}/{len(summary['seeds'])} seeds >= {summary['solve_threshold']:g}"
               f" | {out_dir / variant / 'summary.json'}")
     return 0
 
@@ -185,6 +200,9 @@ def _plot(args) -> int:
     for exp in args.experiments:
         if not exp.is_dir():
             raise ConfigError(f"no experiment directory {exp}")
+    if args.out is not None or len(args.experiments) == 1:
+        where = args.out.parent if args.out is not None else args.experiments[0]
+        check_writable(where, f"the plot's directory {where}")
     from jaxrl_lander.plotting import plot_experiments
 
     print(plot_experiments(args.experiments, args.out))
@@ -192,7 +210,9 @@ def _plot(args) -> int:
 
 
 def _evaluate(args) -> int:
-    model_path(args.experiment)  # no model, or two: refused before the heavy imports
+    model = model_path(args.experiment)  # no model, or two: refused before the heavy imports
+    if args.render:  # before the episodes are played
+        check_writable(model.parent, f"the GIF's directory {model.parent}")
     from jaxrl_lander.evaluate import brief, evaluate_experiment, render_episode_gif
 
     summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)

@@ -134,6 +134,13 @@ class RunConfig:
 
     _POSITIVE = ("total_timesteps", "num_envs", "n_steps", "hidden_size", "checkpoint_interval",
                  "recording_interval", "eval_episodes", "eval_interval_episodes")
+    # Upper bounds far past any useful run, below what overflows a counter or makes XLA abort the process
+    # (a hidden_size of 10**9 crashed it) or leaves a run that never ends.
+    _AT_MOST = {"total_timesteps": 10**12, "num_envs": 4096, "n_steps": 2**20, "hidden_size": 8192,
+                "checkpoint_interval": 10**12, "recording_interval": 10**12, "eval_interval": 10**12,
+                "eval_episodes": 10**6, "eval_interval_episodes": 10**6, "keep_checkpoints": 10**6,
+                "selection_candidates": 1000, "selection_episodes": 10**6, "batch_size": 2**22, "n_epochs": 10**4}
+    MAX_ROLLOUT = 2**22  # transitions of one update
 
     def _validate(self) -> None:
         """Raise ConfigError naming the first unusable value."""
@@ -143,6 +150,11 @@ class RunConfig:
         check_env_id(self.env_id)
         for name in self._POSITIVE:
             _require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name, limit in self._AT_MOST.items():
+            if getattr(self, name, 0) > limit:
+                raise ConfigError(f"{name} must be at most {limit:,}, got {getattr(self, name):,}")
+        _require(self.rollout_size <= self.MAX_ROLLOUT, f"num_envs x n_steps must be at most {self.MAX_ROLLOUT:,}"
+                                                         f" transitions, got {self.rollout_size:,}")
         _require(0 <= self.seed, f"seed must be a non-negative integer, got {self.seed}")
         _require(self.seed < 2**32, f"seed must be below 2**32, got {self.seed}")  # numpy's seed range
         _require(self.eval_interval >= 0,
@@ -283,6 +295,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} is a directory, not a file" if path.is_dir() else
+                          f"config file {path} is not a regular file" if path.exists() else
                           f"config file not found: {path}")
     try:
         with path.open("rb") as f:

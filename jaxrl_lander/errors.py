@@ -51,7 +51,9 @@ class Interrupted(RuntimeError):
 
 
 def out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` says the host or the accelerator ran out of memory: Python's MemoryError, or XLA's status
-    RESOURCE_EXHAUSTED (JAX raises it as a runtime error whose message starts with that status code)."""
-    return isinstance(exc, MemoryError) or (
-        type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and str(exc).startswith("RESOURCE_EXHAUSTED"))
+    """Whether `exc` says the host or the accelerator ran out of memory: Python's MemoryError, or an XLA runtime
+    error whose status is RESOURCE_EXHAUSTED or whose message says "Out of memory" (an allocation failing while a
+    computation is dispatched comes as INTERNAL). JAX raises both as one exception type, its status in its text."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+        text.startswith("RESOURCE_EXHAUSTED") or "Out of memory" in text))

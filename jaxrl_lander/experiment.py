@@ -2,6 +2,7 @@
 its checkpoints and evaluations, and finish it (model, final evaluation, metrics and results JSON)."""
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import signal
@@ -12,9 +13,9 @@ import jax
 
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.algos.base import TrainState
-from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, save_model
-from jaxrl_lander.claim import (ExperimentLock, Overwrite, check_rerun, check_resumable, check_starting_afresh,
-                                 holds_experiment, recover_interrupted_overwrite)
+from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, recover_model, save_model
+from jaxrl_lander.claim import (RESUMABLE_CHANGES, ExperimentLock, Overwrite, check_rerun, check_resumable,
+                                 check_starting_afresh, holds_experiment, recover_interrupted_overwrite)
 from jaxrl_lander.collect import HostCollector
 from jaxrl_lander.compiled import CompiledCollector
 from jaxrl_lander.config import RunConfig
@@ -22,7 +23,8 @@ from jaxrl_lander.envs import check_envs
 from jaxrl_lander.envs.gymnasium import make_vector_env
 from jaxrl_lander.errors import ConfigError, Interrupted, ResumeError, TrainingFailed, WriteFailed, first_line
 from jaxrl_lander.evaluate import Policy, brief, evaluate
-from jaxrl_lander.files import ExperimentPaths, check_results_dir, remove_partial_writes, write_json_atomic
+from jaxrl_lander.files import (ExperimentPaths, check_results_dir, check_writable, remove_partial_writes,
+                                 write_json_atomic)
 from jaxrl_lander.loop import LoopResult, Progress, train_loop
 from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
@@ -56,16 +58,30 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     numerical fault.
     """
     paths = ExperimentPaths.of(results_dir, config.algo, config.seed)
+    if init_from is not None and resume:
+        raise ConfigError("--init-from starts a new experiment and --resume continues one: give one of them")
     check_rerun(paths, resume, overwrite)
     done = previous_results(paths) if resume else None
     if done and done.status == "completed" and done.total_timesteps >= config.total_timesteps:
-        log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
-        return done
+        differing = config.differences(done.hyperparameters, ignore=RESUMABLE_CHANGES)
+        if differing:
+            raise ConfigError(f"cannot resume {paths.root}: config differs from the finished run's in"
+                              f" {', '.join(differing)}")
+        if paths.model.is_dir():
+            if not paths.learning_curve.exists():  # a run killed between its results and its plot
+                plot_learning_curve(paths.root)
+            log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
+            return done
+        log.info("%s finished %d steps, but its model is missing: delivering it again from its last checkpoint",
+                 paths.name, done.total_timesteps)
+        config = dataclasses.replace(config, total_timesteps=done.total_timesteps)
     check_results_dir(results_dir)
+    check_writable(paths.root, f"experiment {paths.root}")
     dims = check_envs(config)
-    if init_from is not None and resume:
-        raise ConfigError("--init-from starts a new experiment and --resume continues one: give one of them")
     start = load_starting_point(init_from, config, *dims) if init_from is not None else None
+    if start is not None and Path(start.record["model"]).parent == paths.root.absolute():
+        raise ConfigError(f"--init-from {start.record['model']}: that is the model of the experiment this run"
+                          " would write")
     if tensorboard:
         from jaxrl_lander.outputs.tensorboard import require_tensorboard
 
@@ -75,6 +91,7 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
         raise ValueError(f"claim is not a held lock of {paths.root}")
     with contextlib.nullcontext() if claim else ExperimentLock(paths):
         recover_interrupted_overwrite(paths)
+        recover_model(paths.model)
         check_rerun(paths, resume, overwrite)  # again: a run that held the lock until now may have made it
         replace = Overwrite(paths) if overwrite and holds_experiment(paths) else None
         enable_compilation_cache()
@@ -162,8 +179,8 @@ class Experiment:
         try:
             self.recorder = MetricsRecorder.load(source, until=step)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ResumeError(f"metrics file {source} is unreadable ({first_line(exc)}); train without"
-                              " --resume to start afresh") from None
+            raise ResumeError(f"metrics file {source} is unreadable ({first_line(exc)}); --overwrite starts the"
+                              " experiment afresh") from None
         self.recorder.continue_journal(self.paths.metrics_journal, step)
         removed = remove_partial_writes(self.paths)
         if removed:

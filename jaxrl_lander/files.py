@@ -92,8 +92,10 @@ def model_path(path: str | Path) -> Path:
 
 
 # Orbax reads the directory it writes a checkpoint into as a glob pattern when it merges the checkpoint's parts,
-# and so writes a checkpoint it cannot read back under a path holding one of these.
-GLOB_CHARACTERS = "[]*?"
+# and tensorstore reads a backslash as a separator: under a path holding one of these, checkpoints and models are
+# written where nothing reads them back.
+UNSAFE_CHARACTERS = "[]*?\\"
+MAX_PATH_PART = 200  # bytes of one directory name in a results path; the experiments' names add theirs (255 in all)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
 MAX_NAME = 100  # a name the tool makes a directory of; the files in it add their own suffixes
 
@@ -108,24 +110,32 @@ def plain_name(name: str, option: str) -> str:
 
 
 def check_results_dir(results_dir: str | Path) -> None:
-    """Raise ConfigError unless the tool may write under `results_dir`: a path without glob characters (orbax
-    reads them as a pattern), that is, or can be created as, a writable directory, as are its experiments/ and
+    """Raise ConfigError unless the tool may write under `results_dir`: a path without the characters orbax and
+    tensorstore misread (UNSAFE_CHARACTERS) or over-long names, that is, or can be created as, a writable directory, as are its experiments/ and
     sweeps/ where they exist (root passes the mode bits, but not a file in the way or a read-only mount)."""
     if not str(results_dir):
         raise ConfigError("results directory must not be empty")
     absolute = str(Path(results_dir).absolute())
-    glob = next((c for c in absolute if c in GLOB_CHARACTERS), None)
-    if glob is not None:
-        raise ConfigError(f"results directory {shorten(absolute)} holds '{glob}': orbax, which writes the checkpoints,"
-                          f" reads {' '.join(GLOB_CHARACTERS)} in a path as a pattern; choose a path without them")
+    unsafe = next((c for c in absolute if c in UNSAFE_CHARACTERS), None)
+    if unsafe is not None:
+        raise ConfigError(f"results directory {shorten(absolute)} holds '{unsafe}': orbax and tensorstore, which write"
+                          f" the checkpoints, read {' '.join(UNSAFE_CHARACTERS)} in a path as a pattern or a"
+                          " separator; choose a path without them")
+    if any(len(part.encode()) > MAX_PATH_PART for part in Path(absolute).parts):
+        raise ConfigError(f"results directory {shorten(absolute)} has a name longer than {MAX_PATH_PART} bytes")
     for directory in (Path(results_dir), Path(results_dir) / "experiments", Path(results_dir) / "sweeps"):
-        probe = directory
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            raise ConfigError(f"results directory {results_dir} is not writable: {probe} is not a directory")
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise ConfigError(f"results directory {results_dir} is not writable: {probe} is read-only")
+        check_writable(directory, f"results directory {results_dir}")
+
+
+def check_writable(directory: str | Path, what: str) -> None:
+    """ConfigError naming `what` unless `directory` is, or can be created as, a directory this process may write."""
+    probe = Path(directory)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what} is not writable: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} is not writable: {probe} is read-only")
 
 
 def is_partial_write(path: Path) -> bool:
@@ -156,12 +166,12 @@ def remove_partial_writes(paths: ExperimentPaths) -> list[str]:
 def replaced_atomically(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; rename it over `path` on success, delete it on failure.
 
-    The temporary keeps the target's suffix, for writers that choose the format by it (matplotlib, Pillow).
+    The temporary keeps the target's suffix, for writers that choose the format by it (matplotlib, Pillow), and
+    has a name of its own, so that two processes writing the same file (two plots) each replace it whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    tmp.unlink(missing_ok=True)  # one a killed run left keeps its mode; a new file's follows the umask
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

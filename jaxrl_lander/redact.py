@@ -7,8 +7,10 @@ import re
 
 MASK = "***"
 
-# scheme://user:password@ -- the password may hold anything but whitespace and '@' (which a URL escapes as %40)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)(?P<secret>[^\s@]*)(?=@)")
+# scheme://user:password@host -- the password runs to the last '@' before whitespace (a raw '@' in it is a
+# user's slip a URL parser forgives); scheme:/ too, as a URL given where a path was expected comes back from
+# pathlib with its '//' folded into one '/'
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://?[^\s:/@]*:)(?P<secret>\S*)(?=@)")
 # password=..., PGPASSWORD=..., ?password=...&, and the same with ':' (a dict's repr, a YAML line)
 _KEY_VALUE = re.compile(r"(?P<head>(?i:\b\w*password\w*)['\"]?\s*[=:]\s*['\"]?)(?P<secret>[^\s&'\",;]+)")
 
@@ -21,7 +23,7 @@ def redact(text: str) -> str:
 
 def shorten(value: object, limit: int = 80) -> str:
     """repr(value), cut to `limit` characters: a value named in a one-line message, however long it is."""
-    text = repr(value)
+    text = redact(repr(value))  # before the cut, which could leave a password without the '@' that marks it
     return text if len(text) <= limit else f"{text[:limit - 15]}... ({len(text)} characters)"
 
 

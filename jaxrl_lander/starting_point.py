@@ -3,6 +3,7 @@ observation statistics, and the reward statistics of its checkpoint at the model
 the new config's keys and its own envs (Stable-Baselines3's load, change, learn)."""
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from jaxrl_lander.config import RunConfig
 from jaxrl_lander.errors import ConfigError, ResumeError, first_line
 from jaxrl_lander.evaluate import load_agent
 from jaxrl_lander.files import ExperimentPaths, model_path
+
+log = logging.getLogger("jaxrl_lander")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +30,7 @@ def load_starting_point(path: str | Path, config: RunConfig, obs_dim: int, num_a
     """The starting point in the model or experiment directory `path` for a run of `config` on an env of `obs_dim`
     observations and `num_actions` actions; ConfigError when it cannot start that run (another network, inputs
     the config would not standardise), UnreadableModel when it cannot be read."""
-    model = model_path(path)
+    model = model_path(path).absolute()
     policy, spec = load_agent(model)
     if (spec.obs_dim, spec.num_actions) != (obs_dim, num_actions):
         raise ConfigError(f"--init-from {model}: its policy takes {spec.obs_dim} observations and {spec.num_actions}"
@@ -38,6 +41,8 @@ def load_starting_point(path: str | Path, config: RunConfig, obs_dim: int, num_a
     if spec.observation_normalization is not None and not config.normalize_observations:
         raise ConfigError(f"--init-from {model}: its policy standardises its observations; set"
                           " normalize_observations = true to train it on")
+    if spec.algo != config.algo:  # the same actor-critic: allowed, and said
+        log.info("starting %s from a model that %s trained (they share the actor-critic)", config.algo, spec.algo)
     returns = _reward_statistics(model, spec.timestep) if config.normalize_rewards else None
     record = {"model": str(model), "algorithm": spec.algo, "seed": spec.seed, "timestep": spec.timestep,
               "env_id": spec.env_id, "reward_statistics": returns is not None}

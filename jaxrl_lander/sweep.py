@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from jaxrl_lander.claim import ExperimentLock
 from jaxrl_lander.config import RunConfig, config_to_toml
 from jaxrl_lander.errors import ConfigError, Interrupted, SweepFailed
 from jaxrl_lander.files import ExperimentPaths, read_json, replaced_atomically, write_json_atomic
@@ -142,12 +143,22 @@ def run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], out_d
     Each variant's config is written once to its config.toml (without its seed) and every seed trains from it:
     the sweep records what it ran, and editing the config file it came from mid-sweep changes nothing. Every seed
     resumes, so running a sweep again continues its unfinished seeds and keeps the finished ones; a sweep of the
-    same name with another config is refused (ConfigError). Without `vectorized` each seed is a training process
-    of its own, up to `jobs` at once; with it, all of them are vectorised agents of one process (agents.py).
+    same name with another config is refused (ConfigError), and so is one that another process is running
+    (ExperimentInUse). A summary covers these seeds and the finished ones of an earlier summary of the directory.
+    Without `vectorized` each seed is a training process of its own, up to `jobs` at once; with it, all of them
+    are vectorised agents of one process (agents.py).
     Raises SweepFailed, naming the failed seeds, once every seed has finished; the others' artifacts stay.
     """
     dirs = {name: out_dir / name if name else out_dir for name in variants}
-    texts = {name: _config_text(config, dirs[name]) for name, config in variants.items()}  # all refused or none
+    for name, config in variants.items():  # all refused or none, before anything is written
+        _config_text(config, dirs[name])
+    with ExperimentLock(ExperimentPaths(root=out_dir, name=out_dir.name)):  # one sweep of a name at a time
+        return _run_sweep(algo, seeds, variants, dirs, out_dir, jobs, vectorized)
+
+
+def _run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], dirs: dict[str, Path], out_dir: Path,
+               jobs: int, vectorized: bool) -> dict[str, dict[str, Any]]:
+    texts = {name: _config_text(config, dirs[name]) for name, config in variants.items()}  # again, held
     log.info("sweep %s: %d seed(s) x %d variant(s), %s", out_dir.name, len(seeds), len(variants),
              "as vectorised agents of this process" if vectorized else f"up to {jobs} training process(es) at once")
     for name, text in texts.items():
@@ -187,8 +198,8 @@ def _train_processes(algo: str, seeds: list[int], out_dir: Path, jobs: int) -> d
 
     def train(seed: int) -> str | None:
         """None on success, else the last line the seed's process wrote to stderr."""
-        cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed),
-               "--config", str(out_dir / "config.toml"), "--results-dir", str(out_dir), "--resume"]
+        cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed),  # paths as
+               f"--config={out_dir / 'config.toml'}", f"--results-dir={out_dir}", "--resume"]  # --x=...: "-d" too
         start = time.perf_counter()
         returncode, out, err = children.run(cmd)
         if returncode != 0:
@@ -216,7 +227,17 @@ def _train_agents(seeds: list[int], variants: dict[str, RunConfig], dirs: dict[s
     return {run: str(r) for run, r in zip(runs, results) if isinstance(r, Exception)}
 
 
+def _summarized_seeds(algo: str, seeds: list[int], out_dir: Path) -> list[int]:
+    """`seeds`, and those of the directory's earlier summary whose runs are complete: a sweep run again with fewer
+    seeds adds to its summary, never shrinks it."""
+    earlier = read_json(out_dir / "summary.json").get("seeds", []) if (out_dir / "summary.json").is_file() else []
+    finished = [s for s in earlier if isinstance(s, int) and ExperimentPaths.of(out_dir, algo, s).results.is_file()
+                and read_json(ExperimentPaths.of(out_dir, algo, s).results).get("status") == "completed"]
+    return sorted(set(seeds) | set(finished))
+
+
 def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any]:
+    seeds = _summarized_seeds(algo, seeds, out_dir)
     experiments = [ExperimentPaths.of(out_dir, algo, seed) for seed in seeds]
     results = [read_json(paths.results) for paths in experiments]
     metrics = [read_json(paths.metrics) for paths in experiments]

@@ -7,6 +7,7 @@ POINT is one of
     checkpoint:STEP  the checkpoint of STEP, fully written to its temporary directory but not yet renamed
     interrupt:STEP   as checkpoint:STEP, but a SIGINT (Ctrl-C) instead of a SIGKILL, and the checkpoint is kept
     model            the final model, likewise written but not renamed
+    swap             the final model written, the one before it moved aside, the new one not yet in its place
     json:N           the N-th JSON write (metrics or results), written to its temporary file but not renamed
     journal:N        the N-th append to the metrics journal, half of its bytes written
 
@@ -53,11 +54,22 @@ def arm(point: str) -> None:
             if kind == "interrupt" and name == arg and not calls[0]:
                 calls[0] = 1
                 os.kill(os.getpid(), signal.SIGINT)
-            elif (kind == "model" and name.endswith("_model")) or (kind == "checkpoint" and name == arg):
+            elif (kind == "model" and name.endswith("_model.new")) or (kind == "checkpoint" and name == arg):
                 die()
             return await finalize(self)
 
         AtomicRenameTemporaryPath.finalize = finalize_or_die
+    elif kind == "swap":
+        import jaxrl_lander.checkpoint as checkpoint
+
+        real_os = checkpoint.os
+
+        def rename_then_die(src, dst):
+            real_os.rename(src, dst)
+            if str(dst).endswith("_model.old"):
+                die()
+
+        checkpoint.os = types.SimpleNamespace(**{**vars(real_os), "rename": rename_then_die})
     elif kind in ("json", "journal"):
         import jaxrl_lander.files as files
 

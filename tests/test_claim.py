@@ -2,6 +2,7 @@
 experiment, and an overwrite that replaces the old experiment only once it has committed a checkpoint."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_a_second_command_on_a_running_experiment_exits_2_at_once_and_harms_noth
     while not (tmp_path / EXP / "checkpoints" / "400").is_dir():
         assert first.poll() is None and time.monotonic() < deadline, "training did not reach step 400"
         time.sleep(0.2)
-    for extra in (["--resume"], ["--set", "learning_rate=1e-3", "--overwrite"]):
+    for extra in (["--resume"], ["--set", "learning_rate=1e-3", "--overwrite"], []):  # [] : named, not "add --resume"
         start = time.monotonic()
         proc = run_cli("train", "--algo", "a2c", "--steps", "1000000", "--config", "tiny.toml", *extra, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
@@ -232,3 +233,35 @@ def test_the_holder_of_a_lock_is_named_without_its_passwords(tmp_path):
         holder.kill()
         holder.wait()
     assert "postgresql://alice:***@db/optuna" in str(refused.value) and "S3cretPW" not in str(refused.value)
+
+
+def test_a_finished_run_resumed_checks_its_config_and_delivers_a_missing_model_again(finished, tmp_path):
+    root = copy_of(finished, tmp_path)
+    resume = ["train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--resume", "--quiet"]
+    before = snapshot(root / EXP)
+    changed = run_cli(*resume, "--set", "gamma=0.5", cwd=root)
+    assert changed.returncode == 2 and changed.stderr.strip().splitlines() == [
+        f"jaxrl_lander: error: cannot resume {EXP}: config differs from the finished run's in gamma (0.99 there,"
+        " 0.5 here)"]
+    assert snapshot(root / EXP) == before
+    (root / EXP / "a2c_seed42_learning_curve.png").unlink()  # as a kill between the results and the plot leaves
+    shutil.rmtree(root / EXP / "a2c_seed42_model")  # removed by hand
+    again = run_cli(*resume, cwd=root)
+    assert again.returncode == 0, again.stderr
+    assert (root / EXP / "a2c_seed42_model").is_dir() and (root / EXP / "a2c_seed42_learning_curve.png").is_file()
+    assert load_json(root / EXP / "a2c_seed42_results.json")["success_criteria"]["SC-005"]["passed"] is True
+    done = run_cli(*resume, cwd=root)
+    assert done.returncode == 0 and "nothing to do" in done.stdout and "steps/s" not in done.stdout, done.stdout
+
+
+def test_one_sweep_of_a_name_at_a_time(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    out = tmp_path / "results/sweeps/s"
+    with ExperimentLock(ExperimentPaths(root=out, name="s")):  # as another sweep of that name, running
+        proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "--steps", "400", "--config", "tiny.toml",
+                       "--name", "s", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"jaxrl_lander: error: results/sweeps/s is in use by process {os.getpid()}"), lines
+    assert not (out / "experiments").exists()

@@ -100,6 +100,11 @@ def _edit_json(name, **changes):
     return damage
 
 
+def _experiment_a_file(root):
+    shutil.rmtree(root / EXP)
+    (root / EXP).write_text("a file where the experiment was\n")
+
+
 def _model_spec_names_evil_module(root):
     _evil_module(root)
     _edit_json("a2c_seed42_model/policy/metadata", env_id="evilmod:LunarLander-v3")(root)
@@ -205,12 +210,41 @@ BAD = [
      _edit_json("checkpoints/400/metadata/metadata", timestep=-5000)),
     (RESUME, "a2c_seed42_results.json is unreadable (ValueError: a completed run's evaluation must hold",
      _edit_json("a2c_seed42_results.json", evaluation=None)),
+    (["train", "--algo", "a2c", "--config", "tiny.toml", "--results-dir", "a\\b"], "holds '\\': orbax and"
+     " tensorstore", None),
+    (["train", "--algo", "a2c", "--config", "tiny.toml", "--results-dir", "r" * 250], "has a name longer than 200"
+     " bytes", None),
+    (["plot", EXP, "--out", "a_file/x.png"], "the plot's directory a_file is not writable: a_file is not a directory",
+     None),
+    (RESUME, f"experiment {EXP} is not writable: {EXP} is not a directory", _experiment_a_file),
+    # Numbers past any useful run, that overflowed, never ended or crashed the process.
+    (["train", "--algo", "ppo", "--steps", "99999999999999999999999"], "total_timesteps must be at most"
+     " 1,000,000,000,000", None),
+    (["train", "--algo", "ppo", "--set", "hidden_size=1000000000"], "hidden_size must be at most 8,192", None),
+    (["train", "--algo", "ppo", "--set", "eval_episodes=1000000000"], "eval_episodes must be at most 1,000,000", None),
+    (["evaluate", EXP, "--sample", "--seed", str(2**63)], "seed must be below 2**32", None),
+    # A finished run resumed: its config is checked as a checkpoint's is.
+    (RESUME[:4] + ["400"] + RESUME[5:] + ["--set", "gamma=0.5"], "config differs from the finished run's in gamma",
+     None),
+    (RESUME[:4] + ["400"] + RESUME[5:] + ["--init-from", EXP], "--init-from starts a new experiment", None),
+    # Config files and names that misled.
+    (["train", "--config", "upper.toml"], "upper.toml: algo must be one of a2c, ppo, got 'PPO'", None),
+    (["train", "--algo", "a2c", "--config", "/dev/zero"], "config file /dev/zero is not a regular file", None),
+    (["sweep", "--algo", "a2c", "--seeds", "0", "--set",
+      f"learning_rate=[{','.join(f'{i}e-4' for i in range(1, 30))}]"],
+     "the sweep's name made of its config and --set items is 184 characters long, over 100: give it a --name", None),
     # Starting from another experiment's model.
     (["train", "--algo", "a2c", "--seed", "5", "--config", "tiny.toml", "--init-from", EXP, "--set",
       "hidden_size=32"], "its network has hidden_size 64, the config 32; set hidden_size = 64", None),
     ([*RESUME, "--init-from", EXP], "--init-from starts a new experiment and --resume continues one", None),
     (["train", "--algo", "a2c", "--seed", "5", "--config", "tiny.toml", "--init-from", "nowhere"],
      "no trained model in nowhere", None),
+    (["train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--overwrite", "--init-from", EXP],
+     "a2c_seed42_model: that is the model of the experiment this run would write", None),
+    # Passwords, wherever a value or a path is echoed.
+    (["train", "--algo", "a2c", "--set", f"env_id=postgresql://a:{'S' * 120}@h/db"], "got 'postgresql://a:***@h/db'",
+     None),
+    (["evaluate", "postgresql://a:SECRET@h/db"], "no trained model in postgresql:/a:***@h/db", None),
 ]
 
 
@@ -236,6 +270,7 @@ def test_bad_input_one_line_exit_2_nothing_changed(finished_experiment, tmp_path
     (tmp_path / "ppo_only.toml").write_text('algo = "ppo"\nclip_range = 0.1\n')
     (tmp_path / "lr.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\nlearning_rate = 1e-3\n")
     (tmp_path / "a_file").write_text("not a directory\n")
+    (tmp_path / "upper.toml").write_text('algo = "PPO"\n')
     if damage:
         damage(tmp_path)
     before = _snapshot(tmp_path)
@@ -244,6 +279,7 @@ def test_bad_input_one_line_exit_2_nothing_changed(finished_experiment, tmp_path
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr[:2000]
     assert len(lines[0]) <= 1100  # a long value is cut, not echoed whole
+    assert "SECRET" not in proc.stderr and "SSSS" not in proc.stderr
     assert _snapshot(tmp_path) == before  # the existing experiment and every other file untouched
 
 

@@ -12,6 +12,7 @@ from test_train_e2e import _validate
 
 from conftest import template_state
 
+from jaxrl_lander import load_policy
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
 from jaxrl_lander.outputs.metrics import MetricsRecorder
@@ -69,7 +70,7 @@ KILLS = [
     ("journal:3", "_metrics.jsonl (torn line)", {1_400, 1_600}),  # half the metrics for the checkpoint of 1,800
     # The process's 1st JSON write: the metrics JSON, written when a run ends, after its model.
     ("json:1", f".{NAME}_metrics.json.", {2_000}),
-    ("model", "_model.orbax-checkpoint-tmp", {2_000}),  # training done, the final model written, not committed
+    ("model", "_model.new.orbax-checkpoint-tmp", {2_000}),  # training done, the final model written, not committed
 ]
 
 
@@ -108,3 +109,23 @@ def test_sigkill_at_five_moments_then_resume_gives_a_complete_valid_run(tmp_path
     episode_steps = [e["timestep"] for e in metrics["episodes"]]
     assert episode_steps == sorted(episode_steps)
     assert json.loads((exp / f"{NAME}_model" / "policy" / "metadata").read_text())["timestep"] == STEPS
+
+
+def test_a_resume_that_dies_delivering_its_model_leaves_the_previous_one(tmp_path):
+    """A finished run resumed to more steps, killed while its new model is written, or between moving the old one
+    aside and the new one in: the model the results name is whole, or back in place at the next claim."""
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 1\n")
+    train = ["train", "--algo", "a2c", "--config", "tiny.toml", "--quiet", "--steps"]
+    exp = tmp_path / "results" / "experiments" / "a2c_seed42"
+    assert run([*train, "400"], tmp_path).returncode == 0
+    killed = run([*train, "600", "--resume"], tmp_path, "model")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_policy(exp) is not None and load_json(exp / "a2c_seed42_model/policy/metadata")["timestep"] == 400
+    killed = run([*train, "600", "--resume"], tmp_path, "swap")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (exp / "a2c_seed42_model").exists() and (exp / ".a2c_seed42_model.old").is_dir()
+    resumed = run([*train, "600", "--resume"], tmp_path)  # puts the old one back, then delivers the new one
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_json(exp / "a2c_seed42_model/policy/metadata")["timestep"] == 600
+    assert load_json(exp / "a2c_seed42_results.json")["timestep"] == 600
+    assert sorted(p.name for p in exp.iterdir() if p.name.startswith(".")) == []

@@ -64,3 +64,23 @@ def test_a_failed_update_makes_no_record_at_its_step():
     outputs, heard = _outputs(loss=0.5)
     _tell(outputs, config, start=88, end=200, size=8, episodes=[Episode(200, -4.0, 25)], update=None, learned=False)
     assert heard.events == [("record", 104, 0.5, 0), ("episode", 200, -4.0)]
+
+
+def test_progress_lines_come_every_tenth_of_the_run_or_after_a_silence(caplog):
+    """A run too long for a tenth of it to pass soon still says how it goes, every SILENCE seconds."""
+    from jaxrl_lander.outputs.console import LogLines
+
+    lines = LogLines(total=10**12, start=0)
+    record = {"timestep": 1000, "episode": 3, "reward": -100.0}
+    with caplog.at_level("INFO", logger="jaxrl_lander"):
+        lines.record(record)
+        assert caplog.messages == []  # far from a tenth of the run, and no silence yet
+        lines.last_line -= LogLines.SILENCE
+        lines.record({**record, "timestep": 2000})
+        lines.record({**record, "timestep": 3000})  # just told: quiet again
+    assert [m.split(" |")[0] for m in caplog.messages] == ["step 2000/1000000000000"]
+    short = LogLines(total=1000, start=0)
+    with caplog.at_level("INFO", logger="jaxrl_lander"):
+        for step in (100, 250, 290, 300):
+            short.record({**record, "timestep": step})
+    assert [m.split(" |")[0] for m in caplog.messages[1:]] == ["step 100/1000", "step 250/1000", "step 300/1000"]

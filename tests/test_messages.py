@@ -211,7 +211,7 @@ def test_json_files_follow_the_umask_as_the_png_does(trained, tmp_path):
         assert (exp / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     from jaxrl_lander.files import replaced_atomically, write_json_atomic
 
-    (tmp_path / ".b.txt.tmp.txt").touch(mode=0o600)  # what a killed run left
+    (tmp_path / ".b.txt.0123abcd.tmp.txt").touch(mode=0o600)  # what a killed run left (a resume removes it)
     previous = os.umask(0o027)
     try:
         write_json_atomic(tmp_path / "a.json", {"a": 1})
@@ -219,7 +219,8 @@ def test_json_files_follow_the_umask_as_the_png_does(trained, tmp_path):
             tmp.write_text("b")
     finally:
         os.umask(previous)
-    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.json": 0o640, "b.txt": 0o640}
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.json": 0o640, "b.txt": 0o640, ".b.txt.0123abcd.tmp.txt": 0o600}
 
 
 def test_the_progress_bar_keeps_its_numbers_and_time_left_on_80_columns():

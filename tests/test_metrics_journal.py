@@ -229,3 +229,15 @@ def test_an_experiment_written_before_the_journal_resumes(short_runs, tmp_path):
     assert MetricsRecorder.load_journal(resumed.paths.metrics_journal).to_dict() == metrics  # the whole run
     assert [json.loads(line)["step"] for line in resumed.paths.metrics_journal.read_text().splitlines()[1:]] == [
         2000, 3000, 4000, SHORT_STEPS]
+
+
+def test_two_writers_of_one_file_each_replace_it_whole(tmp_path):
+    """Two processes writing the same PNG or GIF at once (two plots) each write their own temporary file."""
+    from jaxrl_lander.files import replaced_atomically
+
+    target = tmp_path / "curve.png"
+    with replaced_atomically(target) as first, replaced_atomically(target) as second:
+        assert first != second and first.suffix == second.suffix == ".png"
+        first.write_bytes(b"first")
+        second.write_bytes(b"second")
+    assert target.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]

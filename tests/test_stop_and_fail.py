@@ -80,18 +80,15 @@ def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
 def test_out_of_memory_is_one_line_and_blocks_no_re_run(tmp_path):
     """A network too large for the memory at hand: one line naming the problem, exit 1, and a plain re-run with
     a size that fits is not refused (the run had committed nothing)."""
-    import resource
-
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 1\n")
-    args = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml",
-            "--quiet"]
-    limit = 16 * 2**30  # 16 GiB of address space; the network asks XLA for 160 GB
-
-    def small_memory():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    big = subprocess.run([*args, "--set", "hidden_size=200000"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300, preexec_fn=small_memory, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    limit = 3 * 2**30  # 3 GiB of address space: a run of the default network fits, one of the largest does not
+    # The limit is set by the child itself (a fork of this process, which runs JAX's threads, could deadlock).
+    small_memory = [sys.executable, "-c", "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS,"
+                    f" ({limit}, {limit})); sys.argv[0] = 'jaxrl_lander'; runpy.run_module('jaxrl_lander',"
+                    " run_name='__main__')"]
+    args = [*small_memory, "train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet"]
+    big = subprocess.run([*args, "--set", "hidden_size=8192"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert big.returncode == 1, big.stderr[-2000:]
     lines = big.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jaxrl_lander: out of memory: ") and "hidden_size" in lines[0]

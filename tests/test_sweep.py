@@ -121,3 +121,17 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     kept = load_config(out / "config.toml", "a2c", {"seed": 0})
     assert kept == load_config(tmp_path / "tiny.toml", "a2c", {"seed": 0, "total_timesteps": 3000, "gamma": 0.95})
     assert all(r["hyperparameters"] == {**kept.to_dict(), "seed": r["seed"]} for r in per_seed)
+
+
+def test_a_sweep_run_again_with_fewer_seeds_keeps_its_summary_whole_and_odd_paths_reach_its_seeds(tmp_path):
+    """A summary covers every finished seed of its directory (one run of one seed no longer shrinks it), and a
+    results directory whose name starts with '-' reaches the seeds' processes as a path, not an option."""
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 1\n")
+    sweep = ["sweep", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir=-odd", "--seeds"]
+    first = run_cli(*sweep, "0", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli(*sweep, "1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((tmp_path / "-odd/sweeps/tiny/summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
+    assert "tiny: 2 seeds" in again.stdout

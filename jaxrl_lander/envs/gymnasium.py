@@ -124,10 +124,12 @@ def step_envs(
         rewards = normalizer.rewards(rewards, dones)
         raw_value_fn = value_fn
         value_fn = lambda final_obs: raw_value_fn(normalizer.observations(final_obs, update=False))  # noqa: E731
-    rewards = bootstrap_truncated(rewards * reward_scale, terminated, truncated, info, value_fn, gamma)
+    with np.errstate(over="ignore"):  # a reward scaled past float32 becomes inf: the update reports it, once
+        rewards = bootstrap_truncated(rewards * reward_scale, terminated, truncated, info, value_fn, gamma)
+        rewards = rewards.astype(np.float32)
     return VectorStep(
         obs=obs,
-        rewards=rewards.astype(np.float32),
+        rewards=rewards,
         dones=dones,
         episodes=finished_episodes(info),
     )

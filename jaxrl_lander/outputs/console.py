@@ -49,18 +49,24 @@ class ProgressBar(Sink):
 
 
 class LogLines(Sink):
-    """INFO lines: progress every tenth of the run, each evaluation; DEBUG: each update's losses."""
+    """INFO lines: progress every tenth of the run (and at least every SILENCE seconds), each evaluation; DEBUG:
+    each update's losses."""
+
+    SILENCE = 60.0
 
     def __init__(self, total: int, start: int, progress_lines: bool = True, label: str = ""):
         self.total, self.start, self.t0, self.label = total, start, time.perf_counter(), label
         self.every = max(total // 10, 1)
         self.next_line = start + self.every if progress_lines else None
+        self.last_line = self.t0
 
     def record(self, record: dict[str, Any]) -> None:
-        step = record["timestep"]
-        if self.next_line is None or step < self.next_line:
+        step, now = record["timestep"], time.perf_counter()
+        if self.next_line is None or (step < self.next_line and now - self.last_line < self.SILENCE):
             return
-        self.next_line += self.every
+        while self.next_line <= step:
+            self.next_line += self.every
+        self.last_line = now
         recent = record["reward"]
         log.info("%sstep %d/%d | %.0f steps/s | %d episodes | recent return %s", self.label, step, self.total,
                  _speed(self.start, self.t0, step), record["episode"], "n/a" if recent is None else f"{recent:.1f}")
