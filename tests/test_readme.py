@@ -78,3 +78,16 @@ def test_no_readme_number_without_its_measurement():
         assert "`make " in table and "machine" in table, table[:80]
 
 
+
+
+def test_make_passes_a_config_files_algo_and_keeps_a_storage_off_the_command_line():
+    import subprocess
+
+    def recipe(*variables):
+        return subprocess.run(["make", "-n", *variables], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip().splitlines()[-1]
+
+    assert "--algo" not in recipe("train", "CONFIG=configs/a2c_tuned.toml", "SEED=1")  # the file says a2c
+    assert "--algo a2c " in recipe("train", "ALGO=a2c", "CONFIG=configs/a2c_tuned.toml")
+    assert recipe("train").endswith("train --algo ppo")
+    assert "S3cret" not in recipe("tune", "ALGO=a2c", "STORAGE=postgresql://alice:S3cret@db/optuna")
