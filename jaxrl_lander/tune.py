@@ -49,6 +49,7 @@ FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops instead of sta
 # Where a worker process of run_workers leaves the line that ends it, for the command to tell once for all
 WORKER_ERRORS_ENV = "JAXRL_LANDER_WORKER_ERRORS"
 PRUNERS = ("median", "hyperband", "none")
+WAIT_POLL = 1.0  # seconds between a waiting worker's looks at the other workers' trials
 
 
 class Pruning(Watch):
@@ -233,7 +234,7 @@ class Study:
             if not waiting:
                 log.info("study %s: waiting for %d trial(s) of other workers", self.name, running)
             waiting = True
-            time.sleep(self.heartbeat)
+            time.sleep(min(self.heartbeat, WAIT_POLL))  # soon told when the last of them ends
 
     def _trial_numbered(self, number: int | None) -> optuna.trial.FrozenTrial | None:
         return next((t for t in self.study.get_trials() if t.number == number), None)
