@@ -238,6 +238,17 @@ def recover_model(path: str | Path) -> None:
     shutil.rmtree(staged, ignore_errors=True)
 
 
+def model_spec(path: str | Path) -> ModelSpec | None:
+    """The spec saved with the model at `path`, without its parameters; None when there is none to read."""
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            restored = checkpointer.restore(Path(path).absolute(),
+                                            args=ocp.args.Composite(policy=ocp.args.JsonRestore()))
+        return ModelSpec.from_dict(dict(restored.policy))
+    except Exception:  # orbax and tensorstore raise many kinds; any of them means unreadable
+        return None
+
+
 def load_model(path: str | Path) -> tuple[Any, ModelSpec]:
     """(params, spec) from a directory written by save_model; UnreadableModel if it cannot be read."""
     path = Path(path).absolute()

@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         _configure_logging(getattr(args, "verbose", False), getattr(args, "quiet", False), args.command == "tune")
         drop_read_failure_echoes()
         _resolve_algo(args)
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a reader gone (| head) is caught, not at the interpreter's exit
+        return code
     except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel) as exc:
         _say("error: ", exc)  # refused before anything was written
         return EXIT_USAGE
@@ -238,12 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         _say("", exc)
         return 128 + exc.signum
+    except BrokenPipeError:  # stdout closed by its reader (| head): what the command did is done, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:  # e.g. the disk filled up while writing
         _say("error: ", _os_error(exc))
         return EXIT_RUNTIME
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop's own handling, or a second one during its stop
-        _say("", "interrupted")
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside the training loop's own handling, or a second
+        signum = getattr(exc, "signum", signal.SIGINT)  # signal during its stop
+        _say("", "terminated" if signum == signal.SIGTERM else "interrupted")
+        return 128 + signum
     except Exception as exc:
         if not out_of_memory(exc):
             raise

@@ -11,7 +11,13 @@ from jaxrl_lander.config import load_config
 from jaxrl_lander.errors import ConfigError
 from jaxrl_lander.files import MAX_NAME, ExperimentPaths, check_results_dir, check_writable, model_path, plain_name
 from jaxrl_lander.hooks import cpu_device_per_core
+from jaxrl_lander.redact import redact
 from jaxrl_lander.variants import check_agents, parse_settings, sweep_variants
+
+
+def say(text: str) -> None:
+    """A command's line on stdout, any password in it masked (a path or a name may hold a URL)."""
+    print(redact(str(text)))
 
 
 def _config(args, seed: int | None):
@@ -47,8 +53,8 @@ def _train(args) -> int:
                     act_device=args.act_device, tensorboard=args.tensorboard,
                     progress_bar=sys.stderr.isatty() and not args.quiet, init_from=args.init_from)
     if results.status == "interrupted":
-        print(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
-              " Continue with --resume.")
+        say(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
+            " Continue with --resume.")
         return 128 + (signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT)
     ev, resumed = results.evaluation, results.resumed_from_timestep
     if results.end_time < started:  # a finished run, resumed: nothing was trained now
@@ -59,11 +65,11 @@ def _train(args) -> int:
         speed = f"{results.steps_per_second or 0:.0f} steps/s" + (f" since the resume at step {resumed}"
                                                                  if resumed else "")
     where = ExperimentPaths.of(args.results_dir, config.algo, config.seed).root
-    print(f"{results.experiment_id}: {results.timestep} steps in {results.training_time_seconds:.1f} s of training"
-          f" ({speed}) | evaluation over {ev['episodes']} episodes: {ev['mean']:.1f} +/- {ev['std']:.1f}"
-          f" | artifacts in {where}")
+    say(f"{results.experiment_id}: {results.timestep} steps in {results.training_time_seconds:.1f} s of training"
+        f" ({speed}) | evaluation over {ev['episodes']} episodes: {ev['mean']:.1f} +/- {ev['std']:.1f}"
+        f" | artifacts in {where}")
     if not results.success_criteria["SC-006"]["passed"]:
-        print(_not_solved(results, args.config))
+        say(_not_solved(results, args.config))
     return 0
 
 
@@ -87,9 +93,9 @@ def _reproduce(args) -> int:
     results = reproduce(config, args.results_dir, overwrite=args.overwrite)
     verdict = results.reproducibility
     sc004 = "PASS" if results.success_criteria["SC-004"]["passed"] else "FAIL"
-    print(f"{results.experiment_id}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
-          f" {verdict['evaluation_mean_std']:.6f} | parameters identical: {verdict['params_identical']}"
-          f" | metrics identical: {verdict['metrics_identical']}")
+    say(f"{results.experiment_id}: SC-004 {sc004} | std of the final evaluation return over 2 runs:"
+        f" {verdict['evaluation_mean_std']:.6f} | parameters identical: {verdict['params_identical']}"
+        f" | metrics identical: {verdict['metrics_identical']}")
     return 0 if sc004 == "PASS" else 1
 
 
@@ -129,11 +135,11 @@ def _sweep(args) -> int:
     summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)
     for variant, summary in summaries.items():
         final = summary["final_evaluation"]
-        print(f"{'/'.join(filter(None, (name, variant)))}: {len(summary['seeds'])} seeds | final evaluation mean"
-              f" {final['mean']:.1f} [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM"
-              f" {final['iqm']:.1f} [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
-              f" | {summary['seeds_solved_at_end']}/{len(summary['seeds'])} seeds >= {summary['solve_threshold']:g}"
-              f" | {out_dir / variant / 'summary.json'}")
+        say(f"{'/'.join(filter(None, (name, variant)))}: {len(summary['seeds'])} seeds | final evaluation mean"
+            f" {final['mean']:.1f} [{final['mean_ci95'][0]:.1f}, {final['mean_ci95'][1]:.1f}] | IQM"
+            f" {final['iqm']:.1f} [{final['iqm_ci95'][0]:.1f}, {final['iqm_ci95'][1]:.1f}] (95% bootstrap CIs)"
+            f" | {summary['seeds_solved_at_end']}/{len(summary['seeds'])} seeds >= {summary['solve_threshold']:g}"
+            f" | {out_dir / variant / 'summary.json'}")
     return 0
 
 
@@ -148,8 +154,12 @@ def _tune(args) -> int:
     settings = parse_settings(args.algo, args.settings)
     if set(settings) & set(space.ranges):
         raise ConfigError(f"--set {sorted(set(settings) & set(space.ranges))[0]}: that key is tuned by {args.space}")
-    base = load_config(args.config, args.algo, {**space.settings, **settings,
-                                                **{k: v for k, v in given if v is not None}})
+    try:
+        base = load_config(args.config, args.algo, {**space.settings, **settings,
+                                                    **{k: v for k, v in given if v is not None}})
+    except ConfigError as exc:
+        raise ConfigError(f"the study's base config ({args.space} [settings], with --config, --set, --steps): {exc}"
+                          ) from None
     name = plain_name(args.space.stem.removeprefix("tune_") if args.study is None else args.study, "--study")
     if args.seeds and len(args.seeds) > 1:  # each trial trains them as vectorised agents
         check_agents([load_config(None, base.algo, {**base.to_dict(), "seed": s}) for s in args.seeds])
@@ -167,6 +177,8 @@ def _tune(args) -> int:
     from jaxrl_lander.tune import Study, unprunable
     from jaxrl_lander.tune_storage import STORAGE_ENV
 
+    if args.storage == "":
+        raise ConfigError("--storage must not be empty (leave it out for a SQLite file in the study's directory)")
     storage = args.storage or os.environ.get(STORAGE_ENV)  # a worker's: never on its command line
     study = Study(name, base, space, args.trials, args.results_dir / "tuning" / name, storage, args.pruner,
                   args.heartbeat, args.timeout, args.seeds)
@@ -188,11 +200,15 @@ def _tune(args) -> int:
             study.report(plots=True)
         raise
     data = study.report(plots=True)
+    refused = [t["refused"] for t in data["trials"] if "refused" in t]
+    if data["trials_counted"] >= args.trials and refused and len(refused) == data["trials_counted"]:
+        raise ConfigError(f"study {name}: the config refused every trial's values (the last: {refused[-1]}); change"
+                          f" {args.space} or the study's config")
     best = data["best"]
-    print(f"study {name}: {data['trials_counted']} of {args.trials} trials | " + (
-        f"best trial {best['number']}: objective {best['value']:.1f} | {best['config']}" if best
-        else "no trial complete") + f" | {study.out_dir / 'study.json'}"
-        + (" | run again to go on" if data["trials_counted"] < args.trials else ""))
+    say(f"study {name}: {data['trials_counted']} of {args.trials} trials | " + (
+      f"best trial {best['number']}: objective {best['value']:.1f} | {best['config']}" if best
+      else "no trial complete") + f" | {study.out_dir / 'study.json'}"
+      + (" | run again to go on" if data["trials_counted"] < args.trials else ""))
     return 0
 
 
@@ -205,7 +221,7 @@ def _plot(args) -> int:
         check_writable(where, f"the plot's directory {where}")
     from jaxrl_lander.plotting import plot_experiments
 
-    print(plot_experiments(args.experiments, args.out))
+    say(plot_experiments(args.experiments, args.out))
     return 0
 
 
@@ -217,14 +233,14 @@ def _evaluate(args) -> int:
 
     summary = evaluate_experiment(args.experiment, args.episodes, args.seed, sample=args.sample)
     if args.json:
-        print(json.dumps(brief(summary)))
+        say(json.dumps(brief(summary)))
     else:
-        print(f"{args.experiment}: {summary['episodes']} {'sampled' if args.sample else 'deterministic'} episodes from"
-              f" seed {summary['seeds'][0]}: mean {summary['mean']:.1f} +/- {summary['std']:.1f} (min"
-              f" {summary['min']:.1f}, max {summary['max']:.1f})")
+        say(f"{args.experiment}: {summary['episodes']} {'sampled' if args.sample else 'deterministic'} episodes from"
+            f" seed {summary['seeds'][0]}: mean {summary['mean']:.1f} +/- {summary['std']:.1f} (min"
+            f" {summary['min']:.1f}, max {summary['max']:.1f})")
     if args.render:
         gif, episode_return = render_episode_gif(args.experiment, seed=args.seed, sample=args.sample)
-        print(f"rendered one episode (return {episode_return:.1f}) to {gif}")
+        say(f"rendered one episode (return {episode_return:.1f}) to {gif}")
     return 0
 
 

@@ -141,25 +141,48 @@ class RunConfig:
                 "eval_episodes": 10**6, "eval_interval_episodes": 10**6, "keep_checkpoints": 10**6,
                 "selection_candidates": 1000, "selection_episodes": 10**6, "batch_size": 2**22, "n_epochs": 10**4}
     MAX_ROLLOUT = 2**22  # transitions of one update
+    # Each field's own range, whatever the other fields are: (holds, what the message says it must do).
+    _RANGES = {
+        "eval_interval": (lambda v: v >= 0, "be >= 0 (0 evaluates only at the end)"),
+        "keep_checkpoints": (lambda v: v >= 0, "be >= 0 (0 keeps all)"),
+        "learning_rate": (lambda v: 0.0 < v <= 1.0, "lie in (0, 1]"),
+        "gamma": (lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]"),
+        "gae_lambda": (lambda v: 0.0 <= v <= 1.0, "lie in [0, 1]"),
+        "reward_scale": (lambda v: v > 0.0, "be > 0"),
+        "ent_coef": (lambda v: v >= 0.0, "be >= 0"),
+        "vf_coef": (lambda v: v >= 0.0, "be >= 0"),
+        "max_grad_norm": (lambda v: v > 0.0, "be > 0 (gradients clipped to 0 learn nothing)"),
+        "adam_eps": (lambda v: v > 0.0, "be > 0"),
+        "env_backend": (lambda v: v in BACKENDS, f"be one of {', '.join(BACKENDS)}"),
+    }
+
+    @classmethod
+    def field_problem(cls, name: str, value: Any) -> str | None:
+        """What is wrong with `value` for field `name` whatever the other fields are (a config file, a tuning
+        space's choice or range end), or None."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} must be a finite number, got {value}"
+        if name == "env_id":
+            try:
+                check_env_id(value)
+            except ConfigError as exc:
+                return str(exc)
+        if name in cls._POSITIVE and value <= 0:
+            return f"{name} must be a positive integer, got {value}"
+        if name in cls._AT_MOST and value > cls._AT_MOST[name]:
+            return f"{name} must be at most {cls._AT_MOST[name]:,}, got {value:,}"
+        if name in cls._RANGES and not cls._RANGES[name][0](value):
+            return f"{name} must {cls._RANGES[name][1]}, got {shorten(value) if isinstance(value, str) else value}"
+        if name == "seed" and not 0 <= value < 2**32:  # numpy's seed range
+            return f"seed must be {'below 2**32' if value > 0 else 'a non-negative integer'}, got {value}"
+        return None
 
     def _validate(self) -> None:
-        """Raise ConfigError naming the first unusable value."""
-        for name, kind in _field_types(type(self)).items():
-            value = getattr(self, name)
-            _require(kind is not float or math.isfinite(value), f"{name} must be a finite number, got {value}")
-        check_env_id(self.env_id)
-        for name in self._POSITIVE:
-            _require(getattr(self, name) > 0, f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name, limit in self._AT_MOST.items():
-            if getattr(self, name, 0) > limit:
-                raise ConfigError(f"{name} must be at most {limit:,}, got {getattr(self, name):,}")
+        """Raise ConfigError naming the first unusable value: each field's own range, then how fields fit together."""
+        for name in _field_types(type(self)):
+            _require((problem := self.field_problem(name, getattr(self, name))) is None, problem)
         _require(self.rollout_size <= self.MAX_ROLLOUT, f"num_envs x n_steps must be at most {self.MAX_ROLLOUT:,}"
                                                          f" transitions, got {self.rollout_size:,}")
-        _require(0 <= self.seed, f"seed must be a non-negative integer, got {self.seed}")
-        _require(self.seed < 2**32, f"seed must be below 2**32, got {self.seed}")  # numpy's seed range
-        _require(self.eval_interval >= 0,
-                 f"eval_interval must be >= 0 (0 evaluates only at the end), got {self.eval_interval}")
-        _require(self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0 keeps all), got {self.keep_checkpoints}")
         _require(not self.select_best_checkpoint or (
             self.eval_interval > 0 and self.eval_interval % self.checkpoint_interval == 0 and not self.keep_checkpoints),
             "select_best_checkpoint needs a checkpoint at every evaluation: eval_interval > 0 and a multiple of"
@@ -175,22 +198,11 @@ class RunConfig:
         _require(self.total_timesteps >= self.rollout_size,
                  f"total_timesteps {self.total_timesteps} is less than one rollout (num_envs x n_steps ="
                  f" {self.rollout_size}): no update would run")
-        _require(0.0 < self.learning_rate <= 1.0, f"learning_rate must lie in (0, 1], got {self.learning_rate}")
-        for name in ("gamma", "gae_lambda"):
-            _require(0.0 <= getattr(self, name) <= 1.0, f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        _require(self.env_backend in BACKENDS,
-                 f"env_backend must be one of {', '.join(BACKENDS)}, got '{self.env_backend}'")
         _require(self.env_backend == "gymnasium" or not (self.normalize_observations or self.normalize_rewards),
                  "normalize_observations and normalize_rewards need env_backend 'gymnasium' (its normaliser runs"
                  " on the host)")
-        _require(self.reward_scale > 0.0, f"reward_scale must be > 0, got {self.reward_scale}")
         _require(not (self.normalize_rewards and self.reward_scale != 1.0),
                  f"normalize_rewards and reward_scale {self.reward_scale} both rescale rewards; use one of them")
-        for name in ("ent_coef", "vf_coef"):
-            _require(getattr(self, name) >= 0.0, f"{name} must be >= 0, got {getattr(self, name)}")
-        _require(self.max_grad_norm > 0.0,
-                 f"max_grad_norm must be > 0 (gradients clipped to 0 learn nothing), got {self.max_grad_norm}")
-        _require(self.adam_eps > 0.0, f"adam_eps must be > 0, got {self.adam_eps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,11 +224,12 @@ class PPOConfig(RunConfig):
     def num_minibatches(self) -> int:
         return self.rollout_size // self.batch_size
 
+    _RANGES = {**RunConfig._RANGES, "clip_range": (lambda v: 0.0 < v <= 1.0, "lie in (0, 1]")}
+
     def _validate(self) -> None:
         super()._validate()
         _require(self.rollout_size % self.batch_size == 0,
                  f"batch_size {self.batch_size} must divide the rollout size num_envs * n_steps = {self.rollout_size}")
-        _require(0.0 < self.clip_range <= 1.0, f"clip_range must lie in (0, 1], got {self.clip_range}")
 
 
 A2C_OPTIMIZERS = ("rmsprop", "adam")
@@ -237,12 +250,9 @@ class A2CConfig(RunConfig):
     rms_eps: float = 1e-5
     """RMSprop epsilon, added outside the square root as PyTorch does."""
 
-    def _validate(self) -> None:
-        super()._validate()
-        _require(self.optimizer in A2C_OPTIMIZERS,
-                 f"optimizer must be one of {', '.join(A2C_OPTIMIZERS)}, got '{self.optimizer}'")
-        _require(0.0 <= self.rms_decay < 1.0, f"rms_decay must lie in [0, 1), got {self.rms_decay}")
-        _require(self.rms_eps > 0.0, f"rms_eps must be > 0, got {self.rms_eps}")
+    _RANGES = {**RunConfig._RANGES, "rms_decay": (lambda v: 0.0 <= v < 1.0, "lie in [0, 1)"),
+               "optimizer": (lambda v: v in A2C_OPTIMIZERS, f"be one of {', '.join(A2C_OPTIMIZERS)}"),
+               "rms_eps": (lambda v: v > 0.0, "be > 0")}
 
 
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {"ppo": PPOConfig, "a2c": A2CConfig}

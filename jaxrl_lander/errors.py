@@ -1,5 +1,7 @@
 """The errors the command line turns into exit codes (kept free of heavy imports)."""
 
+import signal
+
 
 class ConfigError(ValueError):
     """A configuration or command-line value is unusable; the message names the problem."""
@@ -57,3 +59,10 @@ def out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, MemoryError) or (type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
         text.startswith("RESOURCE_EXHAUSTED") or "Out of memory" in text))
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM outside a training loop (which stops at its next step): raised where it lands, as Ctrl-C raises
+    KeyboardInterrupt (a BaseException, so that no handler of ordinary errors takes it for a failure)."""
+
+    signum = int(signal.SIGTERM)

@@ -13,7 +13,7 @@ import jax
 
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.algos.base import TrainState
-from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, recover_model, save_model
+from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, model_spec, recover_model, save_model
 from jaxrl_lander.claim import (RESUMABLE_CHANGES, ExperimentLock, Overwrite, check_rerun, check_resumable,
                                  check_starting_afresh, holds_experiment, recover_interrupted_overwrite)
 from jaxrl_lander.collect import HostCollector
@@ -67,19 +67,22 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
         if differing:
             raise ConfigError(f"cannot resume {paths.root}: config differs from the finished run's in"
                               f" {', '.join(differing)}")
-        if paths.model.is_dir():
+        delivered = (done.selected_checkpoint or {}).get("timestep", done.timestep)
+        spec = model_spec(paths.model) if paths.model.is_dir() else None
+        if spec is not None and spec.timestep == delivered:
             if not paths.learning_curve.exists():  # a run killed between its results and its plot
                 plot_learning_curve(paths.root)
             log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
             return done
-        log.info("%s finished %d steps, but its model is missing: delivering it again from its last checkpoint",
-                 paths.name, done.total_timesteps)
+        log.info("%s finished %d steps, but its model is %s: delivering it again from its last checkpoint",
+                 paths.name, done.total_timesteps, "missing" if spec is None else f"of step {spec.timestep}, not"
+                 f" {delivered} as its results say (a run killed while it finished)")
         config = dataclasses.replace(config, total_timesteps=done.total_timesteps)
     check_results_dir(results_dir)
     check_writable(paths.root, f"experiment {paths.root}")
     dims = check_envs(config)
     start = load_starting_point(init_from, config, *dims) if init_from is not None else None
-    if start is not None and Path(start.record["model"]).parent == paths.root.absolute():
+    if start is not None and Path(start.record["model"]).resolve().parent == paths.root.resolve():
         raise ConfigError(f"--init-from {start.record['model']}: that is the model of the experiment this run"
                           " would write")
     if tensorboard:

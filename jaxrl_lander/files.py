@@ -77,6 +77,9 @@ class ExperimentPaths:
 def model_path(path: str | Path) -> Path:
     """A model directory, or the model of an experiment directory (ExperimentPaths.at: a renamed copy too)."""
     path = Path(path)
+    if "\\" in str(path.absolute()):
+        raise UnreadableModel(f"{path} holds '\\', which tensorstore reads as a separator: move the"
+                              " experiment to a path without it")
     if path.name.endswith("_model"):
         return path
     model = ExperimentPaths.at(path).model
@@ -96,6 +99,7 @@ def model_path(path: str | Path) -> Path:
 # written where nothing reads them back.
 UNSAFE_CHARACTERS = "[]*?\\"
 MAX_PATH_PART = 200  # bytes of one directory name in a results path; the experiments' names add theirs (255 in all)
+MAX_PATH = 3500  # bytes of a results path: the deepest file under it adds about 200 (4,096 in all)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
 MAX_NAME = 100  # a name the tool makes a directory of; the files in it add their own suffixes
 
@@ -123,6 +127,9 @@ def check_results_dir(results_dir: str | Path) -> None:
                           " separator; choose a path without them")
     if any(len(part.encode()) > MAX_PATH_PART for part in Path(absolute).parts):
         raise ConfigError(f"results directory {shorten(absolute)} has a name longer than {MAX_PATH_PART} bytes")
+    if len(absolute.encode()) > MAX_PATH:
+        raise ConfigError(f"results directory {shorten(absolute)} is {len(absolute.encode())} bytes long, over"
+                          f" {MAX_PATH}: the files in it would pass the system's limit")
     for directory in (Path(results_dir), Path(results_dir) / "experiments", Path(results_dir) / "sweeps"):
         check_writable(directory, f"results directory {results_dir}")
 

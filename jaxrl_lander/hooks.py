@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from jaxrl_lander.errors import Terminated
+
 
 class _DropReadFailureEchoes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -37,38 +39,42 @@ def drop_read_failure_echoes() -> None:
 
 
 def catch_interrupts() -> None:
-    """Make a Ctrl-C (SIGINT) a KeyboardInterrupt that main() can catch, wherever it lands (unless SIGINT already
-    has another handler, or is ignored, as in a job started in the background).
+    """Make a Ctrl-C (SIGINT) a KeyboardInterrupt, and a SIGTERM a Terminated (one), that main() can catch,
+    wherever they land (each unless it already has another handler, or is ignored, as SIGINT in a job started in
+    the background).
 
-    Two places would lose it: an import (an extension module such as numpy or jaxlib that it stops while loading
+    Two places would lose one: an import (an extension module such as numpy or jaxlib that it stops while loading
     raises ImportError, or leaves the process to crash later), and a garbage-collection callback or finaliser
-    (JAX runs one at every collection), where Python reports it as "Exception ignored" and goes on. There, SIGINT
-    is sent again a moment later instead, until it lands in ordinary code (or in the training loop, which then
-    stops at its next step)."""
-    if threading.current_thread() is not threading.main_thread() or (
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    (JAX runs one at every collection), where Python reports it as "Exception ignored" and goes on. There, the
+    signal is sent again a moment later instead, until it lands in ordinary code (or in the training loop, which
+    then stops at its next step)."""
+    if threading.current_thread() is not threading.main_thread():
         return
+    caught = [sig for sig, untouched in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+              if signal.getsignal(sig) is untouched]
     previous = sys.unraisablehook
 
-    def again() -> None:
-        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+    def again(signum: int) -> None:
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
         timer.daemon = True
         timer.start()
 
-    def on_sigint(signum, frame) -> None:
+    def on_signal(signum, frame) -> None:
         while frame is not None:
             if frame.f_code.co_filename.startswith("<frozen importlib."):
-                return again()
+                return again(signum)
             frame = frame.f_back
-        raise KeyboardInterrupt
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
 
     def unraisable(report) -> None:
         if not isinstance(report.exc_value, KeyboardInterrupt):
             return previous(report)
-        again()
+        again(getattr(report.exc_value, "signum", signal.SIGINT))
 
-    signal.signal(signal.SIGINT, on_sigint)
-    sys.unraisablehook = unraisable
+    for sig in caught:
+        signal.signal(sig, on_signal)
+    if caught:
+        sys.unraisablehook = unraisable
 
 
 def cpu_device_per_core() -> None:

@@ -6,6 +6,7 @@ bootstrap confidence interval over seeds (the practice of rliable, Agarwal et al
 the mean over seeds with a 95% bootstrap band.
 """
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -175,7 +176,8 @@ def _run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], dirs
     whole = [name for name in variants if not any(n == name for n, _ in failures)]
     summaries = {name: summarize_sweep(algo, seeds, dirs[name]) for name in whole}  # the variants that finished
     if list(variants) != [""] and summaries:
-        write_json_atomic(out_dir / "summary.json", {"algorithm": algo, "seeds": seeds, "variants": summaries})
+        covered = sorted({seed for summary in summaries.values() for seed in summary["seeds"]})
+        write_json_atomic(out_dir / "summary.json", {"algorithm": algo, "seeds": covered, "variants": summaries})
     if failures:
         (name, seed), error = next(iter(failures.items()))
         where = lambda n, s: f"{n}/seed {s}" if n else f"{s}"  # noqa: E731
@@ -228,12 +230,16 @@ def _train_agents(seeds: list[int], variants: dict[str, RunConfig], dirs: dict[s
 
 
 def _summarized_seeds(algo: str, seeds: list[int], out_dir: Path) -> list[int]:
-    """`seeds`, and those of the directory's earlier summary whose runs are complete: a sweep run again with fewer
-    seeds adds to its summary, never shrinks it."""
-    earlier = read_json(out_dir / "summary.json").get("seeds", []) if (out_dir / "summary.json").is_file() else []
-    finished = [s for s in earlier if isinstance(s, int) and ExperimentPaths.of(out_dir, algo, s).results.is_file()
-                and read_json(ExperimentPaths.of(out_dir, algo, s).results).get("status") == "completed"]
-    return sorted(set(seeds) | set(finished))
+    """`seeds`, and every other seed of the directory whose run completed (they all trained from its one
+    config.toml): a sweep run again for fewer seeds, or after a kill before its summary, adds to its summary."""
+    done = []
+    for results in (out_dir / "experiments").glob(f"{algo}_seed*/{algo}_seed*_results.json"):
+        seed = results.parent.name.removeprefix(f"{algo}_seed")
+        if seed.isdigit() and results.name == f"{algo}_seed{seed}_results.json":
+            with contextlib.suppress(OSError, ValueError):
+                if read_json(results).get("status") == "completed":
+                    done.append(int(seed))
+    return sorted(set(seeds) | set(done))
 
 
 def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any]:

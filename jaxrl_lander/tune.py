@@ -167,10 +167,15 @@ class Study:
         logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)  # its failures reach us as exceptions
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retries
         self.url = storage  # what the workers started here get (in their environment, never on their command line)
+        trials_here = sorted(p.name for p in out_dir.glob("trial_*")) if out_dir.is_dir() else []
+        if trials_here and storage is None and not (out_dir / "study.db").exists():
+            raise self._not_ours(trials_here, str(out_dir / "study.db"))
         self.storage = open_storage(storage, out_dir / "study.db", heartbeat)
         self.where = redact(storage) if storage else str(out_dir / "study.db")
         sampler = optuna.samplers.TPESampler(n_startup_trials=8, constant_liar=True)  # liar: workers spread out
         try:
+            if trials_here and name not in {s.study_name for s in self.storage.get_all_studies()}:
+                raise self._not_ours(trials_here, self.where)
             self.study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
                                              pruner=_pruner(pruner, base), direction="maximize", load_if_exists=True)
             differs = claim_identity(self.storage, self.storage.get_study_id_from_name(name),
@@ -183,6 +188,13 @@ class Study:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.current: int | None = None  # the number of the trial this worker is running
         self.failed_in_a_row = 0
+
+    def _not_ours(self, trials_here: list[str], where: str) -> ConfigError:
+        """A study directory holding trials that the storage knows nothing of: another study's (made with another
+        storage, or one since deleted). Its trials would resume those runs, under another config."""
+        return ConfigError(f"{self.out_dir} holds {len(trials_here)} trial(s) of a study that {where} does not hold"
+                           f" ({trials_here[0]}...): give another --study, the storage of that study, or move the"
+                           " directory away")
 
     # ---------------------------------------------------------------- running trials
     def pending(self) -> bool:
@@ -224,8 +236,8 @@ class Study:
                 except Exception as exc:
                     if storage_failure(exc) is not None or not self._failed_elsewhere():
                         raise
-                    log.warning("trial %s was retried elsewhere while this worker stalled; the retry counts"
-                                " the run it finished", self.current)
+                    log.warning("trial %s was given to another worker while this one stalled (its heartbeats"
+                                " stopped); that worker's retry counts, this run does not", self.current)
                     self.current = None
                 continue
             running = sum(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False))
@@ -257,7 +269,7 @@ class Study:
         if isinstance(exc, TrainingFailed):  # a failed write (a full disk): its message stays first
             raise TrainingFailed(redact(f"{exc}; study {self.name} stopped {during} when it runs again"),
                                  write_failed=exc.write_failed) from None
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        signum = getattr(exc, "signum", signal.SIGINT)  # an Interrupted's, a Terminated's, or a Ctrl-C's
         raise Interrupted(signum, f"study {self.name} stopped {during}: run the same command again to go on"
                                   " (a stopped trial resumes from its checkpoints)") from None
 
@@ -266,6 +278,10 @@ class Study:
         it, which tells it once for all its workers (they would each tell the same lost storage)."""
         try:
             self.run()
+        except Interrupted as exc:  # the command stopped its workers, and says so once
+            if os.environ.get(WORKER_ERRORS_ENV) is None:
+                raise
+            raise SystemExit(128 + exc.signum) from None
         except TrainingFailed as exc:
             errors = os.environ.get(WORKER_ERRORS_ENV)
             if errors is None:
@@ -303,17 +319,22 @@ class Study:
         killed = [signal.Signals(-code).name for code in codes if code < 0]
         if killed:
             who = "a worker" if len(killed) == 1 else f"{len(killed)} workers"
-            raise TrainingFailed(f"{who} of study {self.name} {'was' if len(killed) == 1 else 'were'} killed by"
-                                 f" {', '.join(killed)}; {self._after_kill()}")
+            what = f"{who} of study {self.name} {'was' if len(killed) == 1 else 'were'} killed by {', '.join(killed)}"
+            after = self._after_kill()
+            if after is None:  # the others retried its trial and ended the study: nothing is lost
+                log.warning("%s; the other workers retried its trial, and the study is full", what)
+            else:
+                raise TrainingFailed(f"{what}; {after}")
         if told:  # the workers' own lines, each told once
             raise TrainingFailed(" | ".join(told))
-        if any(codes):
+        if max(codes) > 0:
             raise TrainingFailed(f"a worker of study {self.name} exited with status {max(codes)} (its error is above)")
 
-    def _after_kill(self) -> str:
+    def _after_kill(self) -> str | None:
+        """What becomes of a killed worker's trial: None when the others retried it and the study is full."""
         with contextlib.suppress(*STORAGE_ERRORS):
             if not self.pending() and not any(t.state == TrialState.RUNNING for t in self.study.get_trials()):
-                return "the other workers retried its trial, and the study is full"
+                return None
         return "its trial is retried from its checkpoints when the study runs again"
 
     def _objective(self, trial: optuna.Trial) -> float:

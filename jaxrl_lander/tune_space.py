@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.config import (A2C_OPTIMIZERS, BACKENDS, CONFIG_CLASSES, RunConfig, _checked, _field_types,
-                                 check_env_id, check_keys_and_types, make_config, read_toml)
+from jaxrl_lander.config import (CONFIG_CLASSES, RunConfig, _checked, _field_types, check_keys_and_types, make_config,
+                                 read_toml)
 from jaxrl_lander.errors import ConfigError
 from jaxrl_lander.redact import shorten
 
@@ -28,16 +28,12 @@ NOT_TUNED = ("algo", "seed")  # a trial's seed is the study's; the algorithm is 
 INT_LIMIT = 2**53
 
 
-def _allowed(allowed: tuple[str, ...]):
-    def check(value: str) -> None:
-        if value not in allowed:
-            raise ConfigError(f"must be one of {', '.join(allowed)}, got {shorten(value)}")
-    return check
-
-
-# The config fields whose values are checked one by one, whatever the others are: a choice outside them is
-# refused before the study starts (an env id is never handed to gymnasium unless it is on the allow-list).
-CHOICE_RULES = {"env_id": check_env_id, "env_backend": _allowed(BACKENDS), "optimizer": _allowed(A2C_OPTIMIZERS)}
+def _value_problem(cls: type[RunConfig], key: str, value: Any) -> str | None:
+    """What is wrong with one value of `key` whatever the other keys are: the config's own rule on that field, and
+    tuning's need of evaluations during training (the objective and the pruner read them)."""
+    if key == "eval_interval" and value <= 0:
+        return "tuning needs eval_interval > 0: the objective and the pruner read the evaluations during training"
+    return cls.field_problem(key, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,16 +82,16 @@ def read_space(path: str | Path, algo: str) -> Space:
     ranges = values.get("space", {})
     if not ranges:
         raise ConfigError(f"{source}: [space] names no key to tune")
-    types = _field_types(CONFIG_CLASSES[algo])
     for key, spec in ranges.items():
-        ranges[key] = _checked_range(key, spec, types, f"{source} [space]")
+        ranges[key] = _checked_range(key, spec, CONFIG_CLASSES[algo], f"{source} [space]")
         if key in settings:
             raise ConfigError(f"{source}: '{key}' is both in [settings] and in [space]")
     return Space(algo=algo, settings=settings, ranges=ranges, source=source)
 
 
-def _checked_range(key: str, spec: Any, types: dict[str, type], where: str) -> dict[str, Any]:
+def _checked_range(key: str, spec: Any, cls: type[RunConfig], where: str) -> dict[str, Any]:
     """One key's range, checked against the config field it tries; ConfigError naming the key otherwise."""
+    types = _field_types(cls)
     if key not in types:
         raise ConfigError(f"{where}: unknown config key '{key}'")
     if key in NOT_TUNED:
@@ -115,11 +111,9 @@ def _checked_range(key: str, spec: Any, types: dict[str, type], where: str) -> d
         choices = [_checked(key, c, field, where) for c in choices]
         if len(set(choices)) < len(choices):
             raise ConfigError(f"{where}: '{key}' choices repeat a value")
-        for choice in choices if key in CHOICE_RULES else ():
-            try:
-                CHOICE_RULES[key](choice)
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: '{key}' choice {shorten(choice)} is refused: {exc}") from None
+        for choice in choices:  # each alone (an env id is never handed to gymnasium unless it is on the list)
+            if problem := _value_problem(cls, key, choice):
+                raise ConfigError(f"{where}: '{key}' choice {shorten(choice)} is refused: {problem}")
         return {"type": "categorical", "choices": choices}
     if field is not {"float": float, "int": int}[spec["type"]]:
         raise ConfigError(f"{where}: '{key}' is {field.__name__}: give it type = \"{_kind_of(field)}\"")
@@ -131,6 +125,9 @@ def _checked_range(key: str, spec: Any, types: dict[str, type], where: str) -> d
                           f" low {low}, high {high}")
     if not low < high:
         raise ConfigError(f"{where}: '{key}' range is empty (low {low!r} must be below high {high!r})")
+    for end, value in (("low", low), ("high", high)):  # every rule on a field alone is an interval: the ends tell
+        if problem := _value_problem(cls, key, value):
+            raise ConfigError(f"{where}: '{key}' {end} {value!r} is refused: {problem}")
     log = _checked(key, spec.get("log", False), bool, where)
     if log and low <= 0:
         raise ConfigError(f"{where}: '{key}' log range needs low > 0, got {low!r}")

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import fcntl
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._rdb import models
 
 from jaxrl_lander.errors import ConfigError, first_line
-from jaxrl_lander.redact import redact
+from jaxrl_lander.redact import MASK, redact
 
 # How a study's worker processes get its storage URL: every user can read a process's command line (ps), only its
 # owner its environment.
@@ -59,16 +60,40 @@ def open_storage(url: str | None, sqlite_file: Path, heartbeat: int) -> RDBStora
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(sqlite_file.parent / ".storage.lock"):
             return _opened(lambda: _Storage("sqlite://", engine_kwargs=engine, **kwargs), path)
-    shown = redact(url)
+    if not url:
+        raise ConfigError("--storage must not be empty (leave it out for a SQLite file in the study's directory)")
+    hide = _secret_hider(url)
+    shown = hide(redact(url))
     try:
-        backend = sqlalchemy.make_url(url).get_backend_name()
+        parsed = sqlalchemy.make_url(url)
+        backend = parsed.get_backend_name()
     except Exception as exc:  # a malformed URL (a port that is not a number, no scheme)
-        raise ConfigError(f"cannot open the study storage {shown}: {redact(first_line(exc))}") from None
+        raise ConfigError(f"cannot open the study storage {shown}: {hide(redact(first_line(exc)))}") from None
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(f"the study storage {shown} is in memory: no other worker could join it, and it would be"
+                          " gone with this process; give a file (sqlite:////path/study.db), or leave --storage out")
     connect = {"sqlite": {"timeout": 60}, "postgresql": {"connect_timeout": 10}}.get(backend, {})
-    return _opened(lambda: _Storage(url, engine_kwargs={"connect_args": connect}, **kwargs), shown)
+    engine = {"connect_args": connect, "pool_pre_ping": True}  # a server restarted between two calls: reconnect
+    return _opened(lambda: _Storage(url, engine_kwargs=engine, **kwargs), shown, hide)
 
 
-def _opened(make, shown: str) -> RDBStorage:
+def _secret_hider(url: str):
+    """A function masking, in a text, the password of the storage URL `url` as typed, and its parts: a password
+    holding a raw '@' or a space is cut by the URL's parser, which then names a piece of it as the host."""
+    found = re.match(r"[^:/\s]+://[^:/@]*:(.*)@[^@]*$", url)
+    secret = found[1] if found else ""
+    pieces = sorted({secret, *re.split(r"[@\s]", secret)} - {""}, key=len, reverse=True)
+    pieces = [piece for piece in pieces if len(piece) >= 3 or piece == secret]
+
+    def hide(text: str) -> str:
+        for piece in pieces:
+            text = text.replace(piece, MASK)
+        return text
+
+    return hide
+
+
+def _opened(make, shown: str, hide=lambda text: text) -> RDBStorage:
     for _ in range(CREATION_TRIES):
         try:
             return make()
@@ -77,7 +102,7 @@ def _opened(make, shown: str) -> RDBStorage:
         except Exception as exc:  # an unreachable server, bad credentials, an unknown dialect or driver
             error = exc
             break
-    raise ConfigError(f"cannot open the study storage {shown}: {redact(first_line(error))}") from None
+    raise ConfigError(f"cannot open the study storage {shown}: {hide(redact(first_line(error)))}") from None
 
 
 def canonical(value: Any) -> str:

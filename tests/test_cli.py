@@ -100,6 +100,10 @@ def _edit_json(name, **changes):
     return damage
 
 
+def _link_to_experiment(root):
+    (root / "link").symlink_to(root / EXP)
+
+
 def _experiment_a_file(root):
     shutil.rmtree(root / EXP)
     (root / EXP).write_text("a file where the experiment was\n")
@@ -241,6 +245,11 @@ BAD = [
      "no trained model in nowhere", None),
     (["train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--overwrite", "--init-from", EXP],
      "a2c_seed42_model: that is the model of the experiment this run would write", None),
+    (["train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--overwrite", "--init-from", "link"],
+     "that is the model of the experiment this run would write", _link_to_experiment),
+    (["train", "--algo", "a2c", "--config", "tiny.toml", "--results-dir", "/".join(["d" * 190] * 20)],
+     "bytes long, over 3500", None),
+    (["evaluate", "a\\b"], "holds '\\', which tensorstore reads as a separator", None),
     # Passwords, wherever a value or a path is echoed.
     (["train", "--algo", "a2c", "--set", f"env_id=postgresql://a:{'S' * 120}@h/db"], "got 'postgresql://a:***@h/db'",
      None),
@@ -346,3 +355,10 @@ def test_reproduce_records_sc004(tmp_path):
     from jaxrl_lander.schemas import EXPERIMENT_RESULTS
 
     _validate(results, EXPERIMENT_RESULTS)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(finished_experiment, tmp_path):
+    shutil.copytree(finished_experiment, tmp_path, dirs_exist_ok=True)
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m jaxrl_lander evaluate {EXP} --episodes 1 | true;"
+                           " echo ${PIPESTATUS[0]}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "141" and proc.stderr == "", proc.stderr  # 128 + SIGPIPE, as a shell's tools end

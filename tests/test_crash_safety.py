@@ -129,3 +129,14 @@ def test_a_resume_that_dies_delivering_its_model_leaves_the_previous_one(tmp_pat
     assert load_json(exp / "a2c_seed42_model/policy/metadata")["timestep"] == 600
     assert load_json(exp / "a2c_seed42_results.json")["timestep"] == 600
     assert sorted(p.name for p in exp.iterdir() if p.name.startswith(".")) == []
+    # Killed after its new model, before its results (its 2nd JSON write): a resume with the results' total does
+    # not call that finished, and the total of the model's checkpoint delivers it whole again.
+    killed = run([*train, "800", "--resume"], tmp_path, "json:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_json(exp / "a2c_seed42_model/policy/metadata")["timestep"] == 800
+    assert load_json(exp / "a2c_seed42_results.json")["timestep"] == 600
+    stale = run([*train, "600", "--resume"], tmp_path)
+    assert stale.returncode == 2 and "its checkpoint is at step 800, past total_timesteps 600" in stale.stderr
+    again = run([*train, "800", "--resume"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert load_json(exp / "a2c_seed42_results.json")["timestep"] == 800

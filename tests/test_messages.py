@@ -180,6 +180,15 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, start_cli):
     assert child.finish() == (130, "", [INTERRUPTED])
 
 
+def test_sigterm_during_start_up_is_one_line(tmp_path, start_cli):
+    """As Ctrl-C is: it used to end the process with no word (a tuning worker then left its trial running)."""
+    (tmp_path / "tiny.toml").write_text(TINY)
+    child = start_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=tmp_path)
+    time.sleep(1.0)  # past the interpreter's own start, into the imports of JAX and its extension modules
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.finish() == (143, "", ["jaxrl_lander: terminated"])
+
+
 def test_a_long_evaluation_shows_progress_and_stops_on_ctrl_c(copy, start_cli):
     child = start_cli("evaluate", EXP, "--episodes", "100000000", cwd=copy)
     progress = child.wait_for("played 64/100000000 episodes in ")  # after the first batch of 64, then every 10 s

@@ -130,6 +130,7 @@ def test_a_sweep_run_again_with_fewer_seeds_keeps_its_summary_whole_and_odd_path
     sweep = ["sweep", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir=-odd", "--seeds"]
     first = run_cli(*sweep, "0", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    (tmp_path / "-odd/sweeps/tiny/summary.json").unlink()  # as a sweep killed before its summary leaves it
     again = run_cli(*sweep, "1", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     summary = json.loads((tmp_path / "-odd/sweeps/tiny/summary.json").read_text())

@@ -78,6 +78,13 @@ def study_json(root: Path, name: str = "space") -> dict:
     ('[space]\nenv_id = { type = "categorical", choices = ["evilmod:LunarLander-v3", "LunarLander-v3"] }',
      "'env_id' choice 'evilmod:LunarLander-v3' is refused: env_id must be one of"),
     ('[space]\noptimizer = { type = "categorical", choices = ["adam", "sgd"] }', "'optimizer' choice 'sgd' is refused"),
+    # every value a field's own rule refuses, at either end of a range or as a choice, before any trial trains
+    ('[space]\nn_steps = { type = "int", low = -5, high = 0 }',
+     "'n_steps' low -5 is refused: n_steps must be a positive integer, got -5"),
+    ('[space]\nhidden_size = { type = "int", low = 64, high = 100000 }',
+     "'hidden_size' high 100000 is refused: hidden_size must be at most 8,192"),
+    ('[space]\neval_interval = { type = "categorical", choices = [0, 5000] }',
+     "'eval_interval' choice 0 is refused: tuning needs eval_interval > 0"),
 ])
 def test_a_bad_space_is_refused_naming_the_problem(tmp_path, space, message):
     (tmp_path / "space.toml").write_text(space + "\n")
@@ -103,6 +110,13 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--space", "missing.toml"], "config file not found: missing.toml"),
     (["--storage", "postgresql://u:S3cretPW@localhost:notaport/db"],
      "cannot open the study storage postgresql://u:***@localhost:notaport/db: ValueError"),
+    # a password the URL's parser cuts (a raw '@', a space): every piece of it is masked, wherever the driver names it
+    (["--storage", "postgresql://u:S3c@retPW@127.0.0.1:1/db"], "cannot open the study storage postgresql://u:***@"),
+    (["--storage", "postgresql://u:S3cret PW@127.0.0.1:1/db"], "cannot open the study storage postgresql://u:***@"),
+    (["--storage", "sqlite://"], "the study storage sqlite:// is in memory: no other worker could join it"),
+    (["--storage", ""], "--storage must not be empty"),
+    (["--set", "hidden_size=0"], "the study's base config (space.toml [settings], with --config, --set, --steps):"
+     " hidden_size must be a positive integer, got 0"),
     (["--study", "%2E%2E%2F%2E%2E%2Fescape"], "--study must be a plain directory name"),
     (["--results-dir", "qq?x"], "results directory"),
     (["--space", "nan.toml"], "nan.toml: space.gamma.choices[1] is nan"),
@@ -118,7 +132,7 @@ def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
     proc = run_cli(*tune_args(2), *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
-    assert "S3cretPW" not in proc.stderr
+    assert "S3cretPW" not in proc.stderr and "S3c" not in proc.stderr and "retPW" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["continuous.toml", "huge.toml", "nan.toml",
                                                           "space.toml"]  # nothing written
 
