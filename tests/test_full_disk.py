@@ -1,6 +1,7 @@
 """A full disk mid-run: one line, exit 1, everything committed kept, and a --resume that completes once there is
 room. The disk is a real 1 MiB tmpfs (mounting one needs root; the test is skipped elsewhere)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,19 +13,24 @@ from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
 
 
-def mount_tmpfs(path, size: str) -> bool:
+@contextlib.contextmanager
+def tmpfs(path, size: str):
+    """A real tmpfs of `size` mounted at `path` for the block's length (the test is skipped where mounting one is
+    not allowed: it needs root)."""
     path.mkdir(exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    disk = tmp_path / "disk"
-    if os.geteuid() != 0 or not mount_tmpfs(disk, "1m"):
-        pytest.skip("mounting a tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        yield disk
 
 
 def test_a_full_disk_is_one_line_and_a_resume_completes_once_there_is_room(small_disk, tmp_path):

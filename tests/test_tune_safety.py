@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import load_json
-from test_full_disk import mount_tmpfs
+from test_full_disk import tmpfs
 from test_tune import SPACE, Postgres, postgres, run_cli, study_json, tune_args  # noqa: F401 (a fixture)
 
 from jaxrl_lander.config import load_config
@@ -262,11 +262,8 @@ def test_a_server_stopped_under_a_running_study_is_one_line_and_the_same_command
 
 @pytest.fixture
 def small_disk(tmp_path):
-    disk = tmp_path / "disk"
-    if os.geteuid() != 0 or not mount_tmpfs(disk, "2m"):
-        pytest.skip("mounting a tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        yield disk
 
 
 def test_a_full_disk_under_a_sqlite_study_is_one_line_and_the_same_command_goes_on(tmp_path, small_disk):
