@@ -63,21 +63,9 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
     check_rerun(paths, resume, overwrite)
     done = previous_results(paths) if resume else None
     if done and done.status == "completed" and done.total_timesteps >= config.total_timesteps:
-        differing = config.differences(done.hyperparameters, ignore=RESUMABLE_CHANGES)
-        if differing:
-            raise ConfigError(f"cannot resume {paths.root}: config differs from the finished run's in"
-                              f" {', '.join(differing)}")
-        delivered = (done.selected_checkpoint or {}).get("timestep", done.timestep)
-        spec = model_spec(paths.model) if paths.model.is_dir() else None
-        if spec is not None and spec.timestep == delivered:
-            if not paths.learning_curve.exists():  # a run killed between its results and its plot
-                plot_learning_curve(paths.root)
-            log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
+        if _whole(config, paths, done):
             return done
-        log.info("%s finished %d steps, but its model is %s: delivering it again from its last checkpoint",
-                 paths.name, done.total_timesteps, "missing" if spec is None else f"of step {spec.timestep}, not"
-                 f" {delivered} as its results say (a run killed while it finished)")
-        config = dataclasses.replace(config, total_timesteps=done.total_timesteps)
+        config = dataclasses.replace(config, total_timesteps=done.total_timesteps)  # delivered again, below
     check_results_dir(results_dir)
     check_writable(paths.root, f"experiment {paths.root}")
     dims = check_envs(config)
@@ -111,6 +99,28 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
             if watch:
                 watch.resumed(0, progress.evaluations)
             return experiment.run(state, progress, outputs, watch)
+
+
+def _whole(config: RunConfig, paths: ExperimentPaths, done: Results) -> bool:
+    """Whether a finished run that `config` resumes is whole, so that there is nothing to do; ConfigError when the
+    config differs from the run's beyond what a resume may change. Its learning-curve PNG, if missing (a kill
+    between its results and its plot), is drawn again; a model missing, or not the one its results name (a kill
+    while it finished), is not whole: the run delivers it again from its last checkpoint."""
+    differing = config.differences(done.hyperparameters, ignore=RESUMABLE_CHANGES)
+    if differing:
+        raise ConfigError(f"cannot resume {paths.root}: config differs from the finished run's in"
+                          f" {', '.join(differing)}")
+    delivered = (done.selected_checkpoint or {}).get("timestep", done.timestep)
+    spec = model_spec(paths.model) if paths.model.is_dir() else None
+    if spec is None or spec.timestep != delivered:
+        log.info("%s finished %d steps, but its model is %s: delivering it again from its last checkpoint",
+                 paths.name, done.total_timesteps, "missing" if spec is None else f"of step {spec.timestep}, not"
+                 f" {delivered} as its results say")
+        return False
+    if not paths.learning_curve.exists():
+        plot_learning_curve(paths.root)
+    log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
+    return True
 
 
 class Experiment:
@@ -293,11 +303,12 @@ class Experiment:
         if status != "completed":
             evaluation = None
         else:
-            if not delivery.evaluation and (delivery.step != progress.timestep or evaluation is None):
+            if delivery.evaluation:  # played by the selection
+                evaluation = delivery.evaluation
+            elif delivery.step != progress.timestep or evaluation is None:
                 log.info("%s: final evaluation, %d episodes", self.paths.name, self.config.eval_episodes)
-            if delivery.evaluation or delivery.step != progress.timestep or evaluation is None:
-                evaluation = delivery.evaluation or evaluate(delivery.policy, self.config.env_id,
-                                                             self.config.eval_episodes, self.seeds.final, timed=True)
+                evaluation = evaluate(delivery.policy, self.config.env_id, self.config.eval_episodes,
+                                      self.seeds.final, timed=True)
             outputs.evaluation(progress.timestep, evaluation, final=True)
         outputs.close(progress.timestep)
         status, reason = self._failed_write(status, reason, lambda: self.recorder.save(self.paths.metrics),
