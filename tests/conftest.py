@@ -1,7 +1,14 @@
-"""Shared fixtures: the suite runs on the CPU, and short real training runs are made once per session."""
+"""The suite's fixtures (the functions tests import are in helpers.py) and its two tiers.
 
+`make test` runs the fast tier (`-m "not slow"`); `make test-all` runs every test. A test is `slow` when it needs
+whole processes or many seconds of training: end-to-end runs, kills, sweeps, tuning studies, the soak. A test
+marked `needs("module")` is skipped, with the reason, where that optional extra is not installed.
+"""
+
+import importlib.util
 import os
 import signal
+import subprocess
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every command
@@ -9,45 +16,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from pathlib import Path  # noqa: E402
-from typing import NamedTuple  # noqa: E402
-
-import jax  # noqa: E402
 import pytest  # noqa: E402
+from helpers import (TINY_TOML, Postgres, call_main, postgres_bin, short_config, tmpfs,  # noqa: E402
+                     train_run)
 
-from jaxrl_lander.config import RunConfig, make_config  # noqa: E402
-from jaxrl_lander.files import ExperimentPaths, read_json  # noqa: E402
-from jaxrl_lander.results import Results  # noqa: E402
-
-SHORT_STEPS = 4_096  # two PPO updates of 2,048 transitions
-
-
-def short_config(algo: str, **overrides):
-    return make_config(algo, {"total_timesteps": SHORT_STEPS, "eval_episodes": 3, **overrides})
+EXTRAS = {"envpool": "envpool", "optuna": "tune", "psycopg": "tune", "tensorboardX": "tensorboard",
+          "matplotlib": "plot"}
 
 
-def load_json(path: Path) -> dict:
-    return read_json(path)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: whole processes or many seconds of training; make test-all runs it")
+    config.addinivalue_line("markers", "needs(module): skipped, naming the extra to install, without that module")
 
 
-def template_state(config: RunConfig):
-    """A train state of `config`'s structure on LunarLander (8 observations, 4 actions): what checkpoints restore into."""
-    from jaxrl_lander.algos import make_learner
-
-    return make_learner(config, obs_dim=8, num_actions=4).init(jax.random.key(0))
-
-
-class Run(NamedTuple):
-    config: RunConfig
-    results: Results
-    paths: ExperimentPaths
-
-
-def train_run(config: RunConfig, results_dir: Path, **kwargs) -> Run:
-    """Train `config` into results_dir as the Python API does; the run's config, results and paths."""
-    from jaxrl_lander import train
-
-    return Run(config, train(config, results_dir, **kwargs), ExperimentPaths.of(results_dir, config.algo, config.seed))
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("needs"):
+        for module in marker.args:
+            if importlib.util.find_spec(module) is None:
+                pytest.skip(f"{module} is not installed: pip install -e '.[{EXTRAS.get(module, module)}]'")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,25 +50,56 @@ def compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def short_runs(tmp_path_factory) -> dict[str, Run]:
-    """One short real training run per algorithm."""
+def short_runs(tmp_path_factory):
+    """One short real training run per algorithm (4,096 steps: two PPO updates)."""
     return {algo: train_run(short_config(algo), tmp_path_factory.mktemp(f"results_{algo}")) for algo in ("ppo", "a2c")}
 
 
-TINY_TOML = "checkpoint_interval = 200\neval_episodes = 2\n"
+@pytest.fixture(scope="session")
+def finished_cli_run(tmp_path_factory):
+    """A directory holding tiny.toml and one 400-step A2C experiment finished through the command line (checkpoints
+    at 200 and 400), made once per test process: tests copy it before changing anything."""
+    root = tmp_path_factory.mktemp("finished_cli_run")
+    (root / "tiny.toml").write_text(TINY_TOML)
+    assert call_main("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=root) == 0
+    return root
+
+
+@pytest.fixture
+def finished_copy(finished_cli_run, tmp_path):
+    """A copy of finished_cli_run in this test's own directory, to change as the test likes."""
+    subprocess.run(["cp", "-a", f"{finished_cli_run}/.", str(tmp_path)], check=True)
+    return tmp_path
+
+
+@pytest.fixture
+def cli(capfd):
+    """The command line in this process: cli(*args, cwd=...) returns a CompletedProcess with its exit status and
+    everything written to stdout and stderr (by Python or by the libraries below it), as a child's would hold."""
+    def run(*args, cwd) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        status = call_main(*args, cwd=cwd)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["jaxrl_lander", *map(str, args)], status, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")
-def finished_cli_run(tmp_path_factory) -> Path:
-    """A directory holding tiny.toml and one 400-step A2C experiment finished through the command line (checkpoints
-    at 200 and 400), made once per test process: tests copy it before changing anything."""
-    import subprocess
-    import sys
+def postgres():
+    """A PostgreSQL server for the tests that need one (one per test process)."""
+    bindir = postgres_bin()
+    if bindir is None or not (bindir / "initdb").exists():
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    server = Postgres(bindir)
+    try:
+        yield server
+    finally:
+        server.close()
 
-    root = tmp_path_factory.mktemp("finished_cli_run")
-    (root / "tiny.toml").write_text(TINY_TOML)
-    proc = subprocess.run([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "400", "--config",
-                           "tiny.toml", "--quiet"], cwd=root, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    assert proc.returncode == 0, proc.stderr
-    return root
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB disk (tmpfs) at tmp_path/disk."""
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        yield disk

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
-from conftest import TINY_TOML as TINY, load_json
+from helpers import TINY_TOML as TINY, load_json
 from test_cli import run_cli
 
 from jaxrl_lander import train

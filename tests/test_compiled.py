@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
-from conftest import load_json, template_state, train_run
+from helpers import CountingHooks, load_json, run_cli, template_state, train_run
 from jaxrl_lander.algos.base import gae
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.compiled import next_step_targets
@@ -168,15 +168,13 @@ def _records(metrics_json) -> list:
 def test_envpool_run_killed_inside_a_rollout_resumes_to_the_same_updates(tmp_path):
     """SIGKILL while a checkpoint inside the first rollout is being committed; --resume finishes with the
     uninterrupted run's checkpoint grid and update count (3 rollouts of 512 in 2,000 steps), its results valid."""
-    from test_crash_safety import run
-
     (tmp_path / "envpool.toml").write_text("".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in ENVPOOL.items()))
     train = ["train", "--algo", "ppo", "--steps", "2000", "--config", "envpool.toml", "--quiet"]
-    killed = run(train, tmp_path, "checkpoint:384")  # inside the first rollout
+    killed = run_cli(*train, cwd=tmp_path, point="checkpoint:384")  # inside the first rollout
     assert killed.returncode == -9, killed.stderr
     exp = tmp_path / "results" / "experiments" / "ppo_seed42"
     assert CheckpointStore(exp / "checkpoints").latest_step() in (128, 256)
-    resumed = run([*train, "--resume"], tmp_path)
+    resumed = run_cli(*train, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     results = load_json(exp / "ppo_seed42_results.json")
     assert results["status"] == "completed" and results["updates"] == 3
@@ -187,7 +185,6 @@ def test_envpool_run_killed_inside_a_rollout_resumes_to_the_same_updates(tmp_pat
 def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
     """The rollout is played whole, but a stop asked for during it ends the run at its next due step, before the
     update: the checkpoints after the stop are not made (an --overwrite stopped there keeps the old run)."""
-    from test_no_retrace import CountingHooks
 
     from jaxrl_lander.algos import make_learner
     from jaxrl_lander.compiled import CompiledCollector

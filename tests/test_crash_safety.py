@@ -1,16 +1,10 @@
 """SIGKILL at chosen moments leaves only complete files; a resume cleans up and finishes a valid artifact set."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import load_json
-from test_train_e2e import _validate
-
-from conftest import template_state
+from helpers import load_json, run_cli, template_state, validate
 
 from jaxrl_lander import load_policy
 from jaxrl_lander.checkpoint import CheckpointStore
@@ -22,12 +16,6 @@ HERE = Path(__file__).parent
 STEPS, CHECKPOINT_EVERY = 2_000, 200
 TRAIN = ["train", "--algo", "a2c", "--seed", "7", "--steps", str(STEPS), "--config", "crash.toml", "--quiet"]
 NAME = "a2c_seed7"
-
-
-def run(args, cwd, point=None):
-    prefix = [str(HERE / "kill_at.py"), point, "--"] if point else ["-m", "jaxrl_lander"]
-    return subprocess.run([sys.executable, *prefix, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 def expected_record_steps(config) -> list[int]:
@@ -42,14 +30,14 @@ def assert_only_complete_files(exp: Path, template, config) -> list[str]:
     last line is torn."""
     for name, schema in ((f"{NAME}_metrics.json", TRAINING_METRICS), (f"{NAME}_results.json", EXPERIMENT_RESULTS)):
         if (exp / name).exists():
-            _validate(load_json(exp / name), schema)
+            validate(load_json(exp / name), schema)
     store = CheckpointStore(exp / "checkpoints")
     for step in store.all_steps():
         _, meta = store.restore(step, template)
         assert meta["timestep"] == step
         # The journal as a resume from this checkpoint reads it: up to the step, and no further.
         at_step = MetricsRecorder.load_journal(exp / f"{NAME}_metrics.jsonl", step)
-        _validate(at_step.to_dict(), TRAINING_METRICS)
+        validate(at_step.to_dict(), TRAINING_METRICS)
         assert [r["timestep"] for r in at_step.records] == [t for t in expected_record_steps(config) if t <= step]
         assert len(at_step.episodes) == meta["episodes"]
     store.close()
@@ -85,14 +73,14 @@ def test_sigkill_at_five_moments_then_resume_gives_a_complete_valid_run(tmp_path
     template = template_state(config)
 
     for i, (point, leftover, latest) in enumerate(KILLS):
-        killed = run(TRAIN + (["--resume"] if i else []), tmp_path, point)
+        killed = run_cli(*TRAIN, *(["--resume"] if i else []), cwd=tmp_path, point=point)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
         leftovers = assert_only_complete_files(exp, template, config)
         assert leftover is None or any(leftover in name for name in leftovers), (point, leftovers)
         assert CheckpointStore(exp / "checkpoints").latest_step() in latest, point  # uncommitted = invisible
         assert not (exp / f"{NAME}_results.json").exists()  # no process reached its results yet
 
-    resumed = run([*TRAIN, "--resume"], tmp_path)
+    resumed = run_cli(*TRAIN, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert assert_only_complete_files(exp, template, config) == []  # partial writes cleaned on resume
     results = load_json(exp / f"{NAME}_results.json")
@@ -117,26 +105,26 @@ def test_a_resume_that_dies_delivering_its_model_leaves_the_previous_one(tmp_pat
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 1\n")
     train = ["train", "--algo", "a2c", "--config", "tiny.toml", "--quiet", "--steps"]
     exp = tmp_path / "results" / "experiments" / "a2c_seed42"
-    assert run([*train, "400"], tmp_path).returncode == 0
-    killed = run([*train, "600", "--resume"], tmp_path, "model")
+    assert run_cli(*train, "400", cwd=tmp_path).returncode == 0
+    killed = run_cli(*train, "600", "--resume", cwd=tmp_path, point="model")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert load_policy(exp) is not None and load_json(exp / "a2c_seed42_model/policy/metadata")["timestep"] == 400
-    killed = run([*train, "600", "--resume"], tmp_path, "swap")
+    killed = run_cli(*train, "600", "--resume", cwd=tmp_path, point="swap")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (exp / "a2c_seed42_model").exists() and (exp / ".a2c_seed42_model.old").is_dir()
-    resumed = run([*train, "600", "--resume"], tmp_path)  # puts the old one back, then delivers the new one
+    resumed = run_cli(*train, "600", "--resume", cwd=tmp_path)  # puts the old one back, then delivers the new one
     assert resumed.returncode == 0, resumed.stderr
     assert load_json(exp / "a2c_seed42_model/policy/metadata")["timestep"] == 600
     assert load_json(exp / "a2c_seed42_results.json")["timestep"] == 600
     assert sorted(p.name for p in exp.iterdir() if p.name.startswith(".")) == []
     # Killed after its new model, before its results (its 2nd JSON write): a resume with the results' total does
     # not call that finished, and the total of the model's checkpoint delivers it whole again.
-    killed = run([*train, "800", "--resume"], tmp_path, "json:2")
+    killed = run_cli(*train, "800", "--resume", cwd=tmp_path, point="json:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert load_json(exp / "a2c_seed42_model/policy/metadata")["timestep"] == 800
     assert load_json(exp / "a2c_seed42_results.json")["timestep"] == 600
-    stale = run([*train, "600", "--resume"], tmp_path)
+    stale = run_cli(*train, "600", "--resume", cwd=tmp_path)
     assert stale.returncode == 2 and "its checkpoint is at step 800, past total_timesteps 600" in stale.stderr
-    again = run([*train, "800", "--resume"], tmp_path)
+    again = run_cli(*train, "800", "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert load_json(exp / "a2c_seed42_results.json")["timestep"] == 800

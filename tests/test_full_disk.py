@@ -1,38 +1,18 @@
 """A full disk mid-run: one line, exit 1, everything committed kept, and a --resume that completes once there is
 room. The disk is a real 1 MiB tmpfs (mounting one needs root; the test is skipped elsewhere)."""
 
-import contextlib
 import os
 import subprocess
 import sys
 
 import pytest
-from conftest import load_json, template_state
+from helpers import load_json, template_state
 
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
 
 
-@contextlib.contextmanager
-def tmpfs(path, size: str):
-    """A real tmpfs of `size` mounted at `path` for the block's length (the test is skipped where mounting one is
-    not allowed: it needs root)."""
-    path.mkdir(exist_ok=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    with tmpfs(tmp_path / "disk", "1m") as disk:
-        yield disk
-
-
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_a_resume_completes_once_there_is_room(small_disk, tmp_path):
     (tmp_path / "c.toml").write_text("checkpoint_interval = 40\neval_episodes = 1\n")
     args = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "600", "--config", "c.toml",

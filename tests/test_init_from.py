@@ -4,8 +4,7 @@ with a fresh optimiser, and says so in its results; what cannot start from them 
 import jax
 import numpy as np
 import pytest
-from conftest import load_json, template_state, train_run
-from test_train_e2e import _validate
+from helpers import load_json, template_state, train_run, validate
 
 from jaxrl_lander.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import make_config
@@ -45,7 +44,7 @@ def test_the_new_run_starts_from_the_models_parameters_and_statistics(source, tm
     assert run.results.initialized_from == meta["initialized_from"] == record
     saved = load_json(run.paths.results)
     assert saved["initialized_from"] == record
-    _validate(saved, EXPERIMENT_RESULTS)
+    validate(saved, EXPERIMENT_RESULTS)
 
 
 def test_a_resumed_run_keeps_what_it_started_from(source, tmp_path):

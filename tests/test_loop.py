@@ -1,6 +1,6 @@
 """The loop's bookkeeping: when the collector must stop, and the order in which the outputs hear of the steps."""
 
-from conftest import short_config
+from helpers import short_config
 
 from jaxrl_lander.collect import Episode
 from jaxrl_lander.loop import _tell, crossed, next_due

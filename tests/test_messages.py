@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TOML as TINY
+from helpers import TINY_TOML as TINY
 from test_cli import run_cli
 
 EXP = "results/experiments/a2c_seed42"

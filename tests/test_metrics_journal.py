@@ -6,8 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import SHORT_STEPS, load_json, short_config, train_run
-from test_train_e2e import _validate, _without_times
+from helpers import SHORT_STEPS, load_json, short_config, train_run, validate, without_times
 
 from jaxrl_lander.files import ExperimentPaths
 from jaxrl_lander.outputs.metrics import MetricsRecorder, metrics_file, read_metrics
@@ -39,7 +38,7 @@ def _journaled(path, checkpoints) -> MetricsRecorder:
 
 def _same(loaded: MetricsRecorder, rec: MetricsRecorder, apart: bool = False) -> None:
     """The same content; for a recorder made `apart` (a reference run), save for the times of day."""
-    strip = _without_times if apart else dict
+    strip = without_times if apart else dict
     assert strip(loaded.to_dict()) == strip(rec.to_dict())
     assert loaded.recent_reward_mean == rec.recent_reward_mean
 
@@ -185,7 +184,7 @@ def test_read_metrics_takes_the_newer_of_the_json_and_the_journal(tmp_path):
     rec = _journaled(paths.metrics_journal, [200, 400])
     assert metrics_file(paths) == paths.metrics_journal  # a run still training, or killed
     assert read_metrics(metrics_file(paths)) == rec.to_dict()
-    _validate(read_metrics(metrics_file(paths)), TRAINING_METRICS)
+    validate(read_metrics(metrics_file(paths)), TRAINING_METRICS)
     rec.save(paths.metrics)
     os.utime(paths.metrics_journal, ns=(1, 1))
     assert metrics_file(paths) == paths.metrics  # a finished run
@@ -220,7 +219,7 @@ def test_an_experiment_written_before_the_journal_resumes(short_runs, tmp_path):
     resumed = train_run(short_config("a2c"), tmp_path / "results", resume=True)
     assert resumed.results.resumed_from_timestep == 2000
     metrics = load_json(resumed.paths.metrics)
-    _validate(metrics, TRAINING_METRICS)
+    validate(metrics, TRAINING_METRICS)
     steps = [r["timestep"] for r in metrics["records"]]
     assert steps == sorted(set(steps)) and len(steps) == SHORT_STEPS // 100  # no gap, no duplicate
     before = load_json(finished.paths.metrics)

@@ -7,6 +7,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from helpers import CountingHooks
 
 from jaxrl_lander.algos import make_learner
 from jaxrl_lander.collect import HostCollector, RolloutBuffer
@@ -49,20 +50,6 @@ def test_act_and_update_trace_once(algo, n_steps):
         losses.append(float(metrics["loss"]))
     envs.close()
     assert len(set(losses)) == 3 and all(np.isfinite(losses))  # three real, different updates ran
-
-
-class CountingHooks:
-    def __init__(self, collector):
-        self.checkpoints, self.evaluations, self.collector = [], 0, collector
-
-    def evaluate(self, params):
-        self.evaluations += 1
-        return [{"episodes": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}]
-
-    def checkpoint(self, state, progress, training_seconds):
-        (agent,) = progress
-        self.collector.pending(agent.timestep)  # what a checkpoint takes of the rollout in progress
-        self.checkpoints.append(agent.timestep)
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", "envpool"])

@@ -2,16 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers import pooled_moments
 
 from jaxrl_lander.envs.normalization import CLIP, PRIOR_COUNT, Normalizer, RunningMeanStd, observation_function
-
-
-def pooled_moments(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of all samples together with the prior (mean 0, variance 1, weight PRIOR_COUNT)."""
-    n = len(samples) + PRIOR_COUNT
-    mean = samples.sum(axis=0) / n
-    second_moment = (PRIOR_COUNT * 1.0 + (samples**2).sum(axis=0)) / n  # the prior's E[x^2] is var + mean^2 = 1
-    return mean, second_moment - mean**2
 
 
 def test_running_moments_equal_the_pooled_moments_of_every_batch():

@@ -6,7 +6,7 @@ These catch sign errors and off-by-ones (in GAE, bootstrapping, the losses) that
 import numpy as np
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
-from conftest import Run, train_run
+from helpers import Run, train_run
 
 from jaxrl_lander import load_policy
 from jaxrl_lander.config import make_config

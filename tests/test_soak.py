@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import load_json, template_state
+from helpers import load_json, template_state
 
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config

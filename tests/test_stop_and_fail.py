@@ -9,8 +9,7 @@ import time
 import jax
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
-from conftest import load_json
-from test_train_e2e import _validate
+from helpers import load_json, validate
 
 from jaxrl_lander import train
 from jaxrl_lander.algos import make_learner
@@ -35,8 +34,8 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path):
     assert "stopped by SIGTERM" in out and "--resume" in out
 
     results = load_json(exp / "a2c_seed5_results.json")
-    _validate(results, EXPERIMENT_RESULTS)
-    _validate(load_json(exp / "a2c_seed5_metrics.json"), TRAINING_METRICS)
+    validate(results, EXPERIMENT_RESULTS)
+    validate(load_json(exp / "a2c_seed5_metrics.json"), TRAINING_METRICS)
     stopped_at = results["timestep"]
     assert results["status"] == "interrupted" and results["evaluation"] is None
     assert 2000 <= stopped_at < 1_000_000
@@ -64,11 +63,11 @@ def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     with pytest.raises(TrainingFailed, match="non-finite loss nan at update 1 \\(step 128\\)"):
         train(config, tmp_path)
     results = load_json(paths.results)
-    _validate(results, EXPERIMENT_RESULTS)
+    validate(results, EXPERIMENT_RESULTS)
     assert results["status"] == "failed" and "non-finite loss" in results["reason"]
     assert results["evaluation"] is None and not paths.model.exists()
     assert results["updates"] == 1
-    _validate(load_json(paths.metrics), TRAINING_METRICS)
+    validate(load_json(paths.metrics), TRAINING_METRICS)
     # Only checkpoints taken before the bad update exist, and they restore.
     store = CheckpointStore(paths.checkpoints)
     assert store.all_steps() == [64]

@@ -4,7 +4,7 @@ import struct
 from collections import defaultdict
 
 import pytest
-from conftest import load_json, train_run
+from helpers import load_json, train_run
 
 from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.config import make_config

@@ -1,37 +1,21 @@
 """Short real training runs (PPO and A2C on LunarLander-v3): the artifact set, schemas, resume and reproducibility."""
 
 import json
-import shutil
 
 import jax
-import jsonschema
 import numpy as np
 import pytest
-from conftest import SHORT_STEPS, load_json, short_config, template_state, train_run
+from helpers import (SHORT_STEPS, interrupted_copy, load_json, same_params, short_config, template_state, train_run,
+                     validate, without_times)
 
 from jaxrl_lander import Policy, load_policy, train
 from jaxrl_lander.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import ConfigError
 from jaxrl_lander.evaluate import evaluate_experiment
-from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS, load_schema
+from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
 from jaxrl_lander.seeding import EVAL_SEED_OFFSET, RunKeys, eval_env_seed
 
 ALGOS = ["ppo", "a2c"]
-
-
-def _validate(instance, schema_name):
-    jsonschema.Draft202012Validator(load_schema(schema_name),
-                                    format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(instance)
-
-
-def _same_params(a, b) -> None:
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
-def _without_times(metrics):
-    metrics = dict(metrics, metadata={k: v for k, v in metrics["metadata"].items() if k != "created_at"})
-    metrics["records"] = [{k: v for k, v in r.items() if k != "timestamp"} for r in metrics["records"]]
-    return metrics
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -52,9 +36,9 @@ def test_full_artifact_set(short_runs, algo):
 def test_outputs_match_their_schemas_and_values(short_runs, algo):
     config, results, paths = short_runs[algo]
     metrics = load_json(paths.metrics)
-    _validate(metrics, TRAINING_METRICS)
+    validate(metrics, TRAINING_METRICS)
     on_disk = load_json(paths.results)
-    _validate(on_disk, EXPERIMENT_RESULTS)
+    validate(on_disk, EXPERIMENT_RESULTS)
     assert on_disk == results.to_dict()
 
     results = results.to_dict()
@@ -101,7 +85,7 @@ def test_final_model_and_last_checkpoint_hold_the_final_params(short_runs, algo)
     store.close()
     assert meta["timestep"] == SHORT_STEPS and meta["config"] == config.to_dict()
     final, spec = load_model(paths.model)
-    _same_params(restored.params, final)
+    same_params(restored.params, final)
     assert spec.timestep == SHORT_STEPS
     obs = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
     policy = load_policy(paths.root)
@@ -112,22 +96,13 @@ def test_same_seed_same_run(short_runs, tmp_path):
     """SC-004 on a short run: identical metrics (timestamps aside) and identical final parameters."""
     first = short_runs["ppo"]
     second = train_run(short_config("ppo"), tmp_path)
-    assert _without_times(load_json(second.paths.metrics)) == _without_times(load_json(first.paths.metrics))
-    _same_params(load_model(second.paths.model)[0], load_model(first.paths.model)[0])
+    assert without_times(load_json(second.paths.metrics)) == without_times(load_json(first.paths.metrics))
+    same_params(load_model(second.paths.model)[0], load_model(first.paths.model)[0])
     assert second.results.evaluation["returns"] == first.results.evaluation["returns"]
 
     other = train_run(short_config("ppo", seed=7), tmp_path)  # and another seed gives another run
     assert load_json(other.paths.metrics)["episodes"] != load_json(first.paths.metrics)["episodes"]
 
-
-def _interrupted_copy(src, dst, keep_up_to):
-    """A copy of a finished experiment as a run killed after its checkpoint at `keep_up_to` would leave it."""
-    shutil.copytree(src, dst)
-    for step_dir in (dst / "checkpoints").iterdir():
-        if step_dir.name.isdigit() and int(step_dir.name) > keep_up_to:
-            shutil.rmtree(step_dir)
-    (dst / f"{dst.name}_results.json").unlink()
-    shutil.rmtree(dst / f"{dst.name}_model")
 
 
 def test_resume_is_deterministic_and_leaves_no_gaps(short_runs, tmp_path):
@@ -135,18 +110,18 @@ def test_resume_is_deterministic_and_leaves_no_gaps(short_runs, tmp_path):
     outcomes = []
     for name in ("a", "b"):
         results_dir = tmp_path / name / "results"
-        _interrupted_copy(finished.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
+        interrupted_copy(finished.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
         resumed = train_run(short_config("a2c"), results_dir, resume=True)
         assert resumed.results.resumed_from_timestep == 2000
         metrics = load_json(resumed.paths.metrics)
-        _validate(metrics, TRAINING_METRICS)
-        _validate(resumed.results.to_dict(), EXPERIMENT_RESULTS)
+        validate(metrics, TRAINING_METRICS)
+        validate(resumed.results.to_dict(), EXPERIMENT_RESULTS)
         steps = [r["timestep"] for r in metrics["records"]]
         assert steps == sorted(set(steps)) and len(steps) == SHORT_STEPS // 100  # no gap, no duplicate
         assert CheckpointStore(resumed.paths.checkpoints).all_steps() == [1000, 2000, 3000, 4000, SHORT_STEPS]
-        outcomes.append((_without_times(metrics), load_model(resumed.paths.model)[0]))
+        outcomes.append((without_times(metrics), load_model(resumed.paths.model)[0]))
     assert outcomes[0][0] == outcomes[1][0]
-    _same_params(outcomes[0][1], outcomes[1][1])
+    same_params(outcomes[0][1], outcomes[1][1])
 
 
 def test_resume_of_a_finished_run_does_nothing(short_runs):
@@ -185,7 +160,7 @@ def test_evaluations_during_training_and_time_to_solve(tmp_path):
     config = short_config("a2c", total_timesteps=600, checkpoint_interval=600, eval_interval=200,
                           eval_interval_episodes=2, eval_episodes=2, solve_threshold=-1e9)
     results = train(config, tmp_path).to_dict()
-    _validate(results, EXPERIMENT_RESULTS)
+    validate(results, EXPERIMENT_RESULTS)
     evals = results["evaluations_during_training"]
     assert [e["timestep"] for e in evals] == [200, 400, 600] and all(e["episodes"] == 2 for e in evals)
     times = [e["training_seconds"] for e in evals]
@@ -202,7 +177,7 @@ def test_select_best_checkpoint_delivers_the_best_evaluated_parameters(tmp_path)
                           eval_interval_episodes=2, normalize_observations=True, select_best_checkpoint=True)
     _, results, paths = train_run(config, tmp_path)
     results = results.to_dict()
-    _validate(results, EXPERIMENT_RESULTS)
+    validate(results, EXPERIMENT_RESULTS)
     best = max(results["evaluations_during_training"], key=lambda e: e["mean"])
     assert best["timestep"] != 1200  # this seed's best is not the end, so delivering it changes the model
     selected = results["selected_checkpoint"]
@@ -216,7 +191,7 @@ def test_select_best_checkpoint_delivers_the_best_evaluated_parameters(tmp_path)
     last, _ = store.restore(1200, template_state(config))
     store.close()
     params, spec = load_model(paths.model)
-    _same_params(params, state.params)
+    same_params(params, state.params)
     assert spec.timestep == best["timestep"]
     assert spec.observation_normalization == meta["normalizer"]["observations"]
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, params, last.params)))
@@ -234,7 +209,7 @@ def test_resume_refuses_a_checkpoint_whose_config_differs(short_runs, tmp_path):
     finished = short_runs["a2c"]
     results_dir = tmp_path / "results"
     root = results_dir / "experiments" / "a2c_seed42"
-    _interrupted_copy(finished.paths.root, root, keep_up_to=4000)
+    interrupted_copy(finished.paths.root, root, keep_up_to=4000)
     meta_path = root / "checkpoints" / "4000" / "metadata" / "metadata"
     meta = load_json(meta_path)
     before = meta_path.read_text()
@@ -290,7 +265,7 @@ def test_normalised_run_keeps_its_statistics_in_checkpoints_and_model(tmp_path):
     assert evaluate_experiment(full.paths.root, 3)["returns"] == full.results.evaluation["returns"]
 
     results_dir = tmp_path / "resumed"
-    _interrupted_copy(full.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
+    interrupted_copy(full.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
     resumed = train_run(config, results_dir, resume=True)
     store = CheckpointStore(resumed.paths.checkpoints)
     _, meta_resumed = store.restore(SHORT_STEPS, template_state(config))
@@ -308,7 +283,7 @@ def test_selection_candidates_play_further_episodes_and_the_best_there_is_delive
                           selection_candidates=2, selection_episodes=2)
     _, results, paths = train_run(config, tmp_path)
     results = results.to_dict()
-    _validate(results, EXPERIMENT_RESULTS)
+    validate(results, EXPERIMENT_RESULTS)
     ranked = sorted(results["evaluations_during_training"], key=lambda e: -e["mean"])[:2]
     selected = results["selected_checkpoint"]
     candidates = selected["candidates"]
@@ -325,7 +300,7 @@ def test_selection_candidates_play_further_episodes_and_the_best_there_is_delive
     state, meta = store.restore(chosen["timestep"], template_state(config))
     store.close()
     params, spec = load_model(paths.model)
-    _same_params(params, state.params)
+    same_params(params, state.params)
     assert spec.observation_normalization == meta["normalizer"]["observations"]
     # The candidates played seeds past the evaluations during training; the verdict plays seeds past both.
     first = eval_env_seed(RunKeys.from_seed(config.seed).eval) + 1 + 2

@@ -2,52 +2,19 @@
 workers at once, a worker killed mid-trial, and a study in a real PostgreSQL server."""
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import load_json
+from helpers import SPACE, load_json, run_cli, study_json, tune_args
 
 from jaxrl_lander.config import ConfigError, load_config, make_config
 from jaxrl_lander.files import ExperimentPaths
 from jaxrl_lander.tune_space import read_space
-
-KILL_AT = str(Path(__file__).with_name("kill_at.py"))
-# Trials of 1,000 steps with an evaluation (one episode) and a checkpoint every 250: a few seconds each.
-SPACE = """algo = "a2c"
-[settings]
-total_timesteps = 1_000
-checkpoint_interval = 250
-eval_interval = 250
-eval_interval_episodes = 1
-eval_episodes = 2
-[space]
-learning_rate = { type = "float", low = 1e-4, high = 1e-2, log = true }
-n_steps = { type = "categorical", choices = [5, 10] }
-vf_coef = { type = "float", low = 0.25, high = 1.0 }
-"""
-
-
-def run_cli(*args, cwd, point=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, *([KILL_AT, point, "--"] if point else ["-m", "jaxrl_lander"]), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def tune_args(trials: int, *extra: str) -> list[str]:
-    return ["tune", "--algo", "a2c", "--space", "space.toml", "--trials", str(trials), "--jobs", "1", *extra]
-
-
-def study_json(root: Path, name: str = "space") -> dict:
-    return load_json(root / "results/tuning" / name / "study.json")
-
 
 # ---------------------------------------------------------------- the search space
 @pytest.mark.parametrize("space,message", [
@@ -280,76 +247,7 @@ def test_a_space_whose_every_draw_is_refused_still_ends(tmp_path):
 
 
 # ---------------------------------------------------------------- PostgreSQL
-def _postgres_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    return versions[-1].parent if versions else None
-
-
-class Postgres:
-    """A PostgreSQL server in a temporary directory on a free local port, whose user `tuner` logs in over TCP with
-    the password PASSWORD; stop() and start() it to see what a lost server does to a study."""
-
-    PASSWORD = "S3cretPW"
-
-    def __init__(self, bindir: Path):
-        self.bindir, self.data = bindir, Path(tempfile.mkdtemp(prefix="jaxrl-pg-"))
-        self.as_user = []
-        if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the account Debian's package made
-            shutil.chown(self.data, "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        (self.data / "pw").write_text(self.PASSWORD + "\n")
-        if self.as_user:
-            shutil.chown(self.data / "pw", "postgres")
-        subprocess.run([*self.as_user, bindir / "initdb", "-D", self.data / "db", "-U", "tuner", "--auth-local=trust",
-                        "--auth-host=scram-sha-256", "--pwfile", self.data / "pw"], check=True, capture_output=True)
-        self.start()
-
-    def url(self, database: str = "postgres", driver: str = "postgresql") -> str:
-        return f"{driver}://tuner:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
-
-    def start(self) -> None:
-        subprocess.run([*self.as_user, self.bindir / "pg_ctl", "-D", self.data / "db", "-l", self.data / "log", "-w",
-                        "start", "-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"], check=True,
-                       capture_output=True)
-
-    def stop(self) -> None:
-        subprocess.run([*self.as_user, self.bindir / "pg_ctl", "-D", self.data / "db", "-m", "immediate", "stop"],
-                       capture_output=True)
-
-    def new_database(self, name: str) -> str:
-        """The URL of a new, empty database `name` (no tables yet: a study creates them)."""
-        import psycopg
-
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=tuner password={self.PASSWORD} dbname=postgres",
-                             autocommit=True) as db:
-            db.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.data, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server for the module's tests."""
-    bindir = _postgres_bin()
-    if bindir is None or not (bindir / "initdb").exists():
-        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
-    server = Postgres(bindir)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def postgres_url(postgres):
     return postgres.url()
 

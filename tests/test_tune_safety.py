@@ -14,9 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import load_json
-from test_full_disk import tmpfs
-from test_tune import SPACE, Postgres, postgres, run_cli, study_json, tune_args  # noqa: F401 (a fixture)
+from helpers import SPACE, Postgres, load_json, run_cli, study_json, tmpfs, tune_args, wait_for
 
 from jaxrl_lander.config import load_config
 from jaxrl_lander.errors import ExperimentInUse
@@ -37,14 +35,6 @@ def space_file(tmp_path: Path, vf_high: float = 1.0) -> Path:
     path.write_text(SPACE.replace("high = 1.0 }", f"high = {vf_high} }}"))
     return path
 
-
-def wait_for(condition, what: str, proc: subprocess.Popen | None = None):
-    """Poll `condition` (a file the run writes, a process it starts) until it holds; fail if `proc` ends first."""
-    while not (found := condition()):
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the command ended before {what}: {proc.stderr.read()}")
-        threading.Event().wait(0.05)
-    return found
 
 
 def checkpointed(root: Path, trial: int, study: str) -> bool:
