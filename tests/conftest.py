@@ -5,10 +5,13 @@ whole processes or many seconds of training: end-to-end runs, kills, sweeps, tun
 marked `needs("module")` is skipped, with the reason, where that optional extra is not installed.
 """
 
+import fcntl
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every command
@@ -17,8 +20,10 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
-from helpers import (TINY_TOML, Postgres, call_main, postgres_bin, short_config, tmpfs,  # noqa: E402
-                     train_run)
+from helpers import TINY_TOML, Postgres, Run, call_main, postgres_bin, short_config, tmpfs  # noqa: E402
+
+from jaxrl_lander.files import ExperimentPaths  # noqa: E402
+from jaxrl_lander.results import Results  # noqa: E402
 
 EXTRAS = {"envpool": "envpool", "optuna": "tune", "psycopg": "tune", "tensorboardX": "tensorboard",
           "matplotlib": "plot"}
@@ -49,20 +54,49 @@ def compilation_cache(tmp_path_factory):
     enable_compilation_cache()
 
 
-@pytest.fixture(scope="session")
-def short_runs(tmp_path_factory):
-    """One short real training run per algorithm (4,096 steps: two PPO updates)."""
-    return {algo: train_run(short_config(algo), tmp_path_factory.mktemp(f"results_{algo}")) for algo in ("ppo", "a2c")}
+def once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """The directory `name`, made by `build(directory)` once per run of the suite: under pytest-xdist the first
+    test process to ask builds it while the others wait, then all read it (tests copy it before changing it)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    directory, done = shared / name, shared / f"{name}.built"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if directory.exists():  # a build that failed in another process: start again
+                shutil.rmtree(directory)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
 
 
 @pytest.fixture(scope="session")
-def finished_cli_run(tmp_path_factory):
+def short_runs(tmp_path_factory) -> dict[str, Run]:
+    """One short real training run per algorithm (4,096 steps: two PPO updates), trained once per run."""
+    from jaxrl_lander import train
+
+    def build(directory: Path) -> None:
+        for algo in ("ppo", "a2c"):
+            train(short_config(algo), directory / algo)
+
+    root = once_per_run(tmp_path_factory, "short_runs", build)
+    runs = {}
+    for algo in ("ppo", "a2c"):
+        paths = ExperimentPaths.of(root / algo, algo, 42)
+        runs[algo] = Run(short_config(algo), Results.load(paths.results), paths)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def finished_cli_run(tmp_path_factory) -> Path:
     """A directory holding tiny.toml and one 400-step A2C experiment finished through the command line (checkpoints
-    at 200 and 400), made once per test process: tests copy it before changing anything."""
-    root = tmp_path_factory.mktemp("finished_cli_run")
-    (root / "tiny.toml").write_text(TINY_TOML)
-    assert call_main("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=root) == 0
-    return root
+    at 200 and 400), made once per run: tests copy it before changing anything."""
+    def build(root: Path) -> None:
+        (root / "tiny.toml").write_text(TINY_TOML)
+        assert call_main("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=root) == 0
+
+    return once_per_run(tmp_path_factory, "finished_cli_run", build)
 
 
 @pytest.fixture

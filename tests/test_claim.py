@@ -6,13 +6,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
-from helpers import TINY_TOML as TINY, load_json
-from test_cli import run_cli
+from helpers import TINY_TOML as TINY, child_env, cli_command, load_json, run_cli, snapshot
 
 from jaxrl_lander import train
 from jaxrl_lander.checkpoint import CheckpointStore
@@ -25,29 +23,15 @@ HERE = Path(__file__).parent
 EXP = Path("results/experiments/a2c_seed42")
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def finished(finished_cli_run) -> Path:
-    return finished_cli_run
-
-
-def copy_of(finished: Path, tmp_path: Path) -> Path:
-    subprocess.run(["cp", "-a", f"{finished}/.", str(tmp_path)], check=True)
-    return tmp_path
-
-
 # A plain re-run is refused, naming --resume and --overwrite: the bad-input battery of test_cli.py.
 
 
-def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_experiment_whole(finished, tmp_path):
-    root = copy_of(finished, tmp_path)
+@pytest.mark.slow
+def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_experiment_whole(finished_copy):
+    root = finished_copy
     before = snapshot(root / EXP)
-    killed = subprocess.run([sys.executable, str(HERE / "kill_at.py"), "checkpoint:200", "--", "train", "--algo",
-                             "a2c", "--steps", "400", "--config", "tiny.toml", "--set", "gamma=0.9", "--overwrite",
-                             "--quiet"], cwd=root, capture_output=True, text=True, timeout=300)
+    killed = run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--set", "gamma=0.9",
+                     "--overwrite", "--quiet", cwd=root, point="checkpoint:200")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert snapshot(root / EXP) == before  # the staged run died before committing: the old one is untouched
     assert (root / "results/experiments/.a2c_seed42.new").is_dir()
@@ -121,41 +105,18 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     ExperimentLock(paths).acquire().release()
 
 
-def test_a_second_command_on_a_running_experiment_exits_2_at_once_and_harms_nothing(tmp_path):
-    (tmp_path / "tiny.toml").write_text(TINY)
-    first = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "1000000",
-                              "--config", "tiny.toml", "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    deadline = time.monotonic() + 120
-    while not (tmp_path / EXP / "checkpoints" / "400").is_dir():
-        assert first.poll() is None and time.monotonic() < deadline, "training did not reach step 400"
-        time.sleep(0.2)
-    for extra in (["--resume"], ["--set", "learning_rate=1e-3", "--overwrite"], []):  # [] : named, not "add --resume"
-        start = time.monotonic()
-        proc = run_cli("train", "--algo", "a2c", "--steps", "1000000", "--config", "tiny.toml", *extra, cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and f"is in use by process {first.pid} (" in lines[0], proc.stderr
-        assert time.monotonic() - start < 30  # refused at once, not after orbax time-outs
-    first.send_signal(signal.SIGTERM)
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 128 + signal.SIGTERM, err
-    results = load_json(tmp_path / EXP / "a2c_seed42_results.json")
-    steps = CheckpointStore(tmp_path / EXP / "checkpoints").all_steps()
-    assert results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in steps]
-    assert steps[:2] == [200, 400] and steps[-1] == results["timestep"]
-    assert results["success_criteria"]["SC-005"]["passed"] is True
+# A second command on a running experiment: test_stop_and_fail.py, with the SIGTERM that then stops it.
 
 
-def test_ctrl_c_during_an_overwrite_before_its_first_checkpoint_keeps_the_old_experiment(finished, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_during_an_overwrite_before_its_first_checkpoint_keeps_the_old_experiment(finished_copy):
     """The stop checkpoint used to count as the overwrite's first and swap it in: a Ctrl-C meant to undo a mistaken
     --overwrite deleted the experiment it was meant to save."""
-    root = copy_of(finished, tmp_path)
+    root = finished_copy
     before = snapshot(root / EXP)
-    proc = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", "40000",
-                             "--config", "tiny.toml", "--set", "checkpoint_interval=20000", "--overwrite"],
-                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    proc = subprocess.Popen(cli_command("train", "--algo", "a2c", "--steps", "40000", "--config", "tiny.toml",
+                                        "--set", "checkpoint_interval=20000", "--overwrite"),
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     for line in proc.stderr:  # progress lines: "step 4000/40000 ..."
         if " step " in line:
             break
@@ -204,10 +165,10 @@ def test_reproduce_keeps_its_experiment_claimed_until_the_verdict_is_written(tmp
     assert CheckpointStore(EXP / "checkpoints").all_steps() == [200, 400]
 
 
-def test_a_sweep_whose_seeds_are_still_written_by_orphans_exits_2(tmp_path):
+def test_a_sweep_whose_seeds_are_still_written_by_orphans_exits_2(cli, tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
     with ExperimentLock(ExperimentPaths.of(tmp_path / "results/sweeps/s", "a2c", 1)):  # as a killed sweep's seed
-        proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
+        proc = cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
                        "--name", "s", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -235,30 +196,30 @@ def test_the_holder_of_a_lock_is_named_without_its_passwords(tmp_path):
     assert "postgresql://alice:***@db/optuna" in str(refused.value) and "S3cretPW" not in str(refused.value)
 
 
-def test_a_finished_run_resumed_checks_its_config_and_delivers_a_missing_model_again(finished, tmp_path):
-    root = copy_of(finished, tmp_path)
+def test_a_finished_run_resumed_checks_its_config_and_delivers_a_missing_model_again(cli, finished_copy):
+    root = finished_copy
     resume = ["train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--resume", "--quiet"]
     before = snapshot(root / EXP)
-    changed = run_cli(*resume, "--set", "gamma=0.5", cwd=root)
+    changed = cli(*resume, "--set", "gamma=0.5", cwd=root)
     assert changed.returncode == 2 and changed.stderr.strip().splitlines() == [
         f"jaxrl_lander: error: cannot resume {EXP}: config differs from the finished run's in gamma (0.99 there,"
         " 0.5 here)"]
     assert snapshot(root / EXP) == before
     (root / EXP / "a2c_seed42_learning_curve.png").unlink()  # as a kill between the results and the plot leaves
     shutil.rmtree(root / EXP / "a2c_seed42_model")  # removed by hand
-    again = run_cli(*resume, cwd=root)
+    again = cli(*resume, cwd=root)
     assert again.returncode == 0, again.stderr
     assert (root / EXP / "a2c_seed42_model").is_dir() and (root / EXP / "a2c_seed42_learning_curve.png").is_file()
     assert load_json(root / EXP / "a2c_seed42_results.json")["success_criteria"]["SC-005"]["passed"] is True
-    done = run_cli(*resume, cwd=root)
+    done = cli(*resume, cwd=root)
     assert done.returncode == 0 and "nothing to do" in done.stdout and "steps/s" not in done.stdout, done.stdout
 
 
-def test_one_sweep_of_a_name_at_a_time(tmp_path):
+def test_one_sweep_of_a_name_at_a_time(cli, tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
     out = tmp_path / "results/sweeps/s"
     with ExperimentLock(ExperimentPaths(root=out, name="s")):  # as another sweep of that name, running
-        proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "--steps", "400", "--config", "tiny.toml",
+        proc = cli("sweep", "--algo", "a2c", "--seeds", "0", "--steps", "400", "--config", "tiny.toml",
                        "--name", "s", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

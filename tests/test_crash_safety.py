@@ -4,6 +4,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 from helpers import load_json, run_cli, template_state, validate
 
 from jaxrl_lander import load_policy
@@ -62,6 +63,7 @@ KILLS = [
 ]
 
 
+@pytest.mark.slow
 def test_sigkill_at_five_moments_then_resume_gives_a_complete_valid_run(tmp_path):
     """One run killed five times in a row, each time resumed, at the moments that matter; then finished."""
     # 800-transition rollouts: every kill but the last two lands with part of one collected since an update.
@@ -99,6 +101,7 @@ def test_sigkill_at_five_moments_then_resume_gives_a_complete_valid_run(tmp_path
     assert json.loads((exp / f"{NAME}_model" / "policy" / "metadata").read_text())["timestep"] == STEPS
 
 
+@pytest.mark.slow
 def test_a_resume_that_dies_delivering_its_model_leaves_the_previous_one(tmp_path):
     """A finished run resumed to more steps, killed while its new model is written, or between moving the old one
     aside and the new one in: the model the results name is whole, or back in place at the next claim."""

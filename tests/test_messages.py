@@ -4,7 +4,6 @@ results directory, a plot it cannot write or read, Ctrl-C at any moment, a long 
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,30 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import TINY_TOML as TINY
-from test_cli import run_cli
+from helpers import (TINY_TOML as TINY, child_env, cli_command, has_checkpoint, imports_begun, one_error, snapshot,
+                     wait_for)
 
 EXP = "results/experiments/a2c_seed42"
 INTERRUPTED = "jaxrl_lander: interrupted"
-
-
-def one_error(proc, message, status=2):
-    """The process exited with `status` after exactly one stderr line, an error naming `message`."""
-    assert proc.returncode == status, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jaxrl_lander: error: ") and message in lines[0], proc.stderr
-
-
-def snapshot(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 class Child:
     """The command line as a child process; a thread reads its stderr, so that a wait for a line can time out."""
 
     def __init__(self, *args, cwd):
-        env = dict(os.environ, JAX_PLATFORMS="cpu")
-        self.proc = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", *args], cwd=cwd, env=env, text=True,
+        self.proc = subprocess.Popen(cli_command(*args), cwd=cwd, env=child_env(), text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -81,18 +68,6 @@ def start_cli():
             child.proc.wait()
 
 
-@pytest.fixture
-def trained(finished_cli_run):
-    """A directory holding tiny.toml and one finished 400-step A2C experiment."""
-    return finished_cli_run
-
-
-@pytest.fixture
-def copy(trained, tmp_path):
-    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
-    return tmp_path
-
-
 # A config directory and a directory of two models: in the bad-input battery of test_cli.py.
 
 
@@ -104,24 +79,24 @@ def test_the_one_model_of_a_directory_is_used(tmp_path):
     assert model_path(tmp_path) == tmp_path / "ppo_seed42_model"
 
 
-def test_experiments_in_the_way_is_a_usage_error(tmp_path):
+def test_experiments_in_the_way_is_a_usage_error(cli, tmp_path):
     # Unwritable as root too (mode bits bind no root): a file where the experiments directory would go.
     (tmp_path / "tiny.toml").write_text(TINY)
     (tmp_path / "X").mkdir()
     (tmp_path / "X" / "experiments").write_text("a file, not a directory\n")
     before = snapshot(tmp_path)
-    one_error(run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir", "X",
+    one_error(cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir", "X",
                       cwd=tmp_path), "results directory X is not writable: X/experiments is not a directory")
     assert snapshot(tmp_path) == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory: its mode bits bind no root")
-def test_read_only_experiments_is_a_usage_error(tmp_path):
+def test_read_only_experiments_is_a_usage_error(cli, tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
     (tmp_path / "X" / "experiments").mkdir(parents=True)
     (tmp_path / "X" / "experiments").chmod(0o555)
     try:
-        one_error(run_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir", "X",
+        one_error(cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir", "X",
                           cwd=tmp_path), "results directory X is not writable: X/experiments is read-only")
         assert list((tmp_path / "X" / "experiments").iterdir()) == []
     finally:
@@ -144,10 +119,10 @@ def test_read_only_experiments_message(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["train", "reproduce", "sweep"])
-def test_an_empty_results_directory_is_refused(tmp_path, command):
+def test_an_empty_results_directory_is_refused(cli, tmp_path, command):
     (tmp_path / "tiny.toml").write_text(TINY)
     args = ["--seeds", "0"] if command == "sweep" else []
-    one_error(run_cli(command, "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", *args,
+    one_error(cli(command, "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", *args,
                       "--results-dir", "", cwd=tmp_path),
               "argument --results-dir: results directory must not be empty")
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.toml"]
@@ -155,27 +130,27 @@ def test_an_empty_results_directory_is_refused(tmp_path, command):
 
 @pytest.mark.parametrize("out,message", [("x.jpgz", "matplotlib cannot write '.jpgz' files; give one of "),
                                          ("curve", "matplotlib cannot write a file without a suffix; give one of ")])
-def test_a_plot_format_matplotlib_lacks_is_refused_first(copy, out, message):
-    before = snapshot(copy)
-    proc = run_cli("plot", EXP, "--out", out, cwd=copy)
+def test_a_plot_format_matplotlib_lacks_is_refused_first(cli, finished_copy, out, message):
+    before = snapshot(finished_copy)
+    proc = cli("plot", EXP, "--out", out, cwd=finished_copy)
     one_error(proc, f"--out {out}: {message}")
     assert ".pdf, " in proc.stderr and ".png, " in proc.stderr
-    assert snapshot(copy) == before
+    assert snapshot(finished_copy) == before
 
 
 @pytest.mark.parametrize("name,text", [("a2c_seed42_metrics.json", '{"records": ['),
                                        ("a2c_seed42_metrics.json", "{}"), ("a2c_seed42_results.json", "[1")])
-def test_a_plot_of_an_unreadable_file_names_it(copy, name, text):
-    (copy / EXP / name).write_text(text)
-    before = snapshot(copy)
-    one_error(run_cli("plot", EXP, cwd=copy), f"{EXP}/{name} is unreadable (")
-    assert snapshot(copy) == before
+def test_a_plot_of_an_unreadable_file_names_it(cli, finished_copy, name, text):
+    (finished_copy / EXP / name).write_text(text)
+    before = snapshot(finished_copy)
+    one_error(cli("plot", EXP, cwd=finished_copy), f"{EXP}/{name} is unreadable (")
+    assert snapshot(finished_copy) == before
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, start_cli):
     (tmp_path / "tiny.toml").write_text(TINY)
     child = start_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=tmp_path)
-    time.sleep(1.0)  # past the interpreter's own start, into the imports of JAX and its extension modules
+    wait_for(lambda: imports_begun(child.proc.pid), "the imports of JAX", child.proc)  # past the interpreter's start
     child.interrupt()
     assert child.finish() == (130, "", [INTERRUPTED])
 
@@ -184,13 +159,14 @@ def test_sigterm_during_start_up_is_one_line(tmp_path, start_cli):
     """As Ctrl-C is: it used to end the process with no word (a tuning worker then left its trial running)."""
     (tmp_path / "tiny.toml").write_text(TINY)
     child = start_cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet", cwd=tmp_path)
-    time.sleep(1.0)  # past the interpreter's own start, into the imports of JAX and its extension modules
+    wait_for(lambda: imports_begun(child.proc.pid), "the imports of JAX", child.proc)  # past the interpreter's start
     child.proc.send_signal(signal.SIGTERM)
     assert child.finish() == (143, "", ["jaxrl_lander: terminated"])
 
 
-def test_a_long_evaluation_shows_progress_and_stops_on_ctrl_c(copy, start_cli):
-    child = start_cli("evaluate", EXP, "--episodes", "100000000", cwd=copy)
+@pytest.mark.slow
+def test_a_long_evaluation_shows_progress_and_stops_on_ctrl_c(finished_copy, start_cli):
+    child = start_cli("evaluate", EXP, "--episodes", "100000000", cwd=finished_copy)
     progress = child.wait_for("played 64/100000000 episodes in ")  # after the first batch of 64, then every 10 s
     child.interrupt()
     status, out, rest = child.finish()
@@ -198,22 +174,20 @@ def test_a_long_evaluation_shows_progress_and_stops_on_ctrl_c(copy, start_cli):
     assert all(" INFO played " in line for line in progress + rest[:-1]), progress + rest
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_while_training_stops_is_one_line(tmp_path, start_cli):
     (tmp_path / "tiny.toml").write_text(TINY)
     child = start_cli("train", "--algo", "a2c", "--steps", "100000000", "--config", "tiny.toml", "--quiet",
                       cwd=tmp_path)
-    checkpoints, deadline = tmp_path / EXP / "checkpoints", time.monotonic() + 120
-    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
-        assert child.proc.poll() is None and time.monotonic() < deadline, "no checkpoint"
-        time.sleep(0.05)
+    wait_for(lambda: has_checkpoint(tmp_path / EXP / "checkpoints"), "a checkpoint", child.proc)
     child.interrupt()  # the first asks the loop to stop: it saves a checkpoint and warns
     stopping = child.wait_for("a2c_seed42: stopped by SIGINT at step")
     child.interrupt()  # the second, while the model, the results and the learning curve are written
     assert len(stopping) == 1 and child.finish() == (130, "", [INTERRUPTED])
 
 
-def test_json_files_follow_the_umask_as_the_png_does(trained, tmp_path):
-    exp = trained / EXP
+def test_json_files_follow_the_umask_as_the_png_does(finished_cli_run, tmp_path):
+    exp = finished_cli_run / EXP
     umask = os.umask(0o022)
     os.umask(umask)
     for name in ("a2c_seed42_metrics.json", "a2c_seed42_results.json", "a2c_seed42_learning_curve.png"):
@@ -254,6 +228,7 @@ def test_the_progress_bar_keeps_its_numbers_and_time_left_on_80_columns():
         assert line.count("━") + line.count("╸") + line.count(" ") > 4  # a bar, not a sliver
 
 
+@pytest.mark.slow
 def test_train_from_python_shows_its_progress(tmp_path):
     """A script that sets up no logging still sees the run's progress lines and its final evaluation."""
     code = ("from jaxrl_lander import A2CConfig, train; "

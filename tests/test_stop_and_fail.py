@@ -1,4 +1,4 @@
-"""A run stopped by SIGTERM, or failing on a non-finite loss, leaves complete, valid artifacts."""
+"""A run stopped by SIGTERM, failing on a non-finite loss or out of memory, leaves complete, valid artifacts; a\nsecond command on a running experiment is refused."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ import time
 import jax
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
-from helpers import load_json, validate
+from helpers import child_env, cli_command, load_json, run_cli, validate, wait_for
 
 from jaxrl_lander import train
 from jaxrl_lander.algos import make_learner
@@ -20,14 +20,23 @@ from jaxrl_lander.files import ExperimentPaths
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
 
 
-def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path):
+@pytest.mark.slow
+def test_a_running_experiment_refuses_a_second_command_and_sigterm_stops_it_resumably(tmp_path):
+    """While a run trains, a second command on its experiment is refused at once (exit 2, one line naming the
+    holder) and harms nothing; SIGTERM then stops the run cleanly, with a checkpoint at the stop, and a resume
+    finishes it."""
     exp = tmp_path / "results" / "experiments" / "a2c_seed5"
-    cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--seed", "5", "--steps", "1000000"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (exp / "checkpoints" / "2000").is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline, "training did not reach step 2000"
-        time.sleep(0.2)
+    cmd = cli_command("train", "--algo", "a2c", "--seed", "5", "--steps", "1000000")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=child_env())
+    wait_for(lambda: (exp / "checkpoints" / "2000").is_dir(), "the checkpoint at step 2000", proc)
+    for extra in (["--resume"], ["--set", "learning_rate=1e-3", "--overwrite"], []):  # [] : named, not "add --resume"
+        start = time.monotonic()
+        second = run_cli("train", "--algo", "a2c", "--seed", "5", "--steps", "1000000", *extra, cwd=tmp_path)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"is in use by process {proc.pid} (" in lines[0], second.stderr
+        assert time.monotonic() - start < 30  # refused at once, not after orbax time-outs
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -39,13 +48,15 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path):
     stopped_at = results["timestep"]
     assert results["status"] == "interrupted" and results["evaluation"] is None
     assert 2000 <= stopped_at < 1_000_000
-    assert CheckpointStore(exp / "checkpoints").latest_step() == stopped_at  # a checkpoint at the stop
+    steps = CheckpointStore(exp / "checkpoints").all_steps()
+    assert steps[-1] == stopped_at  # a checkpoint at the stop
+    assert steps[:2] == [1000, 2000] and results["artifacts"]["checkpoints"] == [f"checkpoints/{s}" for s in steps]
+    assert results["success_criteria"]["SC-005"]["passed"] is True
     assert (exp / "a2c_seed5_model").is_dir()
 
     finish = stopped_at + 400
-    proc = subprocess.run(cmd[:-1] + [str(finish), "--resume"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stderr
+    resumed = run_cli("train", "--algo", "a2c", "--seed", "5", "--steps", str(finish), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
     results = load_json(exp / "a2c_seed5_results.json")
     assert results["status"] == "completed" and results["resumed_from_timestep"] == stopped_at
     assert results["timestep"] == finish and results["evaluation"]["episodes"] == 10
@@ -76,6 +87,7 @@ def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     assert meta["timestep"] == 64 and meta["updates"] == 0
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_one_line_and_blocks_no_re_run(tmp_path):
     """A network too large for the memory at hand: one line naming the problem, exit 1, and a plain re-run with
     a size that fits is not refused (the run had committed nothing)."""
