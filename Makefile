@@ -42,7 +42,7 @@ STUDY ?=
 STORAGE ?=
 TIMEOUT ?=
 
-.PHONY: setup train reproduce sweep tune plot eval test soak bench bench-solve bench-agents parity clean
+.PHONY: setup train reproduce sweep tune plot eval test test-all soak bench bench-solve bench-agents bench-tests parity clean
 
 setup: $(STAMP)
 
@@ -74,11 +74,16 @@ plot: $(STAMP)
 eval: $(STAMP)
 	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES) $(if $(filter 1 yes true,$(SAMPLE)),--sample) $(if $(filter 1 yes true,$(RENDER)),--render)
 
+# Both tiers run one test process per CPU (pytest-xdist). The fast tier leaves out the tests marked slow: whole
+# processes, kills, sweeps, tuning studies, the soak (tests/conftest.py says which are).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto  # one test process per CPU (pytest-xdist)
+	$(PY) -m pytest -q -n auto -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n auto
 
 soak: $(STAMP)
-	JAXRL_LANDER_SOAK=1 $(PY) -m pytest -q tests/test_soak.py  # 20 kill -9s and resumes of one run
+	$(PY) -m pytest -q tests/test_soak.py  # 20 kill -9s, each at a point of the run's own progress, and resumes
 
 $(BENCH_VENV)/.installed:
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
@@ -93,6 +98,9 @@ bench-solve: $(STAMP) $(BENCH_VENV)/.installed
 
 bench-agents: $(STAMP)
 	$(PY) bench/agents.py
+
+bench-tests: $(STAMP)
+	$(PY) bench/tests.py --runs $(RUNS)
 
 parity: $(STAMP) $(BENCH_VENV)/.installed
 	$(PY) bench/parity.py --seeds $(SEEDS) $(if $(CONFIG),--config $(CONFIG))
