@@ -1,53 +1,92 @@
-"""Soak: one run killed with SIGKILL at 20 random moments, resumed after each, ends where an uninterrupted run ends.
+"""Soak: one run killed with SIGKILL 20 times, resumed after each, ends where an uninterrupted run ends.
 
-About two minutes on 2 cores, so `make test` skips it; `make soak` runs it (JAXRL_LANDER_SOAK=1).
+The kills come at moments of the run's own progress, not of the clock, through tests/kill_at.py's points: before
+each launch the test reads the checkpoint the run will resume from, and draws (random.Random(0): the same draws
+on every machine) a point that process is certain to reach. The first 15 land in training: a vector-env step, a
+checkpoint's commit or an append to the metrics journal, within the steps left after the resume; the last 5 in
+the run's finish: its model written, the model before it moved aside for it, its metrics or results JSON written.
+So every one of the 20 processes dies by SIGKILL, on a fast machine as on a slow one.
+
+About a minute and a half on 2 cores: marked slow, so the fast tier (`make test`) leaves it out; `make test-all`
+runs it, and `make soak` runs it alone.
 """
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from helpers import load_json, template_state
+from helpers import load_json, run_cli, template_state
 
 from jaxrl_lander.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
+from jaxrl_lander.files import ExperimentPaths
 
 KILLS = 20
+FINISH_KILLS = 5  # the last kills: while the run finishes
 STEPS = 12_000
-SETTINGS = {"n_steps": 25, "checkpoint_interval": 200, "eval_episodes": 2}  # 200-step rollouts
+INTERVAL = 200  # steps between checkpoints, and of one rollout (8 envs x 25)
+SETTINGS = {"n_steps": 25, "checkpoint_interval": INTERVAL, "eval_episodes": 2}
+CONFIG = make_config("a2c", {**SETTINGS, "total_timesteps": STEPS})
+VECTOR_STEPS = INTERVAL // CONFIG.num_envs  # vector-env steps between two checkpoints
+REACH = 6  # a kill in training lands within this many checkpoints of the resume
+TRAINING = ("rollout", "checkpoint", "journal")
 
 
-@pytest.mark.skipif(os.environ.get("JAXRL_LANDER_SOAK") != "1", reason="make soak runs it")
+def resumes_at(paths: ExperimentPaths) -> int:
+    """The step a --resume of the experiment continues from: its latest committed checkpoint (0: none)."""
+    if not paths.checkpoints.is_dir():
+        return 0
+    store = CheckpointStore(paths.checkpoints)
+    try:
+        return store.latest_step() or 0
+    finally:
+        store.close()
+
+
+def kill_point(draw: random.Random, start: int, finishing: bool, has_model: bool) -> str:
+    """A kill_at.py point that a process resuming at step `start` is certain to reach (three draws each, whatever
+    the point: the sequence of kinds is the same on every machine).
+
+    In training, within k <= REACH checkpoints of the resume: the vector-env step number n <= k * VECTOR_STEPS of
+    this process, the checkpoint of start + k * INTERVAL, or the k-th append to the metrics journal (one before
+    each checkpoint); such a kill keeps at most k - 1 checkpoints of progress, so the 15 of them (at most 48
+    checkpoints) never come within REACH of the end, and the points drawn are the same everywhere but for the
+    step they count from. In the finish, which every process reaches unless killed before: the swap, when there
+    is a model already (the one before it moved aside, the new one not yet in its place); the model written but
+    not renamed; the first or second JSON write of the process: metrics, then results (the results JSON is never
+    before them, so the run stays unfinished).
+    """
+    kind, reach, where = draw.random(), draw.random(), draw.random()
+    left = (STEPS - start) // INTERVAL
+    if left and not finishing:
+        k = 1 + int(reach * min(left, REACH))
+        return [f"rollout:{1 + int(where * k * VECTOR_STEPS)}", f"checkpoint:{start + k * INTERVAL}",
+                f"journal:{k}"][int(kind * len(TRAINING))]
+    points = [*(["swap"] if has_model else []), "model", "json:1", "json:2"]
+    return points[int(kind * len(points))]
+
+
+@pytest.mark.slow
 def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_path):
     (tmp_path / "soak.toml").write_text("".join(f"{k} = {v}\n" for k, v in SETTINGS.items()))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
 
-    def command(results_dir, *extra):
-        return [sys.executable, "-m", "jaxrl_lander", "train", "--algo", "a2c", "--steps", str(STEPS), "--config",
-                "soak.toml", "--results-dir", results_dir, "--quiet", *extra]
+    def train(results_dir, *extra, point=None):
+        return run_cli("train", "--algo", "a2c", "--steps", STEPS, "--config", "soak.toml", "--results-dir",
+                       results_dir, "--quiet", *extra, cwd=tmp_path, point=point, timeout=600)
 
-    whole = subprocess.run(command("whole"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    whole = train("whole")
     assert whole.returncode == 0, whole.stderr
 
-    moments = random.Random(0)
-    killed = 0
+    paths = ExperimentPaths.of(tmp_path / "killed", "a2c", 42)
+    draw = random.Random(0)
+    points = []
     for i in range(KILLS):
-        proc = subprocess.Popen(command("killed", *(["--resume"] if i else [])), cwd=tmp_path, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(moments.uniform(1.0, 4.5))  # start-up, rollouts, updates, checkpoint commits, the finish
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
-        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read()
-        proc.stderr.close()
-    assert killed >= KILLS // 2  # most of them landed before the run could finish
-    last = subprocess.run(command("killed", "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+        has_model = paths.model.is_dir() or paths.model.with_name(f".{paths.model.name}.old").is_dir()
+        points.append(kill_point(draw, resumes_at(paths), i >= KILLS - FINISH_KILLS, has_model))
+        proc = train("killed", *(["--resume"] if i else []), point=points[-1])
+        assert proc.returncode == -9, f"kill {i + 1} at {points[-1]}: {proc.stderr}"  # SIGKILL, where chosen
+        assert not paths.results.exists(), points  # the run never finished
+    assert {p.partition(":")[0] for p in points} == {*TRAINING, "model", "json", "swap"}, points
+    last = train("killed", "--resume")
     assert last.returncode == 0, last.stderr
 
     runs = {}
@@ -55,9 +94,8 @@ def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_pat
         exp = tmp_path / name / "experiments" / "a2c_seed42"
         runs[name] = (load_json(exp / "a2c_seed42_results.json"), load_json(exp / "a2c_seed42_metrics.json"))
         store = CheckpointStore(exp / "checkpoints")
-        config = make_config("a2c", {**SETTINGS, "total_timesteps": STEPS})
         for step in store.all_steps():
-            assert store.restore(step, template_state(config))[1]["timestep"] == step
+            assert store.restore(step, template_state(CONFIG))[1]["timestep"] == step
         store.close()
     (results, metrics), (whole_results, whole_metrics) = runs["killed"], runs["whole"]
     assert results["status"] == "completed" and results["success_criteria"]["SC-005"]["passed"] is True
