@@ -5,16 +5,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import warnings
 from pathlib import Path
 
-import optuna
 import pytest
-from helpers import SPACE, load_json, run_cli, study_json, tune_args
+from helpers import SPACE, load_json, one_error, run_cli, study_json, tune_args, wait_for
 
 from jaxrl_lander.config import ConfigError, load_config, make_config
 from jaxrl_lander.files import ExperimentPaths
 from jaxrl_lander.tune_space import read_space
+
+# What a test needs beyond the package's own dependencies (tune_space, which reads and checks a space, needs none):
+# tune.py opens its study with Optuna (and SQLAlchemy, which Optuna brings); a postgresql:// URL is tried with
+# psycopg, the tune extra's driver; the command's report draws its PNGs with matplotlib.
+OPTUNA = pytest.mark.needs("optuna")
+POSTGRES = pytest.mark.needs("optuna", "psycopg")
+STUDY_CLI = pytest.mark.needs("optuna", "matplotlib")
+
 
 # ---------------------------------------------------------------- the search space
 @pytest.mark.parametrize("space,message", [
@@ -68,20 +75,27 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
         assert base.eval_interval > 0 and len(space.ranges) >= 5
 
 
+# In this process (the cli fixture): each case ends in main() before any trial trains, and what only a whole process
+# shows of a refused storage URL (its output at the interpreter's exit) is the test after this one.
 @pytest.mark.parametrize("args,message", [
-    (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage postgresql://nobody@"),
-    (["--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x"),
-    (["--set", "eval_interval=0"], "tuning needs eval_interval > 0"),
+    pytest.param(["--storage", "postgresql://nobody@127.0.0.1:1/none"],
+                 "cannot open the study storage postgresql://nobody@", marks=POSTGRES),
+    pytest.param(["--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x", marks=OPTUNA),
+    pytest.param(["--set", "eval_interval=0"], "tuning needs eval_interval > 0", marks=OPTUNA),  # Study's own check
     (["--study", "a/b"], "--study must be a plain directory name"),
     (["--set", "vf_coef=0.5"], "--set vf_coef: that key is tuned by space.toml"),
     (["--space", "missing.toml"], "config file not found: missing.toml"),
-    (["--storage", "postgresql://u:S3cretPW@localhost:notaport/db"],
-     "cannot open the study storage postgresql://u:***@localhost:notaport/db: ValueError"),
+    pytest.param(["--storage", "postgresql://u:S3cretPW@localhost:notaport/db"],
+                 "cannot open the study storage postgresql://u:***@localhost:notaport/db: ValueError",
+                 marks=OPTUNA),  # refused by the URL's parser, before any driver
     # a password the URL's parser cuts (a raw '@', a space): every piece of it is masked, wherever the driver names it
-    (["--storage", "postgresql://u:S3c@retPW@127.0.0.1:1/db"], "cannot open the study storage postgresql://u:***@"),
-    (["--storage", "postgresql://u:S3cret PW@127.0.0.1:1/db"], "cannot open the study storage postgresql://u:***@"),
-    (["--storage", "sqlite://"], "the study storage sqlite:// is in memory: no other worker could join it"),
-    (["--storage", ""], "--storage must not be empty"),
+    pytest.param(["--storage", "postgresql://u:S3c@retPW@127.0.0.1:1/db"],
+                 "cannot open the study storage postgresql://u:***@", marks=POSTGRES),
+    pytest.param(["--storage", "postgresql://u:S3cret PW@127.0.0.1:1/db"],
+                 "cannot open the study storage postgresql://u:***@", marks=POSTGRES),
+    pytest.param(["--storage", "sqlite://"], "the study storage sqlite:// is in memory: no other worker could join it",
+                 marks=OPTUNA),
+    pytest.param(["--storage", ""], "--storage must not be empty", marks=OPTUNA),  # checked after tune.py's import
     (["--set", "hidden_size=0"], "the study's base config (space.toml [settings], with --config, --set, --steps):"
      " hidden_size must be a positive integer, got 0"),
     (["--study", "%2E%2E%2F%2E%2E%2Fescape"], "--study must be a plain directory name"),
@@ -90,13 +104,13 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--space", "huge.toml"], "'n_steps' range must lie within +-2**53"),
     (["--space", "continuous.toml"], "continuous.toml: env_id choice 'LunarLanderContinuous-v3': "),
 ])
-def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
+def test_bad_tune_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     (tmp_path / "space.toml").write_text(SPACE)
     (tmp_path / "nan.toml").write_text('[space]\ngamma = { type = "categorical", choices = [0.99, nan] }\n')
     (tmp_path / "huge.toml").write_text('[space]\nn_steps = { type = "int", low = 5, high = 9223372036854775807 }\n')
     (tmp_path / "continuous.toml").write_text(SPACE.replace("[space]", '[space]\nenv_id = { type = "categorical",'
                                                              ' choices = ["LunarLander-v3", "LunarLanderContinuous-v3"] }'))
-    proc = run_cli(*tune_args(2), *args, cwd=tmp_path)
+    proc = cli(*tune_args(2), *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert "S3cretPW" not in proc.stderr and "S3c" not in proc.stderr and "retPW" not in proc.stderr
@@ -104,8 +118,27 @@ def test_bad_tune_input_is_one_line_and_exit_2(tmp_path, args, message):
                                                           "space.toml"]  # nothing written
 
 
+# A process of its own: what a driver, a connection pool or a late thread writes as the interpreter exits reaches a
+# child's stderr only; none of it may hold the password either.
+@pytest.mark.slow
+@pytest.mark.parametrize("url", [pytest.param("postgresql://u:S3cretPW@localhost:notaport/db", marks=OPTUNA),
+                                 pytest.param("postgresql://u:S3c@retPW@127.0.0.1:1/db", marks=POSTGRES),
+                                 pytest.param("postgresql://u:S3cret PW@127.0.0.1:1/db", marks=POSTGRES)])
+def test_a_refused_storage_url_keeps_its_password_out_of_a_whole_process(tmp_path, url):
+    (tmp_path / "space.toml").write_text(SPACE)
+    proc = run_cli(*tune_args(2), "--storage", url, cwd=tmp_path)
+    one_error(proc, "cannot open the study storage postgresql://u:***@")
+    for piece in ("S3cretPW", "S3c", "retPW"):
+        assert piece not in proc.stderr and piece not in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.toml"]  # nothing written
+
+
 # ---------------------------------------------------------------- pruning
+@pytest.mark.slow
+@OPTUNA
 def test_a_pruned_trial_stops_at_the_evaluation_it_was_judged_on(tmp_path):
+    import optuna
+
     from jaxrl_lander import train
     from jaxrl_lander.tune import Pruning
 
@@ -128,7 +161,11 @@ def test_a_pruned_trial_stops_at_the_evaluation_it_was_judged_on(tmp_path):
     assert (ExperimentPaths.of(tmp_path / "doomed", "a2c", 42).checkpoints / "256").is_dir()  # a stop checkpoint
 
 
+@pytest.mark.slow
+@pytest.mark.needs("optuna", "envpool")
 def test_vectorised_agents_are_pruned_together_on_the_iqm_of_their_running_objectives(tmp_path):
+    import optuna
+
     from jaxrl_lander import train_agents
     from jaxrl_lander.sweep import iqm
     from jaxrl_lander.tune import Pruning
@@ -151,6 +188,8 @@ def test_vectorised_agents_are_pruned_together_on_the_iqm_of_their_running_objec
                                                                  f" {steps[0]}", 160)}
 
 
+@pytest.mark.slow
+@pytest.mark.needs("optuna", "matplotlib", "envpool")
 def test_a_trial_of_several_seeds_scores_their_iqm(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
     proc = run_cli(*tune_args(1, "--seeds", "3", "4", "--backend", "envpool"), cwd=tmp_path)
@@ -164,6 +203,8 @@ def test_a_trial_of_several_seeds_scores_their_iqm(tmp_path):
 
 
 # ---------------------------------------------------------------- whole studies
+@pytest.mark.slow
+@STUDY_CLI
 def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -197,6 +238,32 @@ def test_two_workers_run_exactly_the_studys_trials_and_its_best_config_trains(tm
         assert (tmp_path / "results/tuning/space" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def stale_in_its_storage(root: Path, number: int, heartbeat: int, timeout: float = 60) -> None:
+    """Wait until study `space`'s SQLite storage under `root`, opened as tune.py opens it (a heartbeat every
+    `heartbeat` seconds, a grace period of three of them), reports trial `number` stale: still RUNNING, its last heartbeat
+    older than the grace period by the storage's own clock. Those are the trials the next worker fails and retries
+    (optuna.storages.fail_stale_trials asks the same question)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from jaxrl_lander.tune_storage import open_storage
+
+    with warnings.catch_warnings():  # its heartbeat and retry arguments are experimental (tune.py says so too)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = open_storage(None, root / "results/tuning/space/study.db", heartbeat)
+    try:
+        study_id = storage.get_study_id_from_name("space")
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        assert storage.get_trial(trial_id).state == TrialState.RUNNING  # killed mid-trial: nobody ended it
+        wait_for(lambda: trial_id in storage._get_stale_trial_ids(study_id), f"trial {number} stale in its storage",
+                 timeout=timeout)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+@pytest.mark.slow
+@STUDY_CLI
 def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
     args = tune_args(2, "--heartbeat", "1", "--steps", "2000")  # room for the stop, then for the kill
@@ -207,7 +274,7 @@ def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
     assert states == {0: "FAIL", 1: "WAITING"}  # the retry is queued at once
     proc = run_cli(*args, cwd=tmp_path, point="rollout:20")  # the retry killed 20 vector steps after its resume
     assert proc.returncode == -signal.SIGKILL
-    time.sleep(3.5)  # three missed heartbeats: trial 1 is stale
+    stale_in_its_storage(tmp_path, 1, heartbeat=1)  # three missed heartbeats, as the storage itself tells
     proc = run_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     trials = {t["number"]: t for t in study_json(tmp_path)["trials"]}
@@ -227,6 +294,7 @@ def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
     assert min(map(int, trials[2]["intermediate_values"])) < results["resumed_from_timestep"]
 
 
+@OPTUNA
 def test_a_space_whose_every_draw_is_refused_still_ends(tmp_path):
     from jaxrl_lander.tune import Study
     from jaxrl_lander.tune_space import read_space
@@ -252,7 +320,11 @@ def postgres_url(postgres):
     return postgres.url()
 
 
+@pytest.mark.slow
+@pytest.mark.needs("optuna", "psycopg", "matplotlib")
 def test_a_study_in_postgresql(tmp_path, postgres_url):
+    import optuna
+
     (tmp_path / "space.toml").write_text(SPACE)
     proc = run_cli(*tune_args(2, "--storage", postgres_url, "--study", "pg"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

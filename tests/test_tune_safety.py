@@ -12,7 +12,6 @@ import sys
 import threading
 from pathlib import Path
 
-import optuna
 import pytest
 from helpers import SPACE, Postgres, load_json, run_cli, study_json, tmpfs, tune_args, wait_for
 
@@ -23,6 +22,12 @@ from jaxrl_lander.tune_space import read_space
 
 PASSWORD = Postgres.PASSWORD
 LOG_LINE = re.compile(r"\d\d:\d\d:\d\d [A-Z]+ ")  # what the logging of the command line writes
+# What a test needs beyond the package's own dependencies: tune.py opens its study with Optuna (and SQLAlchemy,
+# which Optuna brings); a postgresql:// URL is tried with psycopg, the tune extra's driver; the command's report
+# draws its PNGs with matplotlib.
+OPTUNA = pytest.mark.needs("optuna")
+POSTGRES = pytest.mark.needs("optuna", "psycopg")
+STUDY_CLI = pytest.mark.needs("optuna", "matplotlib")
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -36,16 +41,18 @@ def space_file(tmp_path: Path, vf_high: float = 1.0) -> Path:
     return path
 
 
-
 def checkpointed(root: Path, trial: int, study: str) -> bool:
     checkpoints = ExperimentPaths.of(root / "results/tuning" / study / f"trial_{trial:04d}", "a2c", 42).checkpoints
     return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
 
 
 # ---------------------------------------------------------------- the study's identity
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param("sqlite", marks=OPTUNA), pytest.param("postgresql", marks=POSTGRES)])
 def test_workers_joining_at_once_with_different_spaces_let_exactly_one_space_in(tmp_path, backend, request,
                                                                                 monkeypatch):
+    import optuna
+
     import jaxrl_lander.tune as tune
 
     spaces = [read_space(space_file(tmp_path, high), "a2c") for high in (1.0, 0.9, 0.8)]
@@ -82,6 +89,8 @@ def test_workers_joining_at_once_with_different_spaces_let_exactly_one_space_in(
 
 
 # ---------------------------------------------------------------- trials that cannot be scored, or fail
+@pytest.mark.slow
+@STUDY_CLI
 def test_trials_never_evaluated_during_training_are_scored_by_their_final_evaluation(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
     proc = run_cli(*tune_args(2, "--steps", "480", "--set", "eval_interval=1000", "--timeout", "150"), cwd=tmp_path)
@@ -97,6 +106,8 @@ def test_trials_never_evaluated_during_training_are_scored_by_their_final_evalua
         assert trial["value"] == trial["final_evaluation"] == results["evaluation"]["mean"]
 
 
+@pytest.mark.slow
+@STUDY_CLI
 def test_three_failed_trials_in_a_row_stop_the_study_naming_the_last_cause(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE)
     first = run_cli(*tune_args(1), cwd=tmp_path)  # the study, and its trial 0
@@ -117,7 +128,9 @@ def test_three_failed_trials_in_a_row_stop_the_study_naming_the_last_cause(tmp_p
                for t in trials[1:])
 
 
-def test_a_study_directory_holding_another_studys_trials_is_refused_with_nothing_written(tmp_path):
+@pytest.mark.slow
+@STUDY_CLI
+def test_a_study_directory_holding_another_studys_trials_is_refused_with_nothing_written(cli, tmp_path):
     """Its storage deleted, or another given: trial_0000 would resume a run of another study, under another config
     (each run again burnt a trial and exited 2)."""
     (tmp_path / "space.toml").write_text(SPACE)
@@ -125,7 +138,7 @@ def test_a_study_directory_holding_another_studys_trials_is_refused_with_nothing
     out = tmp_path / "results/tuning/space"
     (out / "study.db").unlink()
     before = sorted(p.name for p in out.iterdir())
-    proc = run_cli(*tune_args(2), cwd=tmp_path)
+    proc = cli(*tune_args(2), cwd=tmp_path)  # refused in main(), before any trial: this process will do
     assert proc.returncode == 2 and error_lines(proc.stderr) == [
         "jaxrl_lander: error: results/tuning/space holds 1 trial(s) of a study that results/tuning/space/study.db does"
         " not hold (trial_0000...): give another --study, the storage of that study, or move the directory away"
@@ -134,8 +147,12 @@ def test_a_study_directory_holding_another_studys_trials_is_refused_with_nothing
 
 
 # ---------------------------------------------------------------- secrets
+@pytest.mark.slow
+@POSTGRES
 def test_a_failure_quoting_the_storage_url_is_stored_and_logged_without_its_password(tmp_path, postgres, caplog,
                                                                                      monkeypatch):
+    import optuna
+
     import jaxrl_lander.tune as tune
 
     url = postgres.url(driver="postgresql+psycopg")
@@ -178,6 +195,20 @@ def _children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def _started_workers(parent: int, count: int) -> list[int] | None:
+    """`parent`'s `count` child processes once each runs its own command: a child forked but not yet exec'd still
+    shows its parent's command line and environment (the URL with its password among them)."""
+    children = _children(parent)
+    try:
+        own = Path(f"/proc/{parent}/cmdline").read_bytes()
+        started = [pid for pid in children if Path(f"/proc/{pid}/cmdline").read_bytes() not in (own, b"")]
+    except OSError:  # one ended, or has not yet been listed: look again
+        return None
+    return started if len(children) == count and len(started) == count else None
+
+
+@pytest.mark.slow
+@pytest.mark.needs("optuna", "psycopg", "matplotlib")
 def test_workers_get_the_storage_in_their_environment_and_a_killed_worker_is_named(tmp_path, postgres):
     (tmp_path / "space.toml").write_text(SPACE)
     url = postgres.url(driver="postgresql+psycopg")
@@ -187,7 +218,7 @@ def test_workers_get_the_storage_in_their_environment_and_a_killed_worker_is_nam
     parent = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
-        workers = wait_for(lambda: found if len(found := _children(parent.pid)) == 2 else None, "two workers", parent)
+        workers = wait_for(lambda: _started_workers(parent.pid, 2), "two workers", parent)
         for pid in workers:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -211,6 +242,8 @@ def test_workers_get_the_storage_in_their_environment_and_a_killed_worker_is_nam
 
 
 # ---------------------------------------------------------------- the storage fails under a running study
+@pytest.mark.slow
+@pytest.mark.needs("optuna", "psycopg", "matplotlib")
 def test_a_server_stopped_under_a_running_study_is_one_line_and_the_same_command_goes_on(tmp_path, postgres):
     (tmp_path / "space.toml").write_text(SPACE)
     args = tune_args(2, "--storage", postgres.url(), "--study", "lost", "--heartbeat", "1", "--steps", "2000")
@@ -256,6 +289,8 @@ def small_disk(tmp_path):
         yield disk
 
 
+@pytest.mark.slow
+@STUDY_CLI
 def test_a_full_disk_under_a_sqlite_study_is_one_line_and_the_same_command_goes_on(tmp_path, small_disk):
     (tmp_path / "space.toml").write_text(SPACE)
     args = tune_args(3, "--heartbeat", "1", "--results-dir", str(small_disk), "--timeout", "150")
@@ -272,6 +307,7 @@ def test_a_full_disk_under_a_sqlite_study_is_one_line_and_the_same_command_goes_
 
 
 # ---------------------------------------------------------------- the study's file
+@OPTUNA
 def test_the_study_database_lands_at_its_path_whatever_characters_that_holds(tmp_path):
     from jaxrl_lander.tune import Study
 
@@ -285,11 +321,12 @@ def test_the_study_database_lands_at_its_path_whatever_characters_that_holds(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([results.name, "space_1.0.toml"])
 
 
-def test_a_space_whose_every_draw_the_config_refuses_ends_with_one_line_exit_2(tmp_path):
+@STUDY_CLI
+def test_a_space_whose_every_draw_the_config_refuses_ends_with_one_line_exit_2(cli, tmp_path):
     """Each trial's values refused together (reward_scale beside normalize_rewards): the study ends, and says why."""
     (tmp_path / "space.toml").write_text(SPACE.replace("[settings]", "[settings]\nnormalize_rewards = true").replace(
         "[space]", '[space]\nreward_scale = { type = "float", low = 2.0, high = 5.0 }'))
-    proc = run_cli(*tune_args(2), cwd=tmp_path)
+    proc = cli(*tune_args(2), cwd=tmp_path)  # no trial trains, no worker starts: in this process
     assert proc.returncode == 2 and len(error_lines(proc.stderr)) == 1, proc.stderr
     assert error_lines(proc.stderr)[0].startswith("jaxrl_lander: error: study space: the config refused every trial's"
                                                   " values (the last: ")
