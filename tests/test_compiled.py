@@ -1,5 +1,6 @@
 """The compiled collector's learning targets (envpool resets on the step after a done), against hand-computed
-values and against the gymnasium path's targets on the same transitions; and short real runs on envpool."""
+values and against the gymnasium path's targets on the same transitions; and short real runs on envpool (slow, and
+skipped where envpool is not installed)."""
 
 import chex
 import gymnasium as gym
@@ -112,8 +113,6 @@ def test_targets_match_the_gymnasium_path_on_the_same_transitions():
         np.testing.assert_allclose(np.asarray(adv)[rows, 0], np.asarray(host_adv)[:, 0], rtol=1e-4, atol=1e-3)
 
 
-pytest.importorskip("envpool")
-
 # 8 envs x 64 steps = 512 transitions per update; checkpoints every 128 steps fall inside each rollout.
 ENVPOOL = {"env_backend": "envpool", "n_steps": 64, "batch_size": 64, "n_epochs": 2, "checkpoint_interval": 128,
            "eval_episodes": 2, "eval_interval": 1024, "eval_interval_episodes": 2}
@@ -124,6 +123,8 @@ def _params(store: CheckpointStore, step: int, config) -> np.ndarray:
     return np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(state.params)])
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_envpool_run_checkpoints_inside_a_rollout_and_resumes(tmp_path):
     whole = train_run(make_config("ppo", {**ENVPOOL, "total_timesteps": 2_000}), tmp_path / "whole")
     results = whole.results
@@ -165,6 +166,8 @@ def _records(metrics_json) -> list:
     return [{k: v for k, v in r.items() if k not in ("wall_time", "timestamp")} for r in records]
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_envpool_run_killed_inside_a_rollout_resumes_to_the_same_updates(tmp_path):
     """SIGKILL while a checkpoint inside the first rollout is being committed; --resume finishes with the
     uninterrupted run's checkpoint grid and update count (3 rollouts of 512 in 2,000 steps), its results valid."""
@@ -182,6 +185,8 @@ def test_envpool_run_killed_inside_a_rollout_resumes_to_the_same_updates(tmp_pat
     assert results["success_criteria"]["SC-005"]["passed"]
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
     """The rollout is played whole, but a stop asked for during it ends the run at its next due step, before the
     update: the checkpoints after the stop are not made (an --overwrite stopped there keeps the old run)."""
