@@ -1,5 +1,6 @@
 """The jitted act and update compile once and never retrace: over real LunarLander rollouts, and over a whole
-run of the training loop with its checkpoints, records and evaluations."""
+run of the training loop with its checkpoints, records and evaluations (A2C on gymnasium's env in the fast tier,
+the others slow; envpool's skipped where it is not installed)."""
 
 from functools import partial
 
@@ -21,6 +22,7 @@ from jaxrl_lander.policy import sample_action, state_value
 from jaxrl_lander.runtime import Devices
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,n_steps", [("ppo", 16), ("a2c", 5)])
 def test_act_and_update_trace_once(algo, n_steps):
     chex.clear_trace_counter()
@@ -52,13 +54,18 @@ def test_act_and_update_trace_once(algo, n_steps):
     assert len(set(losses)) == 3 and all(np.isfinite(losses))  # three real, different updates ran
 
 
-@pytest.mark.parametrize("backend", ["gymnasium", "envpool"])
-@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+ENVPOOL = pytest.mark.needs("envpool")
+
+
+@pytest.mark.parametrize("algo,backend", [
+    pytest.param("ppo", "gymnasium", marks=pytest.mark.slow),
+    pytest.param("ppo", "envpool", marks=[pytest.mark.slow, ENVPOOL]),
+    ("a2c", "gymnasium"),  # the fast tier's whole run of the loop
+    pytest.param("a2c", "envpool", marks=[pytest.mark.slow, ENVPOOL]),
+])
 def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
     """Four PPO updates (or 51 A2C updates), checkpoints inside rollouts, records and evaluations: each program
     compiled once, at the same steps on either backend."""
-    if backend == "envpool":
-        pytest.importorskip("envpool")
     small = {"n_steps": 64} if algo == "ppo" else {}
     config = make_config(algo, {"total_timesteps": 2048, "checkpoint_interval": 500, "eval_interval": 700,
                                 "env_backend": backend, **small})
