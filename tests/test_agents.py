@@ -1,10 +1,10 @@
-"""Vectorised agents: the agent axis (hand-built), the traced step size, evaluation of stacked agents, and short
-real runs: one agent learns what a standalone run learns, a sweep writes every seed as a standalone run and
-repeats itself, two devices give what one gives, an agent that diverges fails alone, kills and stops resume."""
+"""Vectorised agents: the agent axis (hand-built), the traced step size, evaluation of stacked agents, the
+refusals of a vectorised sweep, and short real runs (slow): one agent learns what a standalone run learns, a sweep
+writes every seed as a standalone run and repeats itself, two devices give what one gives, an agent that diverges
+fails alone, kills and stops resume. What trains or checks agents' envs needs envpool, and is skipped without it."""
 
 import dataclasses
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_cli import run_cli
+from helpers import child_env, cli_command
 
 from jaxrl_lander.agents import _by_agent, agent_of, on_host, stack, train_agents
 from jaxrl_lander.algos import ALGORITHMS, make_learner
@@ -102,6 +102,7 @@ def test_the_step_size_held_in_the_state_steps_as_optax_does(algo, settings):
         jax.tree.map(np.testing.assert_array_equal, our_updates, ref_updates)
 
 
+@pytest.mark.slow
 def test_agents_of_different_step_sizes_share_one_compiled_update_and_each_steps_by_its_own():
     """A step size of 1e-12 leaves its agent's parameters where they were while the other agent's move: the rates are
     values in the state, not constants compiled in."""
@@ -164,6 +165,7 @@ def test_agents_of_one_program_differ_only_in_traced_values():
         check_agents([make_config("ppo", {})])
 
 
+@pytest.mark.needs("envpool")
 def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_deleted(tmp_path):
     """A seed added to an interrupted sweep (or agents whose kept checkpoints do not meet) must not wipe the
     others' runs by starting every agent afresh."""
@@ -192,6 +194,8 @@ def _params(path: Path) -> np.ndarray:
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(load_policy(path).params)])
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_one_vectorised_agent_learns_what_a_standalone_run_learns(tmp_path):
     """Same env seeds, same keys, same updates: the vmapped update differs from the plain one by float rounding
     only, and the final evaluation plays the same episodes."""
@@ -206,6 +210,8 @@ def test_one_vectorised_agent_learns_what_a_standalone_run_learns(tmp_path):
     assert vectorised.updates == standalone.updates == 2
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     healthy, diverging = tiny(0), tiny(1, reward_scale=1e38)  # rewards overflow float32: the loss is not finite
     results = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
@@ -215,13 +221,10 @@ def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     assert failed["status"] == "failed" and failed["updates"] == 1
 
 
-def _sweep(*args, cwd, kill_at=None, popen=False):
-    cmd = [sys.executable, *([str(HERE / "kill_at.py"), kill_at, "--"] if kill_at else ["-m", "jaxrl_lander"]),
-           "sweep", "--algo", "ppo", "--config", "tiny.toml", "--vectorized", *args]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    if popen:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def _sweep(*args, cwd, kill_at=None):
+    """A vectorised sweep of tiny.toml in a child process; with `kill_at`, killed there (tests/kill_at.py)."""
+    cmd = cli_command("sweep", "--algo", "ppo", "--config", "tiny.toml", "--vectorized", *args, point=kill_at)
+    return subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=300)
 
 
 def _complete_run(paths: ExperimentPaths, steps: int) -> dict:
@@ -232,6 +235,8 @@ def _complete_run(paths: ExperimentPaths, steps: int) -> dict:
     return results
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_a_vectorised_sweep_writes_each_seed_as_a_standalone_run_and_repeats_itself(tmp_path):
     from jaxrl_lander.config import load_config
     from jaxrl_lander.sweep import run_sweep
@@ -265,6 +270,8 @@ def test_a_vectorised_sweep_writes_each_seed_as_a_standalone_run_and_repeats_its
     assert again.returncode == 0 and "step " not in again.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_a_vectorised_sweep_stopped_then_killed_resumes_every_agent_each_time(tmp_path):
     """Ctrl-C (a SIGINT once the first agent's checkpoint of step 256 is written) stops every agent at one step,
     each with a checkpoint and an interrupted results JSON. The rerun is then killed (SIGKILL) while the agents
@@ -300,28 +307,32 @@ def test_a_vectorised_sweep_stopped_then_killed_resumes_every_agent_each_time(tm
         assert committed(agent) == sorted({*grid, at}) and not list(agent.checkpoints.glob("*tmp*"))
 
 
-def test_a_vectorised_sweep_refuses_agents_another_process_is_writing(tmp_path):
+@pytest.mark.needs("envpool")
+def test_a_vectorised_sweep_refuses_agents_another_process_is_writing(cli, tmp_path):
+    """The lock is a flock (one per open file): held here, it refuses the command run in this same process as it
+    refuses another process."""
     from jaxrl_lander.claim import ExperimentLock
 
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     with ExperimentLock(ExperimentPaths.of(tmp_path / "results/sweeps/tiny", "ppo", 1)):
-        proc = _sweep("--seeds", "0", "1", "--steps", "256", cwd=tmp_path)
+        proc = cli("sweep", "--algo", "ppo", "--config", "tiny.toml", "--vectorized", "--seeds", "0", "1", "--steps",
+                   "256", cwd=tmp_path)
     assert proc.returncode == 2 and "is in use by" in proc.stderr.splitlines()[-1], proc.stderr
     assert not (tmp_path / "results/sweeps/tiny/experiments/ppo_seed0").exists()
 
 
-def test_refusals_of_a_vectorised_sweep_are_one_line(tmp_path):
+@pytest.mark.parametrize("args,message", [
+    (["--backend", "gymnasium"], "vectorised agents run on the envpool backend only"),
+    (["--set", "n_steps=[32,64]"], "may differ in the seed and learning_rate"),
+    (["--jobs", "2"], "--jobs has no meaning with --vectorized"),
+    (["--set", "learning_rate=[]"], "needs distinct values"),
+    pytest.param(["--name", "x[1]"], "--name must be a plain directory name",
+                 marks=pytest.mark.needs("envpool")),  # checked once the agents' envs are
+], ids=["backend", "n_steps", "jobs", "no-values", "name"])
+def test_refusals_of_a_vectorised_sweep_are_one_line(cli, tmp_path, args, message):
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
-    for args, message in (
-        (["--backend", "gymnasium"], "vectorised agents run on the envpool backend only"),
-        (["--set", "n_steps=[32,64]"], "may differ in the seed and learning_rate"),
-        (["--jobs", "2"], "--jobs has no meaning with --vectorized"),
-        (["--set", "learning_rate=[]"], "needs distinct values"),
-        (["--name", "x[1]"], "--name must be a plain directory name"),
-    ):
-        proc = run_cli("sweep", "--algo", "ppo", "--config", "tiny.toml", "--seeds", "0", "--vectorized", *args,
-                       cwd=tmp_path)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    proc = cli("sweep", "--algo", "ppo", "--config", "tiny.toml", "--seeds", "0", "--vectorized", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -345,9 +356,11 @@ def sharded_run(out: str) -> dict:
             "returns": [r.evaluation["returns"] for r in results]}
 
 
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_agents_sharded_over_two_devices_learn_what_one_device_learns(tmp_path):
     """Three agents on two CPU devices (padded to four inside the update) against the same on one device."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run([sys.executable, "-c", SHARDED.format(tests=str(HERE), out=str(tmp_path / "on2"))],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
