@@ -1,13 +1,17 @@
-"""Sweep statistics (IQM, bootstrap intervals, learning-curve bands) and a tiny real two-seed sweep."""
+"""Sweep statistics (IQM, bootstrap intervals, learning-curve bands), the summary of two short real runs trained
+in this process, refusals; and (slow) real sweeps, whose seeds are child processes: a seed that fails and a rerun
+for fewer seeds, a SIGTERM and a rerun. A sweep's summary draws its plot, so those need matplotlib."""
 
 import json
 
 import numpy as np
 import pytest
-from test_cli import run_cli
+from helpers import load_json, run_cli, train_run
 
-from jaxrl_lander.config import load_config
-from jaxrl_lander.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns
+from jaxrl_lander.config import load_config, make_config
+from jaxrl_lander.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns, summarize_sweep
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -57,13 +61,50 @@ def test_learning_curve_band_equals_the_direct_bootstrap():
     assert band["mean"][0] is None and band["ci95_low"][0] is None
 
 
-def test_failed_seed_is_one_line_and_keeps_the_others(tmp_path):
-    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 2\n")
-    blocked = tmp_path / "results" / "sweeps" / "tiny" / "experiments" / "a2c_seed1"
+@pytest.mark.needs("matplotlib")  # the summary's plot
+def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values(tmp_path):
+    """Seeds 0 and 1 trained where a sweep's seeds train (A2C, 1,000 steps each, in this process): the summary of
+    seed 1 alone covers seed 0's finished run too, and holds their final evaluations and training curves."""
+    settings = {"total_timesteps": 1_000, "checkpoint_interval": 1_000, "eval_episodes": 2}
+    runs = [train_run(make_config("a2c", {**settings, "seed": seed}), tmp_path, progress_bar=False) for seed in (0, 1)]
+    summary = summarize_sweep("a2c", [1], tmp_path)
+    assert summary["seeds"] == [0, 1] and load_json(tmp_path / "summary.json")["seeds"] == [0, 1]
+    assert summary["total_timesteps"] == 1_000 and summary["evaluation_episodes"] == 2
+    assert summary["hyperparameters"] == {k: v for k, v in runs[0].config.to_dict().items() if k != "seed"}
+    final = [run.results.evaluation["mean"] for run in runs]
+    assert summary["final_evaluation"]["values"] == final and summary["final_evaluation"]["n"] == 2
+    assert summary["final_evaluation"]["mean"] == pytest.approx(np.mean(final))
+    assert summary["seeds_solved_at_end"] == 0 and summary["first_solved_timestep"] == [None, None]
+    assert summary["training_time_seconds"] == [run.results.training_time_seconds for run in runs]
+    rewards = [{r["timestep"]: r["reward"] for r in load_json(run.paths.metrics)["records"]} for run in runs]
+    curves = summary["learning_curves"]
+    grid = [8 * -(-t // 8) for t in range(100, 1_001, 100)]  # the first vector step (8 envs) past each 100
+    assert curves["timestep"] == sorted(rewards[0]) == sorted(rewards[1]) == grid
+    for t, mean in zip(curves["timestep"], curves["mean"]):
+        seen = [r[t] for r in rewards if r[t] is not None]  # the seeds with a finished episode by step t
+        assert mean == (pytest.approx(np.mean(seen)) if seen else None)
+    assert curves["mean"][-1] is not None  # episodes did end
+    assert (tmp_path / "learning_curves.png").read_bytes()[:8] == PNG
+
+
+def test_sweep_refuses_duplicate_seeds(cli, tmp_path):
+    proc = cli("sweep", "--algo", "ppo", "--seeds", "1", "1", cwd=tmp_path)
+    assert proc.returncode == 2 and "duplicates" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.needs("matplotlib")  # the summary's plot
+def test_a_failed_seed_is_one_line_and_a_rerun_for_it_alone_sums_up_every_seed_through_odd_paths(tmp_path):
+    """A seed that fails (a file where its experiment directory would go) is one line of the sweep's error, and
+    the other seed's run stays. Run again for that seed alone, the sweep's summary covers every finished seed of its
+    directory (one run of one seed does not shrink it). A results directory whose name starts with '-' reaches the
+    seeds' processes as a path, not an option."""
+    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 1\n")
+    sweep = ["sweep", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir=-odd", "--seeds"]
+    blocked = tmp_path / "-odd" / "sweeps" / "tiny" / "experiments" / "a2c_seed1"
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where seed 1's experiment directory would go")
-    proc = run_cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
-                   "--jobs", "1", cwd=tmp_path)
+    proc = run_cli(*sweep, "0", "1", "--jobs", "1", cwd=tmp_path)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if "INFO" not in line]  # the log names seed 0 done
     assert len(errors) == 1 and errors[0].startswith("jaxrl_lander: sweep failed: 1 of 2 seeds failed (1); seed 1:")
@@ -71,12 +112,16 @@ def test_failed_seed_is_one_line_and_keeps_the_others(tmp_path):
     assert json.loads(seed0.read_text())["status"] == "completed"
     assert not (blocked.parents[1] / "summary.json").exists()
 
+    blocked.unlink()
+    again = run_cli(*sweep, "1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((tmp_path / "-odd/sweeps/tiny/summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
+    assert "tiny: 2 seeds" in again.stdout
 
-def test_sweep_refuses_duplicate_seeds(tmp_path):
-    proc = run_cli("sweep", "--algo", "ppo", "--seeds", "1", "1", cwd=tmp_path)
-    assert proc.returncode == 2 and "duplicates" in proc.stderr
 
-
+@pytest.mark.slow
+@pytest.mark.needs("matplotlib")  # the summary's plot
 def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_path):
     """The signal goes on to the seeds' processes (they used to run on after the sweep had gone), each saves a
     checkpoint and an interrupted results JSON, and running the same sweep again continues them."""
@@ -116,23 +161,8 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
     assert summary["hyperparameters"]["gamma"] == 0.95 and summary["hyperparameters"]["eval_episodes"] == 2
     assert summary["final_evaluation"]["values"] == [r["evaluation"]["mean"] for r in per_seed]
-    assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "learning_curves.png").read_bytes()[:8] == PNG
     # every seed trained from the config the sweep resolved once and kept beside its results
     kept = load_config(out / "config.toml", "a2c", {"seed": 0})
     assert kept == load_config(tmp_path / "tiny.toml", "a2c", {"seed": 0, "total_timesteps": 3000, "gamma": 0.95})
     assert all(r["hyperparameters"] == {**kept.to_dict(), "seed": r["seed"]} for r in per_seed)
-
-
-def test_a_sweep_run_again_with_fewer_seeds_keeps_its_summary_whole_and_odd_paths_reach_its_seeds(tmp_path):
-    """A summary covers every finished seed of its directory (one run of one seed no longer shrinks it), and a
-    results directory whose name starts with '-' reaches the seeds' processes as a path, not an option."""
-    (tmp_path / "tiny.toml").write_text("checkpoint_interval = 400\neval_episodes = 1\n")
-    sweep = ["sweep", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--results-dir=-odd", "--seeds"]
-    first = run_cli(*sweep, "0", "1", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    (tmp_path / "-odd/sweeps/tiny/summary.json").unlink()  # as a sweep killed before its summary leaves it
-    again = run_cli(*sweep, "1", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    summary = json.loads((tmp_path / "-odd/sweeps/tiny/summary.json").read_text())
-    assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2
-    assert "tiny: 2 seeds" in again.stdout
