@@ -266,6 +266,9 @@ def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any
         "learning_curves": curves,
     }
     write_json_atomic(out_dir / "summary.json", summary)
-    plot_sweep_curves(curves, f"{algo.upper()} on {results[0]['environment']}, {len(seeds)} seeds",
-                      out_dir / "learning_curves.png", threshold)
+    try:
+        plot_sweep_curves(curves, f"{algo.upper()} on {results[0]['environment']}, {len(seeds)} seeds",
+                          out_dir / "learning_curves.png", threshold)
+    except ImportError:  # the summary stands without its picture
+        log.warning("no learning_curves.png: matplotlib (the plot extra) is not installed")
     return summary

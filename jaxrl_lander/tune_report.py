@@ -42,11 +42,15 @@ def write_report(study: optuna.Study, trials: list[FrozenTrial], header: dict[st
 
 
 def _plots(study: optuna.Study, complete: int, out_dir: Path) -> None:
-    from optuna.visualization import matplotlib as vis
-
     from jaxrl_lander.plotting import _pyplot, save_figure
 
-    plt = _pyplot()
+    try:
+        from optuna.visualization import matplotlib as vis
+
+        plt = _pyplot()
+    except ImportError:  # the study's report stands without its pictures
+        log.warning("no history.png or importances.png: matplotlib (the plot extra) is not installed")
+        return
     for name, draw, needs in (("history.png", vis.plot_optimization_history, 1),
                               ("importances.png", vis.plot_param_importances, 2)):
         if complete < needs:

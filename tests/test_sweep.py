@@ -3,10 +3,11 @@ in this process, refusals; and (slow) real sweeps, whose seeds are child process
 for fewer seeds, a SIGTERM and a rerun. A sweep's summary draws its plot, so those need matplotlib."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
-from helpers import load_json, run_cli, train_run
+from helpers import load_json, run_cli, train_run, wait_for
 
 from jaxrl_lander.config import load_config, make_config
 from jaxrl_lander.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns, summarize_sweep
@@ -62,7 +63,8 @@ def test_learning_curve_band_equals_the_direct_bootstrap():
 
 
 @pytest.mark.needs("matplotlib")  # the summary's plot
-def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values(tmp_path):
+@pytest.mark.needs("matplotlib")  # the summary's plot; without it (hidden below) the summary stands alone
+def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values(tmp_path, monkeypatch, caplog):
     """Seeds 0 and 1 trained where a sweep's seeds train (A2C, 1,000 steps each, in this process): the summary of
     seed 1 alone covers seed 0's finished run too, and holds their final evaluations and training curves."""
     settings = {"total_timesteps": 1_000, "checkpoint_interval": 1_000, "eval_episodes": 2}
@@ -85,6 +87,11 @@ def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values
         assert mean == (pytest.approx(np.mean(seen)) if seen else None)
     assert curves["mean"][-1] is not None  # episodes did end
     assert (tmp_path / "learning_curves.png").read_bytes()[:8] == PNG
+
+    (tmp_path / "learning_curves.png").unlink()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the plot extra is not installed
+    assert summarize_sweep("a2c", [1], tmp_path) == summary and not (tmp_path / "learning_curves.png").exists()
+    assert "no learning_curves.png: matplotlib (the plot extra) is not installed" in caplog.text
 
 
 def test_sweep_refuses_duplicate_seeds(cli, tmp_path):
@@ -128,7 +135,6 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     import signal
     import subprocess
     import sys
-    import time
 
     from jaxrl_lander.claim import ExperimentLock
     from jaxrl_lander.files import ExperimentPaths
@@ -139,10 +145,8 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     out = tmp_path / "results" / "sweeps" / "tiny_gamma=0.95"  # named after the config and the --set items
     sweep = subprocess.Popen([sys.executable, "-m", "jaxrl_lander", *args], cwd=tmp_path, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not all((out / "experiments" / f"a2c_seed{s}" / "checkpoints" / "200").is_dir() for s in (0, 1)):
-        assert sweep.poll() is None and time.monotonic() < deadline, "the seeds did not reach step 200"
-        time.sleep(0.2)
+    wait_for(lambda: all((out / "experiments" / f"a2c_seed{s}" / "checkpoints" / "200").is_dir() for s in (0, 1)),
+             "both seeds' checkpoints at step 200", sweep)
     sweep.send_signal(signal.SIGTERM)
     _, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 128 + signal.SIGTERM, err

@@ -319,6 +319,15 @@ def test_a_space_whose_every_draw_is_refused_still_ends(tmp_path):
 def postgres_url(postgres):
     return postgres.url()
 
+@pytest.mark.needs("optuna")
+def test_a_study_report_without_matplotlib_has_no_pictures_and_no_error(tmp_path, monkeypatch, caplog):
+    from jaxrl_lander.tune_report import _plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the plot extra is not installed
+    _plots(None, 5, tmp_path)  # returns before it reads the study
+    assert list(tmp_path.iterdir()) == []
+    assert "no history.png or importances.png: matplotlib (the plot extra) is not installed" in caplog.text
+
 
 @pytest.mark.slow
 @pytest.mark.needs("optuna", "psycopg", "matplotlib")
