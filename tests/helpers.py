@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxrl_lander import config as config_module
 from jaxrl_lander.config import RunConfig, make_config
 from jaxrl_lander.envs.normalization import PRIOR_COUNT
 from jaxrl_lander.files import ExperimentPaths, read_json
@@ -29,6 +30,9 @@ from jaxrl_lander.results import Results
 
 HERE = Path(__file__).parent
 KILL_AT = str(HERE / "kill_at.py")
+# The env ids a command-line process allows: the package's own (conftest imports this module before any test
+# registers its probe envs, which the test process then allows too).
+PACKAGE_ENV_IDS = tuple(config_module.ENV_IDS)
 SHORT_STEPS = 4_096  # two PPO updates of 2,048 transitions
 TINY_TOML = "checkpoint_interval = 200\neval_episodes = 2\n"
 
@@ -142,7 +146,8 @@ def run_cli(*args, cwd, point: str | None = None, timeout: float = 300) -> subpr
 
 @contextlib.contextmanager
 def _process_state_kept():
-    """What main() sets for its process (signal handlers, exception hooks, logging), put back when it returns."""
+    """What main() sets for its process (signal handlers, exception hooks, logging), put back when it returns; and
+    during the call, the env ids a fresh process allows."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     hooks = sys.unraisablehook, sys.excepthook
     root = logging.getLogger()
@@ -152,10 +157,13 @@ def _process_state_kept():
     levels = {name: logger.level for name, logger in named.items()}
     filters = named["asyncio"].filters[:]
     environ = dict(os.environ)
+    env_ids = config_module.ENV_IDS[:]
+    config_module.ENV_IDS[:] = PACKAGE_ENV_IDS  # not the probe envs this process registered
     root.handlers = []  # so main()'s logging writes to this call's stderr, as a process's would
     try:
         yield
     finally:
+        config_module.ENV_IDS[:] = env_ids
         for handler in root.handlers:
             handler.close()
         root.handlers, root.level = root_handlers, root_level

@@ -46,6 +46,7 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_experiment_
     assert CheckpointStore(root / EXP / "checkpoints").all_steps() == [200, 400]
 
 
+@pytest.mark.filterwarnings("ignore:.*reward is a NaN")
 def test_overwrite_that_fails_before_a_checkpoint_keeps_the_old_experiment(tmp_path):
     config = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
                                  "batch_size": 32, "total_timesteps": 1024, "checkpoint_interval": 512})

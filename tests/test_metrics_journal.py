@@ -192,8 +192,8 @@ def test_read_metrics_takes_the_newer_of_the_json_and_the_journal(tmp_path):
     assert metrics_file(paths) == paths.metrics_journal  # resumed since it finished
 
 
+@pytest.mark.needs("matplotlib")
 def test_plot_of_a_run_with_only_its_journal(tmp_path):
-    pytest.importorskip("matplotlib")
     from jaxrl_lander.plotting import plot_experiments
 
     paths = ExperimentPaths.of(tmp_path, "ppo", 42)

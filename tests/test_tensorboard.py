@@ -9,11 +9,13 @@ from helpers import load_json, train_run
 from jaxrl_lander.checkpoint import load_model
 from jaxrl_lander.config import make_config
 
-event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+pytestmark = pytest.mark.needs("tensorboardX")  # every test here writes and reads event files
 
 
 def read_scalars(directory) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(step, value), ...]} from the TFRecord event files in `directory` (length, crc, data, crc)."""
+    from tensorboardX.proto import event_pb2
+
     scalars = defaultdict(list)
     for path in sorted(directory.glob("events.out.tfevents.*")):
         data = path.read_bytes()
