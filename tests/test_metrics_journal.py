@@ -1,12 +1,13 @@
 """The metrics journal: appends round-trip, a resume cuts it back (a torn last line included) and appends go on,
-each append costs the same whatever the history, and an experiment written before the journal still resumes."""
+and each append costs the same whatever the history. (An experiment written before the journal resumes:
+test_train_e2e.py, beside one written with it.)"""
 
 import json
 import os
 import shutil
 
 import pytest
-from helpers import SHORT_STEPS, load_json, short_config, train_run, validate, without_times
+from helpers import validate, without_times
 
 from jaxrl_lander.files import ExperimentPaths
 from jaxrl_lander.outputs.metrics import MetricsRecorder, metrics_file, read_metrics
@@ -203,31 +204,6 @@ def test_plot_of_a_run_with_only_its_journal(tmp_path):
     shutil.copytree(paths.root, copy)
     assert ExperimentPaths.at(copy).name == "ppo_seed42"
     assert plot_experiments([copy]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_an_experiment_written_before_the_journal_resumes(short_runs, tmp_path):
-    """Its metrics JSON, cut back to the checkpoint, becomes the journal once; the run then goes on as any other."""
-    finished = short_runs["a2c"]
-    exp = tmp_path / "results" / "experiments" / "a2c_seed42"
-    shutil.copytree(finished.paths.root, exp)
-    for step_dir in (exp / "checkpoints").iterdir():
-        if step_dir.name.isdigit() and int(step_dir.name) > 2000:
-            shutil.rmtree(step_dir)
-    (exp / "a2c_seed42_results.json").unlink()
-    shutil.rmtree(exp / "a2c_seed42_model")
-    (exp / "a2c_seed42_metrics.jsonl").unlink()  # what the code before the journal left
-    resumed = train_run(short_config("a2c"), tmp_path / "results", resume=True)
-    assert resumed.results.resumed_from_timestep == 2000
-    metrics = load_json(resumed.paths.metrics)
-    validate(metrics, TRAINING_METRICS)
-    steps = [r["timestep"] for r in metrics["records"]]
-    assert steps == sorted(set(steps)) and len(steps) == SHORT_STEPS // 100  # no gap, no duplicate
-    before = load_json(finished.paths.metrics)
-    kept = lambda m: [e for e in m["episodes"] if e["timestep"] <= 2000]  # noqa: E731
-    assert kept(metrics) == kept(before) and metrics["records"][:20] == before["records"][:20]
-    assert MetricsRecorder.load_journal(resumed.paths.metrics_journal).to_dict() == metrics  # the whole run
-    assert [json.loads(line)["step"] for line in resumed.paths.metrics_journal.read_text().splitlines()[1:]] == [
-        2000, 3000, 4000, SHORT_STEPS]
 
 
 def test_two_writers_of_one_file_each_replace_it_whole(tmp_path):

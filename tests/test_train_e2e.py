@@ -12,6 +12,7 @@ from jaxrl_lander import Policy, load_policy, train
 from jaxrl_lander.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import ConfigError
 from jaxrl_lander.evaluate import brief, evaluate, evaluate_experiment
+from jaxrl_lander.outputs.metrics import MetricsRecorder
 from jaxrl_lander.runtime import Devices
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
 from jaxrl_lander.seeding import EVAL_SEED_OFFSET, EvalSeeds, RunKeys, eval_env_seed
@@ -108,11 +109,16 @@ def test_same_seed_same_run(short_runs, tmp_path):
 
 
 def test_resume_is_deterministic_and_leaves_no_gaps(short_runs, tmp_path):
+    """Two copies of the run as a kill after its checkpoint at 2,000 leaves it, one of them as the code before the
+    metrics journal left it (its metrics JSON, cut back to the checkpoint, becomes the journal once): both resume to
+    the same metrics and parameters, with no gap or duplicate, and go on as any other run."""
     finished = short_runs["a2c"]
     outcomes = []
-    for name in ("a", "b"):
+    for name in ("journal", "before the journal"):
         results_dir = tmp_path / name / "results"
         interrupted_copy(finished.paths.root, results_dir / "experiments" / "a2c_seed42", keep_up_to=2000)
+        if name == "before the journal":
+            (results_dir / "experiments" / "a2c_seed42" / "a2c_seed42_metrics.jsonl").unlink()
         resumed = train_run(short_config("a2c"), results_dir, resume=True)
         assert resumed.results.resumed_from_timestep == 2000
         metrics = load_json(resumed.paths.metrics)
@@ -121,6 +127,12 @@ def test_resume_is_deterministic_and_leaves_no_gaps(short_runs, tmp_path):
         steps = [r["timestep"] for r in metrics["records"]]
         assert steps == sorted(set(steps)) and len(steps) == SHORT_STEPS // 100  # no gap, no duplicate
         assert CheckpointStore(resumed.paths.checkpoints).all_steps() == [1000, 2000, 3000, 4000, SHORT_STEPS]
+        before = load_json(finished.paths.metrics)
+        kept = lambda m: [e for e in m["episodes"] if e["timestep"] <= 2000]  # noqa: E731
+        assert kept(metrics) == kept(before) and metrics["records"][:20] == before["records"][:20]
+        assert MetricsRecorder.load_journal(resumed.paths.metrics_journal).to_dict() == metrics  # the whole run
+        assert [json.loads(line)["step"] for line in resumed.paths.metrics_journal.read_text().splitlines()[1:]] == [
+            *([1000, 2000] if name == "journal" else [2000]), 3000, 4000, SHORT_STEPS]
         outcomes.append((without_times(metrics), load_model(resumed.paths.model)[0]))
     assert outcomes[0][0] == outcomes[1][0]
     same_params(outcomes[0][1], outcomes[1][1])
