@@ -22,6 +22,9 @@ from jaxrl_lander.redact import RedactingFilter, redact, shorten
 from jaxrl_lander.variants import OWN_OPTION
 
 EXIT_USAGE = 2
+# An optional module a command needs, and the extra of the package that installs it.
+EXTRAS = {"matplotlib": "plot", "PIL": "plot", "tensorboardX": "tensorboard", "optuna": "tune", "psycopg": "tune",
+          "envpool": "envpool"}
 EXIT_RUNTIME = 1
 PROG = "jaxrl_lander"
 MAX_LINE = 1000  # characters of an error line
@@ -223,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (ConfigError, ResumeError, ExperimentInUse, UnreadableModel) as exc:
         _say("error: ", exc)  # refused before anything was written
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:  # an optional extra the command needs, not installed
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        _say("error: ", f"this needs {exc.name}, which is not installed: pip install 'jaxrl_lander[{extra}]'"
+                        " (make installs it)")
         return EXIT_USAGE
     except FileNotFoundError as exc:
         _say("error: ", _os_error(exc))

@@ -26,7 +26,7 @@ from jaxrl_lander.files import ExperimentPaths  # noqa: E402
 from jaxrl_lander.results import Results  # noqa: E402
 
 EXTRAS = {"envpool": "envpool", "optuna": "tune", "psycopg": "tune", "tensorboardX": "tensorboard",
-          "matplotlib": "plot"}
+          "matplotlib": "plot", "PIL": "plot"}
 
 
 def pytest_configure(config):

@@ -197,6 +197,7 @@ def test_the_holder_of_a_lock_is_named_without_its_passwords(tmp_path):
     assert "postgresql://alice:***@db/optuna" in str(refused.value) and "S3cretPW" not in str(refused.value)
 
 
+@pytest.mark.needs("matplotlib")  # the learning curve drawn again
 def test_a_finished_run_resumed_checks_its_config_and_delivers_a_missing_model_again(cli, finished_copy):
     root = finished_copy
     resume = ["train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--resume", "--quiet"]

@@ -286,7 +286,14 @@ def _one_line_exit_2_nothing_changed(run, root, args, message, damage) -> None:
 # Orbax's readers report a failed read from their threads after the command's own error (main()'s hooks drop
 # those reports): in this process they come after the hooks are put back, so a child process checks those cases.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("args,message,damage", BAD, ids=[_case_id(a, d) for a, _, d in BAD])
+def _marked(cases):
+    """The cases as parameters; those whose refusal comes from matplotlib need it."""
+    return [pytest.param(*case, id=_case_id(case[0], case[2]),
+                         marks=[pytest.mark.needs("matplotlib")] if "matplotlib" in case[1] else [])
+            for case in cases]
+
+
+@pytest.mark.parametrize("args,message,damage", _marked(BAD))
 def test_bad_input_one_line_exit_2_nothing_changed(cli, finished_copy, args, message, damage):
     """Each case through main(argv) in this process: the command line's own handling, without a start-up each."""
     _one_line_exit_2_nothing_changed(cli, finished_copy, args, message, damage)
@@ -299,13 +306,14 @@ IN_A_CHILD = [case for case in BAD if case[2] in (_corrupt_checkpoint_metadata, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,message,damage", IN_A_CHILD, ids=[_case_id(a, d) for a, _, d in IN_A_CHILD])
+@pytest.mark.parametrize("args,message,damage", _marked(IN_A_CHILD))
 def test_bad_input_in_a_child_process_is_one_line_too(finished_copy, args, message, damage):
     """As a process of its own: the cases whose failure threads report late (nothing reaches stderr after the one
     line), argparse's own exit, and the names that would import a module from the working directory."""
     _one_line_exit_2_nothing_changed(run_cli, finished_copy, args, message, damage)
 
 
+@pytest.mark.needs("matplotlib")  # the learning curve's PNG, and the comparison plot
 def test_tiny_run_through_the_cli(cli, tmp_path):
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\nseed = 3\n")
     proc = cli("train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--quiet",
@@ -411,3 +419,16 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(finished_copy):
     proc = subprocess.run(["bash", "-c", f"{sys.executable} -m jaxrl_lander evaluate {EXP} --episodes 1 | true;"
                            " echo ${PIPESTATUS[0]}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "141" and proc.stderr == "", proc.stderr  # 128 + SIGPIPE, as a shell's tools end
+
+
+@pytest.mark.parametrize("module,args", [("matplotlib", ["plot", EXP]),
+                                         ("PIL", ["evaluate", EXP, "--episodes", "1", "--render"])])
+def test_a_command_whose_optional_extra_is_missing_says_which_to_install(cli, finished_copy, monkeypatch, module,
+                                                                         args):
+    monkeypatch.setitem(sys.modules, module, None)  # as where the plot extra is not installed
+    before = snapshot(finished_copy)
+    proc = cli(*args, cwd=finished_copy)
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (2, [
+        f"jaxrl_lander: error: this needs {module}, which is not installed: pip install 'jaxrl_lander[plot]'"
+        " (make installs it)"]), proc.stderr
+    assert snapshot(finished_copy) == before

@@ -130,6 +130,7 @@ def test_an_empty_results_directory_is_refused(cli, tmp_path, command):
 
 @pytest.mark.parametrize("out,message", [("x.jpgz", "matplotlib cannot write '.jpgz' files; give one of "),
                                          ("curve", "matplotlib cannot write a file without a suffix; give one of ")])
+@pytest.mark.needs("matplotlib")
 def test_a_plot_format_matplotlib_lacks_is_refused_first(cli, finished_copy, out, message):
     before = snapshot(finished_copy)
     proc = cli("plot", EXP, "--out", out, cwd=finished_copy)
@@ -186,6 +187,7 @@ def test_a_second_ctrl_c_while_training_stops_is_one_line(tmp_path, start_cli):
     assert len(stopping) == 1 and child.finish() == (130, "", [INTERRUPTED])
 
 
+@pytest.mark.needs("matplotlib")  # the PNG it compares with
 def test_json_files_follow_the_umask_as_the_png_does(finished_cli_run, tmp_path):
     exp = finished_cli_run / EXP
     umask = os.umask(0o022)

@@ -62,14 +62,15 @@ def test_learning_curve_band_equals_the_direct_bootstrap():
     assert band["mean"][0] is None and band["ci95_low"][0] is None
 
 
-@pytest.mark.needs("matplotlib")  # the summary's plot
-@pytest.mark.needs("matplotlib")  # the summary's plot; without it (hidden below) the summary stands alone
 def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values(tmp_path, monkeypatch, caplog):
     """Seeds 0 and 1 trained where a sweep's seeds train (A2C, 1,000 steps each, in this process): the summary of
     seed 1 alone covers seed 0's finished run too, and holds their final evaluations and training curves."""
     settings = {"total_timesteps": 1_000, "checkpoint_interval": 1_000, "eval_episodes": 2}
     runs = [train_run(make_config("a2c", {**settings, "seed": seed}), tmp_path, progress_bar=False) for seed in (0, 1)]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the plot extra is not installed
     summary = summarize_sweep("a2c", [1], tmp_path)
+    assert not (tmp_path / "learning_curves.png").exists()  # the summary stands without its picture
+    assert "no learning_curves.png: matplotlib (the plot extra) is not installed" in caplog.text
     assert summary["seeds"] == [0, 1] and load_json(tmp_path / "summary.json")["seeds"] == [0, 1]
     assert summary["total_timesteps"] == 1_000 and summary["evaluation_episodes"] == 2
     assert summary["hyperparameters"] == {k: v for k, v in runs[0].config.to_dict().items() if k != "seed"}
@@ -77,6 +78,7 @@ def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values
     assert summary["final_evaluation"]["values"] == final and summary["final_evaluation"]["n"] == 2
     assert summary["final_evaluation"]["mean"] == pytest.approx(np.mean(final))
     assert summary["seeds_solved_at_end"] == 0 and summary["first_solved_timestep"] == [None, None]
+    assert summary["first_solved_training_seconds"] == [run.results.solved["training_seconds"] for run in runs]
     assert summary["training_time_seconds"] == [run.results.training_time_seconds for run in runs]
     rewards = [{r["timestep"]: r["reward"] for r in load_json(run.paths.metrics)["records"]} for run in runs]
     curves = summary["learning_curves"]
@@ -86,12 +88,11 @@ def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values
         seen = [r[t] for r in rewards if r[t] is not None]  # the seeds with a finished episode by step t
         assert mean == (pytest.approx(np.mean(seen)) if seen else None)
     assert curves["mean"][-1] is not None  # episodes did end
-    assert (tmp_path / "learning_curves.png").read_bytes()[:8] == PNG
 
-    (tmp_path / "learning_curves.png").unlink()
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the plot extra is not installed
-    assert summarize_sweep("a2c", [1], tmp_path) == summary and not (tmp_path / "learning_curves.png").exists()
-    assert "no learning_curves.png: matplotlib (the plot extra) is not installed" in caplog.text
+    monkeypatch.undo()  # matplotlib back, where it is installed: the same summary, and its picture
+    pytest.importorskip("matplotlib", reason="the summary's picture needs the plot extra")
+    assert summarize_sweep("a2c", [1], tmp_path) == summary
+    assert (tmp_path / "learning_curves.png").read_bytes()[:8] == PNG
 
 
 def test_sweep_refuses_duplicate_seeds(cli, tmp_path):

@@ -16,7 +16,7 @@ from jaxrl_lander.outputs.metrics import MetricsRecorder
 from jaxrl_lander.runtime import Devices
 from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
 from jaxrl_lander.seeding import EVAL_SEED_OFFSET, EvalSeeds, RunKeys, eval_env_seed
-from jaxrl_lander.selection import checkpoint_policy, select_checkpoint
+from jaxrl_lander.selection import checkpoint_policy, ranked_evaluations, select_checkpoint
 
 ALGOS = ["ppo", "a2c"]
 
@@ -246,6 +246,7 @@ def test_resume_refuses_a_checkpoint_whose_config_differs(short_runs, tmp_path):
     assert results.resumed_from_timestep == 4000 and results.status == "completed"
 
 
+@pytest.mark.needs("PIL")  # Pillow writes the GIF (the plot extra)
 def test_render_one_episode_to_gif(short_runs, tmp_path):
     from PIL import Image
 
@@ -379,3 +380,9 @@ def test_a_choice_of_the_last_step_reuses_the_last_parameters_evaluation(short_r
     final = evaluate(last, config.env_id, config.eval_episodes, EvalSeeds.of(config).final)
     assert delivery.evaluation["returns"] == final["returns"] and delivery.evaluation["seconds"] > 0
     assert delivery.selected["last_parameters_evaluation"] == brief(final)
+
+
+def test_the_earlier_evaluation_ranks_first_on_a_tie():
+    evaluations = [{"timestep": 400, "mean": 1.0}, {"timestep": 800, "mean": 3.0}, {"timestep": 1200, "mean": 1.0}]
+    assert [e["timestep"] for e in ranked_evaluations(evaluations, 3)] == [800, 400, 1200]
+    assert ranked_evaluations(evaluations, 2) == [evaluations[1], evaluations[0]]
