@@ -288,7 +288,9 @@ class Postgres:
     PASSWORD = "S3cretPW"
 
     def __init__(self, bindir: Path):
+        self.stop_orphans(bindir)
         self.bindir, self.data = bindir, Path(tempfile.mkdtemp(prefix="jaxrl-pg-"))
+        (self.data / "owner").write_text(f"{os.getpid()}\n")  # the test process whose server this is
         self.as_user = []
         if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the account Debian's package made
             shutil.chown(self.data, "postgres")
@@ -302,6 +304,23 @@ class Postgres:
         subprocess.run([*self.as_user, bindir / "initdb", "-D", self.data / "db", "-U", "tuner", "--auth-local=trust",
                         "--auth-host=scram-sha-256", "--pwfile", self.data / "pw"], check=True, capture_output=True)
         self.start()
+
+    @staticmethod
+    def stop_orphans(bindir: Path) -> None:
+        """Stop and remove the servers of test processes that died without stopping them (a suite killed with
+        SIGKILL: the server runs in a session of its own, so the kill does not reach it)."""
+        for data in Path(tempfile.gettempdir()).glob("jaxrl-pg-*"):
+            try:
+                os.kill(int((data / "owner").read_text()), 0)
+                continue  # its test process still runs
+            except ProcessLookupError:
+                pass
+            except (OSError, ValueError):
+                continue  # not one of ours, or not written yet
+            as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+            subprocess.run([*as_user, bindir / "pg_ctl", "-D", data / "db", "-m", "immediate", "stop"],
+                           capture_output=True)
+            shutil.rmtree(data, ignore_errors=True)
 
     def url(self, database: str = "postgres", driver: str = "postgresql") -> str:
         return f"{driver}://tuner:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"

@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-from helpers import SPACE, load_json, one_error, run_cli, study_json, tune_args, wait_for
+from helpers import (SPACE, Postgres, child_env, load_json, one_error, postgres_bin, run_cli, study_json, tune_args,
+                     wait_for)
 
 from jaxrl_lander.config import ConfigError, load_config, make_config
 from jaxrl_lander.files import ExperimentPaths
@@ -327,6 +328,31 @@ def test_a_study_report_without_matplotlib_has_no_pictures_and_no_error(tmp_path
     _plots(None, 5, tmp_path)  # returns before it reads the study
     assert list(tmp_path.iterdir()) == []
     assert "no history.png or importances.png: matplotlib (the plot extra) is not installed" in caplog.text
+
+@pytest.mark.slow
+def test_a_server_left_by_a_killed_test_process_is_stopped_by_the_next():
+    """A suite killed with SIGKILL leaves its PostgreSQL server running (the server is a session of its own); the
+    next server started stops and removes it."""
+    bindir = postgres_bin()
+    if bindir is None or not (bindir / "initdb").exists():
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    code = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); from helpers import Postgres,"
+            " postgres_bin; print(Postgres(postgres_bin()).data, flush=True); time.sleep(600)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=child_env())
+    data = Path(owner.stdout.readline().strip())
+    owner.kill()
+    owner.wait()
+    server = int((data / "db" / "postmaster.pid").read_text().split()[0])
+
+    def running() -> bool:  # a process that has exited, reaped or not (a zombie) runs no more
+        try:
+            return Path(f"/proc/{server}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    assert running()  # its test process gone, the server runs on
+    Postgres.stop_orphans(bindir)
+    assert not data.exists() and not running()
 
 
 @pytest.mark.slow
