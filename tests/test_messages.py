@@ -208,12 +208,15 @@ def test_json_files_follow_the_umask_as_the_png_does(finished_cli_run, tmp_path)
     assert modes == {"a.json": 0o640, "b.txt": 0o640, ".b.txt.0123abcd.tmp.txt": 0o600}
 
 
-def test_the_progress_bar_keeps_its_numbers_and_time_left_on_80_columns():
+def test_the_progress_bar_keeps_its_numbers_and_time_left_on_80_columns(monkeypatch):
     import io
 
     from rich.console import Console
 
+    from jaxrl_lander.outputs import console
     from jaxrl_lander.outputs.console import ProgressBar
+
+    monkeypatch.setattr(console.time, "perf_counter", lambda: 1000.0)  # the clock stands still: 10 s exactly below
 
     for label, width in (("training", 80), ("ppo_seed0 (shown, of 10 agents)", 80), ("training", 120)):
         screen = io.StringIO()
