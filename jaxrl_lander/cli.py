@@ -15,16 +15,13 @@ from pathlib import Path
 from jaxrl_lander.commands import COMMANDS
 from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES, read_toml
 from jaxrl_lander.config_docs import config_keys_help
-from jaxrl_lander.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
-                                  TrainingFailed, UnreadableModel, first_line, out_of_memory)
+from jaxrl_lander.errors import (EXTRAS, ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
+                                  TrainingFailed, UnreadableModel, first_line, install_hint, out_of_memory)
 from jaxrl_lander.hooks import catch_interrupts, drop_read_failure_echoes
 from jaxrl_lander.redact import RedactingFilter, redact, shorten
 from jaxrl_lander.variants import OWN_OPTION
 
 EXIT_USAGE = 2
-# An optional module a command needs, and the extra of the package that installs it.
-EXTRAS = {"matplotlib": "plot", "PIL": "plot", "tensorboardX": "tensorboard", "optuna": "tune", "psycopg": "tune",
-          "envpool": "envpool"}
 EXIT_RUNTIME = 1
 PROG = "jaxrl_lander"
 MAX_LINE = 1000  # characters of an error line
@@ -228,11 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         _say("error: ", exc)  # refused before anything was written
         return EXIT_USAGE
     except ModuleNotFoundError as exc:  # an optional extra the command needs, not installed
-        extra = EXTRAS.get((exc.name or "").partition(".")[0])
-        if extra is None:
+        module = (exc.name or "").partition(".")[0]
+        if module not in EXTRAS:
             raise
-        _say("error: ", f"this needs {exc.name}, which is not installed: pip install 'jaxrl_lander[{extra}]'"
-                        " (make installs it)")
+        _say("error: ", f"this needs {exc.name}, which is not installed: {install_hint(module)}")
         return EXIT_USAGE
     except FileNotFoundError as exc:
         _say("error: ", _os_error(exc))

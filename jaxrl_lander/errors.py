@@ -2,6 +2,15 @@
 
 import signal
 
+# The optional modules a command may need, and the extra of the package that installs each.
+EXTRAS = {"matplotlib": "plot", "PIL": "plot", "tensorboardX": "tensorboard", "optuna": "tune", "psycopg": "tune",
+          "envpool": "envpool"}
+
+
+def install_hint(module: str) -> str:
+    """How to install the optional `module` (one of EXTRAS)."""
+    return f"pip install 'jaxrl_lander[{EXTRAS[module]}]' (make installs it)"
+
 
 class ConfigError(ValueError):
     """A configuration or command-line value is unusable; the message names the problem."""

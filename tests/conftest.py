@@ -22,11 +22,10 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 import pytest  # noqa: E402
 from helpers import TINY_TOML, Postgres, Run, call_main, postgres_bin, short_config, tmpfs  # noqa: E402
 
+from jaxrl_lander.errors import EXTRAS  # noqa: E402
 from jaxrl_lander.files import ExperimentPaths  # noqa: E402
 from jaxrl_lander.results import Results  # noqa: E402
 
-EXTRAS = {"envpool": "envpool", "optuna": "tune", "psycopg": "tune", "tensorboardX": "tensorboard",
-          "matplotlib": "plot", "PIL": "plot"}
 
 
 def pytest_configure(config):
@@ -122,10 +121,7 @@ def cli(capfd):
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server for the tests that need one (one per test process)."""
-    bindir = postgres_bin()
-    if bindir is None or not (bindir / "initdb").exists():
-        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed: apt-get install postgresql")
-    server = Postgres(bindir)
+    server = Postgres(postgres_bin())
     try:
         yield server
     finally:

@@ -4,12 +4,11 @@ step, so the command line does it before the heavy imports."""
 
 import importlib.util
 
-from jaxrl_lander.errors import ConfigError
+from jaxrl_lander.errors import ConfigError, install_hint
 
 # envpool's port of it (its -v2 is refused by gymnasium's, which every evaluation plays): the terminal rule of
 # envs.envpool.episode_ends is LunarLander's
 ENVPOOL_ENVS = ("LunarLander-v3",)
-ENVPOOL_INSTALL_HINT = "pip install 'jaxrl_lander[envpool]' (make installs it)"
 
 
 def check_envs(config) -> tuple[int, int]:
@@ -22,5 +21,5 @@ def check_envs(config) -> tuple[int, int]:
         if config.env_id not in ENVPOOL_ENVS:
             raise ConfigError(f"env_backend 'envpool' runs {', '.join(ENVPOOL_ENVS)} only, not '{config.env_id}'")
         if importlib.util.find_spec("envpool") is None:  # importing it takes seconds (it imports jax)
-            raise ConfigError(f"env_backend 'envpool' needs the envpool package: {ENVPOOL_INSTALL_HINT}")
+            raise ConfigError(f"env_backend 'envpool' needs the envpool package: {install_hint('envpool')}")
     return dims

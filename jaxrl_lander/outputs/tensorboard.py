@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.errors import ConfigError
+from jaxrl_lander.errors import ConfigError, install_hint
 from jaxrl_lander.outputs import Sink
 
 TRAIN_SCALARS = ("loss", "policy_loss", "value_loss", "entropy", "explained_variance", "approx_kl", "clip_fraction")
@@ -24,9 +24,7 @@ def require_tensorboard() -> None:
     try:
         import tensorboardX  # noqa: F401
     except ImportError:
-        raise ConfigError(
-            "--tensorboard needs tensorboardX: pip install 'jaxrl_lander[tensorboard]' (make installs it)"
-        ) from None
+        raise ConfigError(f"--tensorboard needs tensorboardX: {install_hint('tensorboardX')}") from None
 
 
 class TensorBoardLog(Sink):
