@@ -26,10 +26,10 @@ import jax
 import numpy as np
 
 from checkpoints import experiment_learner
-from jaxrl_lander.checkpoint import CheckpointStore
-from jaxrl_lander.evaluate import run_episodes
-from jaxrl_lander.files import ExperimentPaths
-from jaxrl_lander.selection import checkpoint_policy, ranked_evaluations
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.training.evaluate import run_episodes
+from jaxrl_lander.storage.files import ExperimentPaths
+from jaxrl_lander.training.selection import checkpoint_policy, ranked_evaluations
 
 FRESH_SEED = 3 * 2**30
 

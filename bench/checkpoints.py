@@ -4,13 +4,13 @@ from pathlib import Path
 
 import jax
 
-from jaxrl_lander.algos import Learner, TrainState, make_learner
-from jaxrl_lander.checkpoint import CheckpointStore
-from jaxrl_lander.collect import env_dims
+from jaxrl_lander.core.algos import Learner, TrainState, make_learner
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.training.collect import env_dims
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.envs.gymnasium import make_vector_env
-from jaxrl_lander.files import ExperimentPaths
-from jaxrl_lander.results import Results
+from jaxrl_lander.storage.files import ExperimentPaths
+from jaxrl_lander.storage.results import Results
 
 
 def experiment_learner(experiment: Path) -> tuple[RunConfig, Learner, Results]:

@@ -18,11 +18,11 @@ import numpy as np
 import optax
 
 from checkpoints import experiment_learner, restore_checkpoint
-from jaxrl_lander.algos import ALGORITHMS
-from jaxrl_lander.algos.base import make_batch
-from jaxrl_lander.collect import HostCollector
+from jaxrl_lander.core.algos import ALGORITHMS
+from jaxrl_lander.core.algos.base import make_batch
+from jaxrl_lander.training.collect import HostCollector
 from jaxrl_lander.envs.gymnasium import make_vector_env
-from jaxrl_lander.runtime import Devices
+from jaxrl_lander.training.runtime import Devices
 
 
 def main() -> int:

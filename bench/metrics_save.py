@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrl_lander.files import write_json_atomic
-from jaxrl_lander.outputs.metrics import MetricsRecorder
+from jaxrl_lander.storage.files import write_json_atomic
+from jaxrl_lander.storage.metrics import MetricsRecorder
 
 CHECKPOINT_INTERVAL, RECORDING_INTERVAL, EPISODE_EVERY = 1_000, 100, 200
 

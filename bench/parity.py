@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jaxrl_lander.config import ConfigError, RunConfig, load_config, read_toml
-from jaxrl_lander.files import ExperimentPaths, read_json
-from jaxrl_lander.sweep import summarize_returns
+from jaxrl_lander.storage.files import ExperimentPaths, read_json
+from jaxrl_lander.studies.sweep import summarize_returns
 
 ROOT = Path(__file__).resolve().parents[1]
 SB3 = [str(ROOT / ".venv-bench" / "bin" / "python"), str(ROOT / "bench" / "sb3_train.py")]

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxrl_lander.files import read_json
+from jaxrl_lander.storage.files import read_json
 
 
 def row(sweep: Path) -> str:

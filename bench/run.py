@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from jaxrl_lander.files import ExperimentPaths, read_json
+from jaxrl_lander.storage.files import ExperimentPaths, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = [str(ROOT / ".venv" / "bin" / "python")]

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jaxrl_lander.files import ExperimentPaths, read_json
+from jaxrl_lander.storage.files import ExperimentPaths, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 import sys
 
 try:
-    from jaxrl_lander.cli import main
+    from jaxrl_lander.cli.main import main
 except KeyboardInterrupt:  # Ctrl-C while the command line loads; main() catches it from then on
     sys.stderr.write("jaxrl_lander: interrupted\n")
     sys.exit(130)

@@ -22,9 +22,9 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 import pytest  # noqa: E402
 from helpers import TINY_TOML, Postgres, Run, call_main, postgres_bin, short_config, tmpfs  # noqa: E402
 
-from jaxrl_lander.errors import EXTRAS  # noqa: E402
-from jaxrl_lander.files import ExperimentPaths  # noqa: E402
-from jaxrl_lander.results import Results  # noqa: E402
+from jaxrl_lander.config.errors import EXTRAS  # noqa: E402
+from jaxrl_lander.storage.files import ExperimentPaths  # noqa: E402
+from jaxrl_lander.storage.results import Results  # noqa: E402
 
 
 
@@ -44,7 +44,7 @@ def pytest_runtest_setup(item):
 def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for this run of the suite: each program compiles once, in whichever test
     process (pytest-xdist worker, or CLI subprocess) needs it first."""
-    from jaxrl_lander.runtime import enable_compilation_cache
+    from jaxrl_lander.training.runtime import enable_compilation_cache
 
     base = tmp_path_factory.getbasetemp()
     cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"  # workers share it

@@ -25,8 +25,8 @@ import pytest
 from jaxrl_lander import config as config_module
 from jaxrl_lander.config import RunConfig, make_config
 from jaxrl_lander.envs.normalization import PRIOR_COUNT
-from jaxrl_lander.files import ExperimentPaths, read_json
-from jaxrl_lander.results import Results
+from jaxrl_lander.storage.files import ExperimentPaths, read_json
+from jaxrl_lander.storage.results import Results
 
 HERE = Path(__file__).parent
 KILL_AT = str(HERE / "kill_at.py")
@@ -48,7 +48,7 @@ def load_json(path: Path) -> dict:
 
 def template_state(config: RunConfig):
     """A train state of `config`'s structure on LunarLander (8 observations, 4 actions): what checkpoints restore into."""
-    from jaxrl_lander.algos import make_learner
+    from jaxrl_lander.core.algos import make_learner
 
     return make_learner(config, obs_dim=8, num_actions=4).init(jax.random.key(0))
 
@@ -70,7 +70,7 @@ def validate(instance, schema_name: str) -> None:
     """`instance` holds to the package's JSON schema `schema_name`."""
     import jsonschema
 
-    from jaxrl_lander.schemas import load_schema
+    from jaxrl_lander.storage.schemas import load_schema
 
     jsonschema.Draft202012Validator(load_schema(schema_name),
                                     format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).validate(instance)
@@ -152,7 +152,7 @@ def _process_state_kept():
     hooks = sys.unraisablehook, sys.excepthook
     root = logging.getLogger()
     root_handlers, root_level = root.handlers[:], root.level
-    named = {name: logging.getLogger(name) for name in ("jaxrl_lander", "jaxrl_lander.tune", "absl", "orbax", "jax",
+    named = {name: logging.getLogger(name) for name in ("jaxrl_lander", "jaxrl_lander.studies.tune", "absl", "orbax", "jax",
                                                          "asyncio")}
     levels = {name: logger.level for name, logger in named.items()}
     filters = named["asyncio"].filters[:]
@@ -184,7 +184,7 @@ def _no_exit(status: int) -> None:
 def call_main(*args, cwd) -> int:
     """The command line's main(argv) in this process, in `cwd`: its exit status. The process state main() sets is
     put back afterwards, so calls do not leak into each other or into the test process."""
-    from jaxrl_lander.cli import main
+    from jaxrl_lander.cli.main import main
 
     here = os.getcwd()
     exit_ = os._exit

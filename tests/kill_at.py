@@ -34,7 +34,7 @@ def arm(point: str) -> None:
         return calls[0] == int(arg)
 
     if kind == "rollout":
-        import jaxrl_lander.collect as collect
+        import jaxrl_lander.training.collect as collect
 
         step_envs = collect.step_envs
 
@@ -60,7 +60,7 @@ def arm(point: str) -> None:
 
         AtomicRenameTemporaryPath.finalize = finalize_or_die
     elif kind == "swap":
-        import jaxrl_lander.checkpoint as checkpoint
+        import jaxrl_lander.storage.checkpoint as checkpoint
 
         real_os = checkpoint.os
 
@@ -71,7 +71,7 @@ def arm(point: str) -> None:
 
         checkpoint.os = types.SimpleNamespace(**{**vars(real_os), "rename": rename_then_die})
     elif kind in ("json", "journal"):
-        import jaxrl_lander.files as files
+        import jaxrl_lander.storage.files as files
 
         real_os = files.os
 
@@ -96,6 +96,6 @@ if __name__ == "__main__":
     point, separator, *cli_args = sys.argv[1:]
     assert separator == "--", "usage: kill_at.py POINT -- ARGS"
     arm(point)
-    from jaxrl_lander.cli import main
+    from jaxrl_lander.cli.main import main
 
     sys.exit(main(cli_args))

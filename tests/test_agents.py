@@ -19,16 +19,16 @@ import optax
 import pytest
 from helpers import child_env, cli_command
 
-from jaxrl_lander.agents import _by_agent, agent_of, on_host, stack, train_agents
-from jaxrl_lander.algos import ALGORITHMS, make_learner
-from jaxrl_lander.algos.base import Rollout
-from jaxrl_lander.compiled import agents_act, agents_value
+from jaxrl_lander.training.agents import _by_agent, agent_of, on_host, stack, train_agents
+from jaxrl_lander.core.algos import ALGORITHMS, make_learner
+from jaxrl_lander.core.algos.base import Rollout
+from jaxrl_lander.training.compiled import agents_act, agents_value
 from jaxrl_lander.config import make_config
-from jaxrl_lander.errors import ConfigError
-from jaxrl_lander.evaluate import Policy, evaluate, evaluate_agents
-from jaxrl_lander.files import ExperimentPaths, read_json
-from jaxrl_lander.policy import sample_action, state_value
-from jaxrl_lander.variants import VARYING, check_agents, sweep_variants
+from jaxrl_lander.config.errors import ConfigError
+from jaxrl_lander.training.evaluate import Policy, evaluate, evaluate_agents
+from jaxrl_lander.storage.files import ExperimentPaths, read_json
+from jaxrl_lander.core.policy import sample_action, state_value
+from jaxrl_lander.config.variants import VARYING, check_agents, sweep_variants
 
 HERE = Path(__file__).parent
 # Short envpool runs: one PPO update every 256 env steps, a checkpoint every 128.
@@ -106,8 +106,8 @@ def test_the_step_size_held_in_the_state_steps_as_optax_does(algo, settings):
 def test_agents_of_different_step_sizes_share_one_compiled_update_and_each_steps_by_its_own():
     """A step size of 1e-12 leaves its agent's parameters where they were while the other agent's move: the rates are
     values in the state, not constants compiled in."""
-    from jaxrl_lander.agents import AgentsLearner
-    from jaxrl_lander.runtime import Devices
+    from jaxrl_lander.training.agents import AgentsLearner
+    from jaxrl_lander.training.runtime import Devices
 
     configs = [tiny(0, learning_rate=1e-12), tiny(1, learning_rate=1e-3)]
     learners = [make_learner(c, obs_dim=8, num_actions=4) for c in configs]
@@ -169,9 +169,9 @@ def test_agents_of_one_program_differ_only_in_traced_values():
 def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_deleted(tmp_path):
     """A seed added to an interrupted sweep (or agents whose kept checkpoints do not meet) must not wipe the
     others' runs by starting every agent afresh."""
-    from jaxrl_lander.agents import Agents
-    from jaxrl_lander.errors import ResumeError
-    from jaxrl_lander.runtime import Devices
+    from jaxrl_lander.training.agents import Agents
+    from jaxrl_lander.config.errors import ResumeError
+    from jaxrl_lander.training.runtime import Devices
 
     configs = [tiny(0), tiny(1)]
     paths = [ExperimentPaths.of(tmp_path, "ppo", c.seed) for c in configs]
@@ -189,7 +189,7 @@ def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_d
 
 
 def _params(path: Path) -> np.ndarray:
-    from jaxrl_lander.evaluate import load_policy
+    from jaxrl_lander.training.evaluate import load_policy
 
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(load_policy(path).params)])
 
@@ -199,7 +199,7 @@ def _params(path: Path) -> np.ndarray:
 def test_one_vectorised_agent_learns_what_a_standalone_run_learns(tmp_path):
     """Same env seeds, same keys, same updates: the vmapped update differs from the plain one by float rounding
     only, and the final evaluation plays the same episodes."""
-    from jaxrl_lander.experiment import train
+    from jaxrl_lander.training.experiment import train
 
     config = tiny(7)
     (vectorised,) = train_agents([config], [tmp_path / "agents"], progress_bar=False)
@@ -239,7 +239,7 @@ def _complete_run(paths: ExperimentPaths, steps: int) -> dict:
 @pytest.mark.needs("envpool")
 def test_a_vectorised_sweep_writes_each_seed_as_a_standalone_run_and_repeats_itself(tmp_path):
     from jaxrl_lander.config import load_config
-    from jaxrl_lander.sweep import run_sweep
+    from jaxrl_lander.studies.sweep import run_sweep
 
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     run = _sweep("--seeds", "0", "--steps", "256", "--set", "learning_rate=[3e-4,1e-3]", "--name", "first",
@@ -311,7 +311,7 @@ def test_a_vectorised_sweep_stopped_then_killed_resumes_every_agent_each_time(tm
 def test_a_vectorised_sweep_refuses_agents_another_process_is_writing(cli, tmp_path):
     """The lock is a flock (one per open file): held here, it refuses the command run in this same process as it
     refuses another process."""
-    from jaxrl_lander.claim import ExperimentLock
+    from jaxrl_lander.storage.claim import ExperimentLock
 
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     with ExperimentLock(ExperimentPaths.of(tmp_path / "results/sweeps/tiny", "ppo", 1)):
@@ -346,8 +346,8 @@ print(json.dumps(sharded_run({out!r})))
 
 
 def sharded_run(out: str) -> dict:
-    from jaxrl_lander.agents import AgentsLearner
-    from jaxrl_lander.runtime import Devices
+    from jaxrl_lander.training.agents import AgentsLearner
+    from jaxrl_lander.training.runtime import Devices
 
     configs = [tiny(0, steps=256), tiny(1, steps=256, learning_rate=1e-3), tiny(2, steps=256, gamma=0.9)]
     mesh = AgentsLearner([make_learner(c, 8, 4) for c in configs], Devices.resolve()).mesh

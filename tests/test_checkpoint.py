@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from jaxrl_lander import Policy, load_policy
-from jaxrl_lander.algos import make_learner
-from jaxrl_lander.checkpoint import CheckpointStore, ModelSpec, load_model, save_model
+from jaxrl_lander.core.algos import make_learner
+from jaxrl_lander.storage.checkpoint import CheckpointStore, ModelSpec, load_model, save_model
 from jaxrl_lander.config import make_config
-from jaxrl_lander.errors import UnreadableModel
-from jaxrl_lander.policy import sample_action
+from jaxrl_lander.config.errors import UnreadableModel
+from jaxrl_lander.core.policy import sample_action
 
 
 def _state(seed=0):
@@ -125,7 +125,7 @@ def test_read_failure_echoes_are_dropped_and_nothing_else(monkeypatch, caplog):
     # exceptions, which must not reach stderr after the real error; any other report still must. The command
     # line sets these hooks once for its process. (The end-to-end case, a resume from truncated arrays giving
     # exactly one error line, is in test_cli.py.)
-    from jaxrl_lander.cli import drop_read_failure_echoes
+    from jaxrl_lander.cli.main import drop_read_failure_echoes
 
     seen, printed = [], []
     monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])

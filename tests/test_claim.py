@@ -13,11 +13,11 @@ import pytest
 from helpers import TINY_TOML as TINY, child_env, cli_command, load_json, run_cli, snapshot
 
 from jaxrl_lander import train
-from jaxrl_lander.checkpoint import CheckpointStore
-from jaxrl_lander.claim import ExperimentLock, recover_interrupted_overwrite
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.storage.claim import ExperimentLock, recover_interrupted_overwrite
 from jaxrl_lander.config import make_config
-from jaxrl_lander.errors import ConfigError, ExperimentInUse, TrainingFailed
-from jaxrl_lander.files import ExperimentPaths
+from jaxrl_lander.config.errors import ConfigError, ExperimentInUse, TrainingFailed
+from jaxrl_lander.storage.files import ExperimentPaths
 
 HERE = Path(__file__).parent
 EXP = Path("results/experiments/a2c_seed42")
@@ -95,7 +95,7 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     ExperimentLock(paths).acquire().release()  # released on exit
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from jaxrl_lander.claim import ExperimentLock; from jaxrl_lander.files import "
+        "import sys, time; from jaxrl_lander.storage.claim import ExperimentLock; from jaxrl_lander.storage.files import "
         f"ExperimentPaths; ExperimentLock(ExperimentPaths.of({str(tmp_path)!r}, 'ppo', 3)).acquire(); "
         "print('locked', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -131,7 +131,7 @@ def test_ctrl_c_during_an_overwrite_before_its_first_checkpoint_keeps_the_old_ex
 
 def test_a_run_stopped_during_its_start_up_blocks_no_re_run(tmp_path):
     """Empty directories (what a Ctrl-C during start-up leaves) are not an experiment to protect."""
-    from jaxrl_lander.claim import holds_experiment
+    from jaxrl_lander.storage.claim import holds_experiment
 
     paths = ExperimentPaths.of(tmp_path, "a2c", 42)
     (paths.checkpoints).mkdir(parents=True)
@@ -144,7 +144,7 @@ def test_a_run_stopped_during_its_start_up_blocks_no_re_run(tmp_path):
 def test_reproduce_keeps_its_experiment_claimed_until_the_verdict_is_written(tmp_path, monkeypatch):
     """A train --resume of the same seed, tried while reproduce plays its second run, is refused: the verdict
     written afterwards stands beside the checkpoints, metrics and model of the run it judged."""
-    from jaxrl_lander import reproduce as module
+    from jaxrl_lander.studies import reproduce as module
 
     (tmp_path / "tiny.toml").write_text(TINY)
     tried = []
@@ -182,7 +182,7 @@ def test_a_sweep_whose_seeds_are_still_written_by_orphans_exits_2(cli, tmp_path)
 def test_the_holder_of_a_lock_is_named_without_its_passwords(tmp_path):
     paths = ExperimentPaths.of(tmp_path, "ppo", 3)
     (tmp_path / "hold.py").write_text(
-        "import sys, time; from jaxrl_lander.claim import ExperimentLock; from jaxrl_lander.files import "
+        "import sys, time; from jaxrl_lander.storage.claim import ExperimentLock; from jaxrl_lander.storage.files import "
         f"ExperimentPaths; ExperimentLock(ExperimentPaths.of({str(tmp_path)!r}, 'ppo', 3)).acquire(); "
         "print('locked', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "hold.py", "--storage", "postgresql://alice:S3cretPW@db/optuna"],

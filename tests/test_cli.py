@@ -9,7 +9,7 @@ import jax
 import pytest
 from helpers import load_json, run_cli, snapshot, validate
 
-from jaxrl_lander.schemas import EXPERIMENT_RESULTS
+from jaxrl_lander.storage.schemas import EXPERIMENT_RESULTS
 
 
 EXP = "results/experiments/a2c_seed42"
@@ -375,7 +375,7 @@ def visible(monkeypatch):
 
 
 def test_with_a_gpu_updates_run_on_it_and_actions_are_sampled_on_the_host_cpu(visible):
-    from jaxrl_lander.runtime import Devices
+    from jaxrl_lander.training.runtime import Devices
 
     devices = visible("gpu", "cpu")
     assert Devices.resolve() == Devices(update=devices["gpu"], act=devices["cpu"])
@@ -386,7 +386,7 @@ def test_with_a_gpu_updates_run_on_it_and_actions_are_sampled_on_the_host_cpu(vi
 
 
 def test_where_jax_hides_the_cpu_acting_follows_the_update(visible):
-    from jaxrl_lander.runtime import Devices
+    from jaxrl_lander.training.runtime import Devices
 
     devices = visible("tpu")
     assert Devices.resolve() == Devices(update=devices["tpu"], act=devices["tpu"])

@@ -11,9 +11,9 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from helpers import CountingHooks, load_json, run_cli, template_state, train_run
-from jaxrl_lander.algos.base import gae
-from jaxrl_lander.checkpoint import CheckpointStore
-from jaxrl_lander.compiled import next_step_targets
+from jaxrl_lander.core.algos.base import gae
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.training.compiled import next_step_targets
 from jaxrl_lander.config import make_config
 from jaxrl_lander.envs.envpool import episode_ends
 from jaxrl_lander.envs.gymnasium import bootstrap_truncated
@@ -191,12 +191,12 @@ def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
     """The rollout is played whole, but a stop asked for during it ends the run at its next due step, before the
     update: the checkpoints after the stop are not made (an --overwrite stopped there keeps the old run)."""
 
-    from jaxrl_lander.algos import make_learner
-    from jaxrl_lander.compiled import CompiledCollector
-    from jaxrl_lander.loop import Progress, train_loop
+    from jaxrl_lander.core.algos import make_learner
+    from jaxrl_lander.training.compiled import CompiledCollector
+    from jaxrl_lander.training.loop import Progress, train_loop
     from jaxrl_lander.outputs import Outputs
-    from jaxrl_lander.outputs.metrics import MetricsRecorder
-    from jaxrl_lander.runtime import Devices
+    from jaxrl_lander.storage.metrics import MetricsRecorder
+    from jaxrl_lander.training.runtime import Devices
 
     config = make_config("ppo", {**ENVPOOL, "total_timesteps": 2_000})
     learner = make_learner(config, obs_dim=8, num_actions=4)

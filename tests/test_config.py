@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxrl_lander.variants import parse_settings
+from jaxrl_lander.config.variants import parse_settings
 from jaxrl_lander.config import A2CConfig, ConfigError, PPOConfig, config_to_toml, load_config, make_config
 
 
@@ -154,8 +154,8 @@ def test_missing_file_and_unknown_algo():
 
 def test_readme_config_table_is_the_field_docstrings():
     """The README's table is written from the docstrings: regenerate it with
-    python -c 'from jaxrl_lander.config_docs import markdown_table; print(markdown_table(), end="")'"""
-    from jaxrl_lander.config_docs import field_docs, markdown_table
+    python -c 'from jaxrl_lander.config.docs import markdown_table; print(markdown_table(), end="")'"""
+    from jaxrl_lander.config.docs import field_docs, markdown_table
 
     readme = (CONFIGS.parent / "README.md").read_text()
     fields = {f.name for cls in (PPOConfig, A2CConfig) for f in dataclasses.fields(cls)}

@@ -8,10 +8,10 @@ import pytest
 from helpers import load_json, run_cli, template_state, validate
 
 from jaxrl_lander import load_policy
-from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
-from jaxrl_lander.outputs.metrics import MetricsRecorder
-from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
+from jaxrl_lander.storage.metrics import MetricsRecorder
+from jaxrl_lander.storage.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
 
 HERE = Path(__file__).parent
 STEPS, CHECKPOINT_EVERY = 2_000, 200

@@ -6,10 +6,10 @@ import probe_envs  # noqa: F401  (registers the hand-built envs)
 import pytest
 from helpers import pooled_moments
 
-from jaxrl_lander.collect import RolloutBuffer
+from jaxrl_lander.training.collect import RolloutBuffer
 from jaxrl_lander.envs.gymnasium import make_vector_env, step_envs
 from jaxrl_lander.envs.normalization import Normalizer
-from jaxrl_lander.seeding import EVAL_SEED_OFFSET, TRAIN_SEED_RANGE, eval_env_seed, train_env_seed
+from jaxrl_lander.training.seeding import EVAL_SEED_OFFSET, TRAIN_SEED_RANGE, eval_env_seed, train_env_seed
 
 GAMMA = 0.9
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import load_json, template_state
 
-from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
 
 

@@ -4,7 +4,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lander.algos.base import gae
+from jaxrl_lander.core.algos.base import gae
 
 
 class GaeTest(chex.TestCase):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from helpers import load_json, template_state, train_run, validate
 
-from jaxrl_lander.checkpoint import CheckpointStore, load_model
+from jaxrl_lander.storage.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import make_config
-from jaxrl_lander.errors import ConfigError
-from jaxrl_lander.schemas import EXPERIMENT_RESULTS
+from jaxrl_lander.config.errors import ConfigError
+from jaxrl_lander.storage.schemas import EXPERIMENT_RESULTS
 
 NORMALISED = {"normalize_observations": True, "normalize_rewards": True}
 

@@ -2,10 +2,10 @@
 
 from helpers import short_config
 
-from jaxrl_lander.collect import Episode
-from jaxrl_lander.loop import _tell, crossed, next_due
+from jaxrl_lander.training.collect import Episode
+from jaxrl_lander.training.loop import _tell, crossed, next_due
 from jaxrl_lander.outputs import Outputs, Sink
-from jaxrl_lander.outputs.metrics import MetricsRecorder
+from jaxrl_lander.storage.metrics import MetricsRecorder
 
 
 class Heard(Sink):

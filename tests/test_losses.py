@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrl_lander.algos import a2c, ppo
-from jaxrl_lander.algos.base import Batch, Rollout, all_finite, init_state
+from jaxrl_lander.core.algos import a2c, ppo
+from jaxrl_lander.core.algos.base import Batch, Rollout, all_finite, init_state
 from jaxrl_lander.config import make_config
-from jaxrl_lander.policy import ActorCritic
+from jaxrl_lander.core.policy import ActorCritic
 
 N, OBS_DIM, ACTIONS = 16, 8, 4
 

@@ -72,7 +72,7 @@ def start_cli():
 
 
 def test_the_one_model_of_a_directory_is_used(tmp_path):
-    from jaxrl_lander.files import model_path
+    from jaxrl_lander.storage.files import model_path
 
     (tmp_path / "ppo_seed42_model").mkdir()
     (tmp_path / "copy_metrics.json").write_text("{}")  # another experiment's metrics beside it
@@ -105,8 +105,8 @@ def test_read_only_experiments_is_a_usage_error(cli, tmp_path):
 
 def test_read_only_experiments_message(tmp_path, monkeypatch):
     # What a user other than root meets (the test above, skipped as root): os.access says no for experiments/.
-    from jaxrl_lander import files
-    from jaxrl_lander.errors import ConfigError
+    from jaxrl_lander.storage import files
+    from jaxrl_lander.config.errors import ConfigError
 
     (tmp_path / "experiments").mkdir()
     access = os.access
@@ -194,7 +194,7 @@ def test_json_files_follow_the_umask_as_the_png_does(finished_cli_run, tmp_path)
     os.umask(umask)
     for name in ("a2c_seed42_metrics.json", "a2c_seed42_results.json", "a2c_seed42_learning_curve.png"):
         assert (exp / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
-    from jaxrl_lander.files import replaced_atomically, write_json_atomic
+    from jaxrl_lander.storage.files import replaced_atomically, write_json_atomic
 
     (tmp_path / ".b.txt.0123abcd.tmp.txt").touch(mode=0o600)  # what a killed run left (a resume removes it)
     previous = os.umask(0o027)

@@ -9,9 +9,9 @@ import shutil
 import pytest
 from helpers import validate, without_times
 
-from jaxrl_lander.files import ExperimentPaths
-from jaxrl_lander.outputs.metrics import MetricsRecorder, metrics_file, read_metrics
-from jaxrl_lander.schemas import TRAINING_METRICS
+from jaxrl_lander.storage.files import ExperimentPaths
+from jaxrl_lander.storage.metrics import MetricsRecorder, metrics_file, read_metrics
+from jaxrl_lander.storage.schemas import TRAINING_METRICS
 
 
 def _recorder() -> MetricsRecorder:
@@ -132,7 +132,7 @@ def test_a_failed_append_takes_back_what_it_wrote(tmp_path, monkeypatch):
     import errno
     import types
 
-    from jaxrl_lander import files
+    from jaxrl_lander.storage import files
 
     path = tmp_path / "m.jsonl"
     rec = _journaled(path, [200])
@@ -195,7 +195,7 @@ def test_read_metrics_takes_the_newer_of_the_json_and_the_journal(tmp_path):
 
 @pytest.mark.needs("matplotlib")
 def test_plot_of_a_run_with_only_its_journal(tmp_path):
-    from jaxrl_lander.plotting import plot_experiments
+    from jaxrl_lander.outputs.plotting import plot_experiments
 
     paths = ExperimentPaths.of(tmp_path, "ppo", 42)
     paths.root.mkdir(parents=True)
@@ -208,7 +208,7 @@ def test_plot_of_a_run_with_only_its_journal(tmp_path):
 
 def test_two_writers_of_one_file_each_replace_it_whole(tmp_path):
     """Two processes writing the same PNG or GIF at once (two plots) each write their own temporary file."""
-    from jaxrl_lander.files import replaced_atomically
+    from jaxrl_lander.storage.files import replaced_atomically
 
     target = tmp_path / "curve.png"
     with replaced_atomically(target) as first, replaced_atomically(target) as second:

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from helpers import CountingHooks
 
-from jaxrl_lander.algos import make_learner
-from jaxrl_lander.collect import HostCollector, RolloutBuffer
-from jaxrl_lander.compiled import CompiledCollector
+from jaxrl_lander.core.algos import make_learner
+from jaxrl_lander.training.collect import HostCollector, RolloutBuffer
+from jaxrl_lander.training.compiled import CompiledCollector
 from jaxrl_lander.config import make_config
 from jaxrl_lander.envs.gymnasium import make_vector_env, step_envs
-from jaxrl_lander.loop import Progress, train_loop
+from jaxrl_lander.training.loop import Progress, train_loop
 from jaxrl_lander.outputs import Outputs
-from jaxrl_lander.outputs.metrics import MetricsRecorder
-from jaxrl_lander.policy import sample_action, state_value
-from jaxrl_lander.runtime import Devices
+from jaxrl_lander.storage.metrics import MetricsRecorder
+from jaxrl_lander.core.policy import sample_action, state_value
+from jaxrl_lander.training.runtime import Devices
 
 
 @pytest.mark.slow

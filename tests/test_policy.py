@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lander.policy import ActorCritic, entropy, greedy_action, log_prob, sample_action
+from jaxrl_lander.core.policy import ActorCritic, entropy, greedy_action, log_prob, sample_action
 
 
 def _params():

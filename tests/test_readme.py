@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxrl_lander.cli import build_parser
+from jaxrl_lander.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -55,7 +55,7 @@ def test_console_script_is_the_cli():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"jaxrl-lander": "jaxrl_lander.cli:main"} and "`jaxrl-lander`" in README
+    assert scripts == {"jaxrl-lander": "jaxrl_lander.cli.main:main"} and "`jaxrl-lander`" in README
 
 
 @pytest.mark.parametrize("command", ["train", "reproduce", "sweep", "tune", "plot", "evaluate"])

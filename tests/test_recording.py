@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from jaxrl_lander.files import is_partial_write, replaced_atomically, write_json_atomic
-from jaxrl_lander.outputs.metrics import MetricsRecorder
+from jaxrl_lander.storage.files import is_partial_write, replaced_atomically, write_json_atomic
+from jaxrl_lander.storage.metrics import MetricsRecorder
 
 
 def _recorder():
@@ -87,7 +87,7 @@ def test_replaced_atomically_and_partial_write_names(tmp_path):
 
 
 def test_experiment_paths_of_a_run_and_of_a_renamed_copy(tmp_path):
-    from jaxrl_lander.files import ExperimentPaths
+    from jaxrl_lander.storage.files import ExperimentPaths
 
     paths = ExperimentPaths.of(tmp_path, "ppo", 7)
     assert paths.root == tmp_path / "experiments" / "ppo_seed7" and paths.name == "ppo_seed7"
@@ -105,7 +105,7 @@ def test_experiment_paths_of_a_run_and_of_a_renamed_copy(tmp_path):
 def test_plot_rolling_mean_matches_the_recorder():
     import numpy as np
 
-    from jaxrl_lander.plotting import rolling_mean
+    from jaxrl_lander.outputs.plotting import rolling_mean
 
     rec = MetricsRecorder("a2c_seed1", "a2c", "LunarLander-v3", 1, 100)
     returns = np.random.default_rng(0).normal(size=250)

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from jaxrl_lander.redact import RedactingFilter, redact, shorten
+from jaxrl_lander.config.redact import RedactingFilter, redact, shorten
 
 
 @pytest.mark.parametrize("text,masked", [

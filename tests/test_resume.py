@@ -4,12 +4,12 @@ any point performs the same number of updates over the same number of transition
 import jax
 import numpy as np
 
-from jaxrl_lander.algos import make_learner
-from jaxrl_lander.collect import HostCollector
+from jaxrl_lander.core.algos import make_learner
+from jaxrl_lander.training.collect import HostCollector
 from jaxrl_lander.config import make_config
 from jaxrl_lander.envs.gymnasium import make_vector_env
-from jaxrl_lander.policy import state_value
-from jaxrl_lander.runtime import Devices
+from jaxrl_lander.core.policy import state_value
+from jaxrl_lander.training.runtime import Devices
 
 
 def test_a_resumed_rollout_cuts_its_last_transition_like_a_time_limit():

@@ -16,9 +16,9 @@ import random
 import pytest
 from helpers import load_json, run_cli, template_state
 
-from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
-from jaxrl_lander.files import ExperimentPaths
+from jaxrl_lander.storage.files import ExperimentPaths
 
 KILLS = 20
 FINISH_KILLS = 5  # the last kills: while the run finishes

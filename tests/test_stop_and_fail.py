@@ -12,12 +12,12 @@ import pytest
 from helpers import child_env, cli_command, load_json, run_cli, validate, wait_for
 
 from jaxrl_lander import train
-from jaxrl_lander.algos import make_learner
-from jaxrl_lander.checkpoint import CheckpointStore
+from jaxrl_lander.core.algos import make_learner
+from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
-from jaxrl_lander.errors import TrainingFailed
-from jaxrl_lander.files import ExperimentPaths
-from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
+from jaxrl_lander.config.errors import TrainingFailed
+from jaxrl_lander.storage.files import ExperimentPaths
+from jaxrl_lander.storage.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
 
 
 @pytest.mark.slow
@@ -113,7 +113,7 @@ def test_a_write_that_fails_names_what_it_was_writing(tmp_path):
     """An error of the file system without a file name (os.write's) still says what could not be written, where."""
     from types import SimpleNamespace
 
-    from jaxrl_lander.experiment import Experiment
+    from jaxrl_lander.training.experiment import Experiment
 
     def full_disk():
         raise OSError(28, "No space left on device")

@@ -10,7 +10,7 @@ import pytest
 from helpers import load_json, run_cli, train_run, wait_for
 
 from jaxrl_lander.config import load_config, make_config
-from jaxrl_lander.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns, summarize_sweep
+from jaxrl_lander.studies.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns, summarize_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -137,8 +137,8 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     import subprocess
     import sys
 
-    from jaxrl_lander.claim import ExperimentLock
-    from jaxrl_lander.files import ExperimentPaths
+    from jaxrl_lander.storage.claim import ExperimentLock
+    from jaxrl_lander.storage.files import ExperimentPaths
 
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
     args = ["sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "3000", "--config", "tiny.toml", "--set",

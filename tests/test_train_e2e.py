@@ -9,14 +9,14 @@ from helpers import (SHORT_STEPS, interrupted_copy, load_json, same_params, shor
                      validate, without_times)
 
 from jaxrl_lander import Policy, load_policy, train
-from jaxrl_lander.checkpoint import CheckpointStore, load_model
+from jaxrl_lander.storage.checkpoint import CheckpointStore, load_model
 from jaxrl_lander.config import ConfigError
-from jaxrl_lander.evaluate import brief, evaluate, evaluate_experiment
-from jaxrl_lander.outputs.metrics import MetricsRecorder
-from jaxrl_lander.runtime import Devices
-from jaxrl_lander.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
-from jaxrl_lander.seeding import EVAL_SEED_OFFSET, EvalSeeds, RunKeys, eval_env_seed
-from jaxrl_lander.selection import checkpoint_policy, ranked_evaluations, select_checkpoint
+from jaxrl_lander.training.evaluate import brief, evaluate, evaluate_experiment
+from jaxrl_lander.storage.metrics import MetricsRecorder
+from jaxrl_lander.training.runtime import Devices
+from jaxrl_lander.storage.schemas import EXPERIMENT_RESULTS, TRAINING_METRICS
+from jaxrl_lander.training.seeding import EVAL_SEED_OFFSET, EvalSeeds, RunKeys, eval_env_seed
+from jaxrl_lander.training.selection import checkpoint_policy, ranked_evaluations, select_checkpoint
 
 ALGOS = ["ppo", "a2c"]
 
@@ -250,7 +250,7 @@ def test_resume_refuses_a_checkpoint_whose_config_differs(short_runs, tmp_path):
 def test_render_one_episode_to_gif(short_runs, tmp_path):
     from PIL import Image
 
-    from jaxrl_lander.evaluate import render_episode_gif
+    from jaxrl_lander.training.evaluate import render_episode_gif
 
     _, results, paths = short_runs["ppo"]
     first_seed = results.evaluation["seeds"][0]

@@ -13,8 +13,8 @@ from helpers import (SPACE, Postgres, child_env, load_json, one_error, postgres_
                      wait_for)
 
 from jaxrl_lander.config import ConfigError, load_config, make_config
-from jaxrl_lander.files import ExperimentPaths
-from jaxrl_lander.tune_space import read_space
+from jaxrl_lander.storage.files import ExperimentPaths
+from jaxrl_lander.studies.tune_space import read_space
 
 # What a test needs beyond the package's own dependencies (tune_space, which reads and checks a space, needs none):
 # tune.py opens its study with Optuna (and SQLAlchemy, which Optuna brings); a postgresql:// URL is tried with
@@ -141,7 +141,7 @@ def test_a_pruned_trial_stops_at_the_evaluation_it_was_judged_on(tmp_path):
     import optuna
 
     from jaxrl_lander import train
-    from jaxrl_lander.tune import Pruning
+    from jaxrl_lander.studies.tune import Pruning
 
     config = make_config("a2c", {"total_timesteps": 1_000, "checkpoint_interval": 250, "eval_interval": 250,
                                  "eval_interval_episodes": 1, "eval_episodes": 2})
@@ -168,8 +168,8 @@ def test_vectorised_agents_are_pruned_together_on_the_iqm_of_their_running_objec
     import optuna
 
     from jaxrl_lander import train_agents
-    from jaxrl_lander.sweep import iqm
-    from jaxrl_lander.tune import Pruning
+    from jaxrl_lander.studies.sweep import iqm
+    from jaxrl_lander.studies.tune import Pruning
 
     configs = [make_config("a2c", {"total_timesteps": 512, "checkpoint_interval": 128, "eval_interval": 128,
                                    "eval_interval_episodes": 1, "eval_episodes": 2, "env_backend": "envpool",
@@ -247,7 +247,7 @@ def stale_in_its_storage(root: Path, number: int, heartbeat: int, timeout: float
     import optuna
     from optuna.trial import TrialState
 
-    from jaxrl_lander.tune_storage import open_storage
+    from jaxrl_lander.studies.tune_storage import open_storage
 
     with warnings.catch_warnings():  # its heartbeat and retry arguments are experimental (tune.py says so too)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -297,8 +297,8 @@ def test_a_stopped_or_killed_trial_is_retried_from_its_checkpoints(tmp_path):
 
 @OPTUNA
 def test_a_space_whose_every_draw_is_refused_still_ends(tmp_path):
-    from jaxrl_lander.tune import Study
-    from jaxrl_lander.tune_space import read_space
+    from jaxrl_lander.studies.tune import Study
+    from jaxrl_lander.studies.tune_space import read_space
 
     (tmp_path / "space.toml").write_text('[settings]\neval_interval = 1000\n'
                                          '[space]\nbatch_size = { type = "categorical", choices = [3000, 5000] }\n')
@@ -322,7 +322,7 @@ def postgres_url(postgres):
 
 @pytest.mark.needs("optuna")
 def test_a_study_report_without_matplotlib_has_no_pictures_and_no_error(tmp_path, monkeypatch, caplog):
-    from jaxrl_lander.tune_report import _plots
+    from jaxrl_lander.studies.tune_report import _plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the plot extra is not installed
     _plots(None, 5, tmp_path)  # returns before it reads the study

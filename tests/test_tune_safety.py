@@ -16,9 +16,9 @@ import pytest
 from helpers import SPACE, Postgres, load_json, run_cli, study_json, tmpfs, tune_args, wait_for
 
 from jaxrl_lander.config import load_config
-from jaxrl_lander.errors import ExperimentInUse
-from jaxrl_lander.files import ExperimentPaths
-from jaxrl_lander.tune_space import read_space
+from jaxrl_lander.config.errors import ExperimentInUse
+from jaxrl_lander.storage.files import ExperimentPaths
+from jaxrl_lander.studies.tune_space import read_space
 
 PASSWORD = Postgres.PASSWORD
 LOG_LINE = re.compile(r"\d\d:\d\d:\d\d [A-Z]+ ")  # what the logging of the command line writes
@@ -53,7 +53,7 @@ def test_workers_joining_at_once_with_different_spaces_let_exactly_one_space_in(
                                                                                 monkeypatch):
     import optuna
 
-    import jaxrl_lander.tune as tune
+    import jaxrl_lander.studies.tune as tune
 
     spaces = [read_space(space_file(tmp_path, high), "a2c") for high in (1.0, 0.9, 0.8)]
     base = load_config(None, "a2c", spaces[0].settings)
@@ -153,7 +153,7 @@ def test_a_failure_quoting_the_storage_url_is_stored_and_logged_without_its_pass
                                                                                      monkeypatch):
     import optuna
 
-    import jaxrl_lander.tune as tune
+    import jaxrl_lander.studies.tune as tune
 
     url = postgres.url(driver="postgresql+psycopg")
     calls, real_train = [], tune.train
@@ -168,7 +168,7 @@ def test_a_failure_quoting_the_storage_url_is_stored_and_logged_without_its_pass
     space = read_space(space_file(tmp_path), "a2c")
     study = tune.Study("secret", load_config(None, "a2c", space.settings), space, 1, tmp_path / "secret", storage=url,
                        heartbeat=1)
-    with caplog.at_level(logging.INFO, logger="jaxrl_lander.tune"):
+    with caplog.at_level(logging.INFO, logger="jaxrl_lander.studies.tune"):
         study.run()
         study.report()
     masked = f"--storage postgresql+psycopg://tuner:***@127.0.0.1:{postgres.port}/postgres"
@@ -309,7 +309,7 @@ def test_a_full_disk_under_a_sqlite_study_is_one_line_and_the_same_command_goes_
 # ---------------------------------------------------------------- the study's file
 @OPTUNA
 def test_the_study_database_lands_at_its_path_whatever_characters_that_holds(tmp_path):
-    from jaxrl_lander.tune import Study
+    from jaxrl_lander.studies.tune import Study
 
     results = tmp_path / "r %41 #1 {x}"  # %41 is a URL's A, # its fragment, {x} a format field
     space = read_space(space_file(tmp_path), "a2c")

@@ -4,7 +4,7 @@ step, so the command line does it before the heavy imports."""
 
 import importlib.util
 
-from jaxrl_lander.errors import ConfigError, install_hint
+from jaxrl_lander.config.errors import ConfigError, install_hint
 
 # envpool's port of it (its -v2 is refused by gymnasium's, which every evaluation plays): the terminal rule of
 # envs.envpool.episode_ends is LunarLander's

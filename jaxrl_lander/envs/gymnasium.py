@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode
 
 from jaxrl_lander.config import check_env_id
 from jaxrl_lander.envs.normalization import Normalizer
-from jaxrl_lander.errors import ConfigError, first_line
+from jaxrl_lander.config.errors import ConfigError, first_line
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:

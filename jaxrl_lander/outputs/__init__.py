@@ -6,7 +6,7 @@ A sink overrides the hooks it cares about; adding one touches no loop code.
 
 from typing import Any
 
-from jaxrl_lander.outputs.metrics import MetricsRecorder
+from jaxrl_lander.storage.metrics import MetricsRecorder
 
 
 class Sink:

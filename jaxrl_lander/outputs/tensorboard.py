@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.errors import ConfigError, install_hint
+from jaxrl_lander.config.errors import ConfigError, install_hint
 from jaxrl_lander.outputs import Sink
 
 TRAIN_SCALARS = ("loss", "policy_loss", "value_loss", "entropy", "explained_variance", "approx_kl", "clip_fraction")

@@ -1,0 +1,1 @@
+"""Pure math: the policy network and the algorithms (losses, GAE, updates)."""

@@ -1,0 +1,1 @@
+"""Many runs: reproduce (SC-004), seed sweeps, tuning studies."""

@@ -1,0 +1,244 @@
+"""The compiled collector: a jitted program plays the rollout on envpool's env as one lax.scan (act, env step,
+storage, episode statistics) and turns it into learning targets; the update's own jitted program follows on
+the device. The host takes part once per update: the finished episodes and the update's metrics come back
+together.
+
+The update is a program of its own because the rollout's program holds envpool's env in it: it is compiled
+afresh in every process, while the update's is kept by JAX's persistent compilation cache (docs/design.md).
+
+envpool resets an env on the step after a done, so a rollout holds reset-only steps; they are masked out of
+the update (`next_step_targets`). The env steps they take count towards the run's steps.
+"""
+
+from functools import partial
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState
+from jaxrl_lander.training.collect import Collection, Episode, bootstrap_cut
+from jaxrl_lander.config import RunConfig
+from jaxrl_lander.envs.envpool import episode_ends, make_pool
+from jaxrl_lander.core.policy import ActorCritic, sample_action, state_value
+from jaxrl_lander.training.runtime import Devices
+
+ROLLOUT_KEYS = ("obs", "actions", "rewards", "dones", "valid")  # a checkpoint's pending rollout, with next_obs
+
+
+class EnvCarry(NamedTuple):
+    """What the scan carries from one vector step to the next, and the program from one update to the next."""
+
+    handle: jax.Array  # envpool's token
+    obs: jax.Array  # (B, obs_dim) the observation the next action is taken in
+    resets_next: jax.Array  # (B,) bool: the previous step ended an episode, so the next one only resets
+    episode_return: jax.Array  # (B,) float32, raw rewards of the episode so far
+    episode_length: jax.Array  # (B,) int32
+
+
+class Steps(NamedTuple):
+    """The scan's output, time-major (T, B, ...)."""
+
+    obs: jax.Array  # observation each action was taken in
+    actions: jax.Array
+    rewards: jax.Array  # raw, as the env gave them
+    terminated: jax.Array
+    truncated: jax.Array
+    resets: jax.Array  # the step only reset its env
+    ended: jax.Array  # an episode ended with this step
+    episode_return: jax.Array  # of the episode so far (its return where `ended`)
+    episode_length: jax.Array
+
+
+def next_step_targets(rewards: jax.Array, terminated: jax.Array, truncated: jax.Array, resets: jax.Array,
+                      next_values: jax.Array, gamma, reward_scale) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Learning targets of a rollout from an env that resets on the step after a done.
+
+    cut_t   = truncated_t and not terminated_t
+    r'_t    = reward_scale * r_t + gamma * v(s_{t+1}) * cut_t   (s_{t+1}: the observation step t returned, the
+                                                                 true last one where step t ended an episode)
+    done_t  = terminated_t or truncated_t or reset_t
+    valid_t = 1 - reset_t                                       (a reset-only step is not learned from)
+    Inputs are (T, B). Returns (rewards, dones, valid) as float32 (T, B).
+    """
+    chex.assert_rank([rewards, terminated, truncated, resets, next_values], 2)
+    chex.assert_equal_shape([rewards, terminated, truncated, resets, next_values])
+    cut = jnp.logical_and(truncated, jnp.logical_not(terminated)).astype(jnp.float32)
+    targets = reward_scale * rewards + gamma * next_values * cut
+    dones = jnp.logical_or(jnp.logical_or(terminated, truncated), resets).astype(jnp.float32)
+    return targets.astype(jnp.float32), dones, 1.0 - resets.astype(jnp.float32)
+
+
+def agents_act(network: ActorCritic, agents: int, params, obs: jax.Array, key: jax.Array):
+    """sample_action for `agents` stacked parameters and keys; obs (agents * B, obs_dim), agent-major."""
+    actions, key = jax.vmap(partial(sample_action, network))(params, obs.reshape(agents, -1, obs.shape[-1]), key)
+    return actions.reshape(-1), key
+
+
+def agents_value(network: ActorCritic, agents: int, params, obs: jax.Array) -> jax.Array:
+    """state_value for `agents` stacked parameters; obs (..., agents * B, obs_dim), agent-major."""
+    lead, size = obs.shape[:-2], obs.shape[-1]
+    by_agent = jnp.moveaxis(obs.reshape(*lead, agents, -1, size), -3, 0)  # (agents, ..., B, obs_dim)
+    values = jax.vmap(partial(state_value, network))(params, by_agent)
+    return jnp.moveaxis(values, 0, -2).reshape(*lead, -1)
+
+
+def play(state: TrainState, env: EnvCarry, rows: dict[str, jax.Array], start: jax.Array, stop: jax.Array,
+         gamma: jax.Array, reward_scale: jax.Array, *, act, value, env_step
+         ) -> tuple[EnvCarry, jax.Array, dict[str, jax.Array], Steps]:
+    """Vector steps `start` to `stop` - 1 of a rollout, with their learning targets written into those rows of
+    `rows` (by ROLLOUT_KEYS, n_steps long). One scan over all n_steps rows whatever the bounds, so one program
+    serves a whole rollout, the rest of a resumed one and the last one cut short by total_timesteps; rows
+    outside the bounds do not step the env. `act(params, obs, key)` and `value(params, obs)` are the policy's
+    (vmapped over the agents of a stacked state); gamma and reward_scale are scalars or one per sub-env.
+    Returns (env, the key to use next, rows, steps)."""
+    n_steps = rows["obs"].shape[0]
+
+    def live(env: EnvCarry, key: jax.Array):
+        actions, key = act(state.params, env.obs, key)
+        handle, (obs, rewards, terminated, truncated, _) = env_step(env.handle, actions)
+        terminated, truncated = episode_ends(rewards, terminated, truncated)
+        ended = jnp.logical_or(terminated, truncated)
+        episode_return = jnp.where(env.resets_next, 0.0, env.episode_return + rewards)
+        episode_length = jnp.where(env.resets_next, 0, env.episode_length + 1)
+        step = Steps(env.obs, actions, rewards, terminated, truncated, env.resets_next, ended, episode_return,
+                     episode_length)
+        return (EnvCarry(handle, obs, ended, episode_return, episode_length), key), (step, obs)
+
+    def skip(env: EnvCarry, key: jax.Array):
+        outputs = jax.eval_shape(live, env, key)[1]
+        return (env, key), jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), outputs)
+
+    def one_step(carry, t):
+        return jax.lax.cond(jnp.logical_and(start <= t, t < stop), live, skip, *carry)
+
+    (env, key), (steps, next_obs) = jax.lax.scan(one_step, (env, state.key), jnp.arange(n_steps))
+    rewards, dones, valid = next_step_targets(steps.rewards, steps.terminated, steps.truncated, steps.resets,
+                                              value(state.params, next_obs), gamma, reward_scale)
+    played = {"obs": steps.obs, "actions": steps.actions, "rewards": rewards, "dones": dones, "valid": valid}
+    active = jnp.logical_and(start <= jnp.arange(n_steps), jnp.arange(n_steps) < stop)
+    rows = {name: jnp.where(active.reshape((-1,) + (1,) * (rows[name].ndim - 1)), played[name], rows[name])
+            for name in ROLLOUT_KEYS}
+    return env, key, rows, steps
+
+
+class CompiledCollector:
+    """envpool's env stepped inside a jitted program on the act device (the host CPU unless asked otherwise),
+    where envpool's env lives; the update runs on the update device. A rollout cut short by total_timesteps is
+    kept for a resume that gives more steps, as the host collector keeps it.
+
+    With `agents` (vectorised agents), the state is `agents` train states stacked on a leading axis and one pool
+    of agents x num_envs sub-envs plays them all, agent-major: agent i's sub-envs are i * num_envs onwards.
+    `gamma` and `reward_scale` are then one per agent; `learner.place` puts a tree where its update runs."""
+
+    normalizer = None  # the config refuses normalisation with this collector
+
+    def __init__(self, config: RunConfig, learner: Learner, devices: Devices, agents: int | None = None,
+                 gamma=None, reward_scale=None):
+        self.config, self.learner, self.devices, self.agents = config, learner, devices, agents
+        self.num_envs, self.n_steps = config.num_envs, config.n_steps  # num_envs: of one agent
+        self.width = config.num_envs * (agents or 1)  # the pool's sub-envs
+        self.pool = self.env = self.state = self.program = None
+        network = learner.network
+        if agents is None:
+            self.act, self.value = partial(sample_action, network), partial(state_value, network)
+            self.targets = (np.float32(config.gamma), np.float32(config.reward_scale))
+        else:
+            self.act, self.value = partial(agents_act, network, agents), partial(agents_value, network, agents)
+            self.targets = tuple(np.repeat(np.asarray(v, np.float32), self.num_envs) for v in (gamma, reward_scale))
+        self.value_of = jax.jit(self.value)
+        # The rollout in progress or just completed: its first env step (None: none played yet, or a resumed
+        # checkpoint's, not played on yet), its n_steps rows (on the device), how many are filled, and the
+        # observation after the last filled one while it is not on the device.
+        self.rollout_start: int | None = None
+        self.rows, self.filled, self.next_obs = self._zeros(), 0, None
+        self._host_rows: dict[str, np.ndarray] | None = None  # a host copy of `rows`, made for a checkpoint
+
+    def _zeros(self) -> dict[str, np.ndarray]:
+        n, b = self.n_steps, self.width
+        shapes = {"obs": (n, b, self.learner.obs_dim), "actions": (n, b)}
+        return {name: np.zeros(shapes.get(name, (n, b)), np.int32 if name == "actions" else np.float32)
+                for name in ROLLOUT_KEYS}
+
+    def start(self, state: TrainState, env_seed: int) -> None:
+        config, b = self.config, self.width
+        self.pool = make_pool(config.env_id, b, env_seed)
+        self.env = jax.device_put(EnvCarry(self.pool.handle, self.pool.first_obs, np.zeros(b, bool),
+                                           np.zeros(b, np.float32), np.zeros(b, np.int32)), self.devices.act)
+        self.program = jax.jit(partial(play, act=self.act, value=self.value, env_step=self.pool.step))
+        # Committed to the act device from the first call on, as the programs' own outputs are: an argument that
+        # is not would make the first call a signature of its own, and compile both programs twice.
+        self.rows = jax.device_put(self.rows, self.devices.act)
+        self.targets = jax.device_put(self.targets, self.devices.act)
+        self.state = jax.device_put(state, self.devices.act)
+
+    def _to(self, device: jax.Device, tree):
+        """`tree` on `device`; as it is when both devices are one (a put per leaf costs about 0.1 ms per update)."""
+        return tree if self.devices.act == self.devices.update else jax.device_put(tree, device)
+
+    def _to_update(self, tree):
+        return self.learner.place(tree) if self.agents else self._to(self.devices.update, tree)
+
+    def act_with(self, state: TrainState) -> None:
+        self.state = jax.device_put(state, self.devices.act) if self.agents else self._to(self.devices.act, state)
+
+    @property
+    def key(self) -> jax.Array:
+        return self._to_update(self.state.key)
+
+    def collect(self, timestep: int, max_steps: int, should_stop) -> Collection:
+        """The rest of the rollout and its update (or, when total_timesteps comes first, the steps up to it),
+        whatever `max_steps` and `should_stop` say: the loop makes the checkpoints and evaluations due inside it
+        afterwards."""
+        b = self.num_envs
+        if self.filled == self.n_steps:  # the previous collect completed a rollout
+            self.filled = 0
+        start = self.filled
+        stop = min(self.n_steps, start - (timestep - self.config.total_timesteps) // b)
+        self.rollout_start = timestep - start * b
+        self.env, key, self.rows, steps = self.program(self.state, self.env, self.rows, start, stop, *self.targets)
+        self.state, self.filled, self.next_obs, self._host_rows = self.state.replace(key=key), stop, None, None
+        learned = None
+        if stop == self.n_steps:
+            rollout = Rollout(self.rows["obs"], self.rows["actions"], self.rows["rewards"], self.rows["dones"],
+                              self.env.obs, self.rows["valid"])
+            args = (self.state, rollout) if self.agents else self._to(self.devices.update, (self.state, rollout))
+            learned = self.learner.update(*args)  # vectorised agents' learner places its arguments itself
+        ended, returns, lengths = jax.device_get((steps.ended, steps.episode_return, steps.episode_length))
+        episodes = [[] for _ in range(self.agents or 1)]
+        for t, i in zip(*np.nonzero(ended)):  # by step, then sub-env: the order they ended in
+            episodes[i // b].append(Episode(timestep + (int(t) - start + 1) * b, float(returns[t, i]),
+                                            int(lengths[t, i])))
+        return Collection((stop - start) * b, episodes, rollout=None, learned=learned)
+
+    def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
+        """The rows of the rollout in progress played before env step `timestep`: a checkpoint inside a
+        completed rollout holds its first rows; one at its end holds none."""
+        arrays = self._zeros()
+        arrays["next_obs"] = np.zeros((self.width, self.learner.obs_dim), np.float32)
+        filled = self.filled if self.rollout_start is None else (timestep - self.rollout_start) // self.num_envs
+        if not 0 < filled < self.n_steps:
+            return arrays, 0
+        if self._host_rows is None:  # once per rollout, and only when a checkpoint falls inside it
+            self._host_rows = jax.device_get(self.rows)
+        for name in ROLLOUT_KEYS:
+            arrays[name][:filled] = self._host_rows[name][:filled]
+        if filled < self.filled:
+            arrays["next_obs"][...] = self._host_rows["obs"][filled]
+        else:
+            arrays["next_obs"][...] = jax.device_get(self.env.obs) if self.next_obs is None else self.next_obs
+        return arrays, filled
+
+    def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
+        """Play the rest of a checkpoint's partly collected rollout (see `bootstrap_cut`) in the next collect."""
+        rows = {name: np.array(arrays[name]) for name in (*ROLLOUT_KEYS, "next_obs")}
+        bootstrap_cut(rows, filled, lambda obs: self.value_of(self.state.params, obs), np.asarray(self.targets[0]))
+        self.next_obs = rows.pop("next_obs")
+        self.rows, self._host_rows = jax.device_put(rows, self.devices.act), rows
+        self.filled, self.rollout_start = filled, None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.env.close()
