@@ -44,7 +44,7 @@ def main() -> int:
                               Devices.resolve())
     if collector.normalizer is not None:
         collector.normalizer.load_state_dict(meta["normalizer"])
-    collector.start(state.replace(key=jax.random.key(args.seed)), env_seed=args.seed)
+    collector.start(state.replace(key=jax.random.key(args.seed)), env_seeds=[args.seed])
     actor, critic = [], []
     for _ in range(args.rollouts):
         rollout = collector.collect(0, config.rollout_size, lambda: False).rollout

@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that `python -m jaxrl_lander` can refuse bad input before JAX loads.
 _LAZY = {
-    "train": "jaxrl_lander.training.experiment",
-    "train_agents": "jaxrl_lander.training.agents",
+    "train": "jaxrl_lander.training.run",
+    "train_agents": "jaxrl_lander.training.run",
     "Results": "jaxrl_lander.storage.results",
     "load_policy": "jaxrl_lander.training.evaluate",
     "Policy": "jaxrl_lander.training.evaluate",

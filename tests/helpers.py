@@ -106,15 +106,15 @@ def snapshot(root: Path) -> dict[str, bytes]:
 class CountingHooks:
     """The training loop's hooks, counting the checkpoints and evaluations asked of it."""
 
-    def __init__(self, collector):
-        self.checkpoints, self.evaluations, self.collector = [], 0, collector
+    def __init__(self, collector, progress):
+        self.checkpoints, self.evaluations, self.collector, self.progress = [], 0, collector, progress
 
     def evaluate(self, params):
         self.evaluations += 1
         return [{"episodes": 1, "mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0}]
 
-    def checkpoint(self, state, progress, training_seconds):
-        (agent,) = progress
+    def checkpoint(self, state, agents, training_seconds):
+        (agent,) = [self.progress[i] for i in agents]
         self.collector.pending(agent.timestep)  # what a checkpoint takes of the rollout in progress
         self.checkpoints.append(agent.timestep)
 

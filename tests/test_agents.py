@@ -19,7 +19,8 @@ import optax
 import pytest
 from helpers import child_env, cli_command
 
-from jaxrl_lander.training.agents import _by_agent, agent_of, on_host, stack, train_agents
+from jaxrl_lander.training.agents import _by_agent, agent_of, on_host, stack
+from jaxrl_lander.training.run import train_agents
 from jaxrl_lander.core.algos import ALGORITHMS, make_learner
 from jaxrl_lander.core.algos.base import Rollout
 from jaxrl_lander.training.compiled import agents_act, agents_value
@@ -162,30 +163,60 @@ def test_agents_of_one_program_differ_only_in_traced_values():
     with pytest.raises(ConfigError, match="not in n_steps"):
         check_agents([tiny(0), tiny(1, n_steps=64)])
     with pytest.raises(ConfigError, match="envpool backend only"):
-        check_agents([make_config("ppo", {})])
+        check_agents([make_config("ppo", {}), make_config("ppo", {"seed": 1})])
+    check_agents([make_config("ppo", {})])  # one agent is a standalone run, on either backend
 
 
 @pytest.mark.needs("envpool")
 def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_deleted(tmp_path):
     """A seed added to an interrupted sweep (or agents whose kept checkpoints do not meet) must not wipe the
     others' runs by starting every agent afresh."""
-    from jaxrl_lander.training.agents import Agents
     from jaxrl_lander.config.errors import ResumeError
+    from jaxrl_lander.training.run import Run
     from jaxrl_lander.training.runtime import Devices
 
     configs = [tiny(0), tiny(1)]
     paths = [ExperimentPaths.of(tmp_path, "ppo", c.seed) for c in configs]
     (paths[0].checkpoints / "256").mkdir(parents=True)
-    agents = Agents(configs, paths, Devices.resolve())
+    agents = Run(configs, paths, [None, None], Devices.resolve(), (8, 4))
     with pytest.raises(ResumeError, match="no checkpoint step in common.*ppo_seed1 has none"):
-        agents.open()
+        agents.open(resume=True)
     assert (paths[0].checkpoints / "256").is_dir()
     shutil.rmtree(paths[0].checkpoints / "256")  # a kill during the first round of checkpoints: all afresh
     (paths[0].checkpoints / "128").mkdir(parents=True)
-    agents = Agents(configs, paths, Devices.resolve())
-    agents.open()
+    agents = Run(configs, paths, [None, None], Devices.resolve(), (8, 4))
+    agents.open(resume=True)
     assert [p.timestep for p in agents.progress] == [0, 0] and not (paths[0].checkpoints / "128").exists()
     agents.close()
+
+
+@pytest.mark.needs("envpool")
+def test_an_agent_plays_its_standalone_runs_first_rollout_wherever_it_stands_among_others(tmp_path):
+    """Each agent's sub-envs are seeded as in its standalone run (envpool's env_seed, one seed per sub-env), so its
+    first rollout is its standalone run's, first or second in the seed list, whoever its companion."""
+    from jaxrl_lander.training.run import Run
+    from jaxrl_lander.training.runtime import Devices
+    from jaxrl_lander.training.seeding import train_env_seed
+
+    def first_rollout(seeds: list[int], agent: int) -> dict[str, np.ndarray]:
+        configs = [tiny(seed) for seed in seeds]
+        paths = [ExperimentPaths.of(tmp_path / "-".join(map(str, seeds)), "ppo", seed) for seed in seeds]
+        run = Run(configs, paths, [None] * len(seeds), Devices.resolve(), (8, 4))
+        state = run.open(resume=False)
+        run.collector.start(state, [train_env_seed(keys.env, 0) for keys in run.keys])
+        run.collector.collect(0, configs[0].rollout_size, lambda: False)
+        rows = jax.device_get(run.collector.rows)
+        run.close()
+        return run._part({name: rows[name] for name in ("obs", "actions", "rewards")}, agent)
+
+    alone = first_rollout([7], 0)
+    assert alone["obs"].shape == (TINY["n_steps"], TINY["num_envs"], 8) and np.abs(alone["obs"]).sum() > 0
+    for seeds, agent in (([7, 3], 0), ([3, 7], 1), ([5, 9, 7], 2)):
+        among = first_rollout(seeds, agent)
+        for name in alone:
+            np.testing.assert_array_equal(among[name], alone[name], err_msg=f"{name} of seed 7 among {seeds}")
+    other = first_rollout([3], 0)
+    assert not np.array_equal(other["obs"], alone["obs"])  # the check can fail: another seed plays otherwise
 
 
 def _params(path: Path) -> np.ndarray:
@@ -196,17 +227,16 @@ def _params(path: Path) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.needs("envpool")
-def test_one_vectorised_agent_learns_what_a_standalone_run_learns(tmp_path):
-    """Same env seeds, same keys, same updates: the vmapped update differs from the plain one by float rounding
-    only, and the final evaluation plays the same episodes."""
-    from jaxrl_lander.training.experiment import train
+def test_one_agent_of_train_agents_is_a_standalone_run(tmp_path):
+    """One lifecycle: train_agents of one config is train() of it, bit for bit (no agent axis for one agent)."""
+    from jaxrl_lander.training.run import train
 
     config = tiny(7)
     (vectorised,) = train_agents([config], [tmp_path / "agents"], progress_bar=False)
     standalone = train(config, tmp_path / "alone", progress_bar=False)
     assert vectorised.evaluation["returns"] == standalone.evaluation["returns"]
-    np.testing.assert_allclose(_params(tmp_path / "agents/experiments/ppo_seed7"),
-                               _params(tmp_path / "alone/experiments/ppo_seed7"), atol=1e-5)
+    np.testing.assert_array_equal(_params(tmp_path / "agents/experiments/ppo_seed7"),
+                                  _params(tmp_path / "alone/experiments/ppo_seed7"))
     assert vectorised.updates == standalone.updates == 2
 
 
@@ -238,17 +268,15 @@ def _complete_run(paths: ExperimentPaths, steps: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.needs("envpool")
 def test_a_vectorised_sweep_writes_each_seed_as_a_standalone_run_and_repeats_itself(tmp_path):
-    from jaxrl_lander.config import load_config
-    from jaxrl_lander.studies.sweep import run_sweep
-
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     run = _sweep("--seeds", "0", "--steps", "256", "--set", "learning_rate=[3e-4,1e-3]", "--name", "first",
                  cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "first/learning_rate=0.001: 1 seeds | final evaluation mean" in run.stdout
-    variants = {name: load_config(tmp_path / "tiny.toml", "ppo", {**settings, "total_timesteps": 256})
-                for name, settings in sweep_variants("ppo", ["learning_rate=[3e-4,1e-3]"]).items()}
-    run_sweep("ppo", [0], variants, tmp_path / "results/sweeps/second", jobs=1, vectorized=True)  # here, again
+    # The same command again (in a process of its own: the same devices, so the same sharded program)
+    again = _sweep("--seeds", "0", "--steps", "256", "--set", "learning_rate=[3e-4,1e-3]", "--name", "second",
+                   cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
     for variant, rate in (("learning_rate=0.0003", 3e-4), ("learning_rate=0.001", 1e-3)):
         for seed in (0,):
             first, second = (ExperimentPaths.of(tmp_path / "results/sweeps" / name / variant, "ppo", seed)

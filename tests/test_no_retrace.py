@@ -78,8 +78,9 @@ def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
     state = learner.init(jax.random.key(0))
     if backend == "gymnasium":
         state = jax.device_put(state, devices.update)  # as the experiment does; the compiled collector does it itself
-    collector.start(state, env_seed=0)
-    hooks, progress = CountingHooks(collector), Progress()
+    collector.start(state, env_seeds=[0])
+    progress = Progress()
+    hooks = CountingHooks(collector, [progress])
     recorder = MetricsRecorder("x", algo, config.env_id, 0, config.recording_interval)
     result = train_loop(config, learner, collector, state, [progress], [Outputs(recorder, [])], hooks, lambda: False)
     collector.close()

@@ -45,7 +45,7 @@ def _run_config(args, seed: int | None, resume: bool = False):
 
 def _train(args) -> int:
     config = _run_config(args, args.seed, args.resume)
-    from jaxrl_lander.training.experiment import train  # heavy imports once the input is good
+    from jaxrl_lander.training.run import train  # heavy imports once the input is good
     from jaxrl_lander.storage.metrics import now_iso
 
     started = now_iso()
@@ -55,7 +55,7 @@ def _train(args) -> int:
     if results.status == "interrupted":
         say(f"{results.experiment_id}: {results.reason}; checkpoint, metrics and results saved."
             " Continue with --resume.")
-        return 128 + (signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT)
+        return 128 + signal.Signals[results.stop]
     ev, resumed = results.evaluation, results.resumed_from_timestep
     if results.end_time < started:  # a finished run, resumed: nothing was trained now
         speed = f"finished on {results.end_time[:10]}; nothing to do"
@@ -110,6 +110,8 @@ def _sweep(args) -> int:
         given = (("total_timesteps", args.steps), ("env_backend", backend))
         variants[name] = load_config(args.config, args.algo, {**settings, **{k: v for k, v in given if v is not None}})
     if args.vectorized:
+        if backend != "envpool":
+            raise ConfigError("vectorised agents run on the envpool backend only (--backend envpool)")
         check_agents(list(variants.values()))
         cpu_device_per_core()
     from jaxrl_lander.envs import check_envs

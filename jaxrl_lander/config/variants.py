@@ -18,10 +18,10 @@ VARYING = {"ppo": ("learning_rate", "gamma", "gae_lambda", "clip_range", "ent_co
 
 
 def check_agents(configs: list[RunConfig]) -> None:
-    """Refuse (ConfigError) configs that cannot train as one program: another backend than envpool, or keys
-    that differ beyond the seed and VARYING."""
+    """Refuse (ConfigError) configs that cannot train as one program: several on another backend than envpool,
+    or keys that differ beyond the seed and VARYING."""
     first = configs[0]
-    if first.env_backend != "envpool":
+    if len(configs) > 1 and first.env_backend != "envpool":
         raise ConfigError("vectorised agents run on the envpool backend only (--backend envpool)")
     varying = {"seed", *VARYING[first.algo]}
     for config in configs[1:]:

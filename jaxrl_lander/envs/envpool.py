@@ -2,8 +2,9 @@
 
 envpool resets a finished env on its next step (gymnasium's NEXT_STEP autoreset): the observation returned with
 a done is the episode's true last one, and the step after it only resets (its action is ignored, its reward is
-0). The env state lives outside JAX, so it cannot be checkpointed; the pool is seeded once, when it is made
-(sub-env i with seed + i).
+0). The env state lives outside JAX, so it cannot be checkpointed; the pool is seeded once, when it is made, each
+sub-env with a seed of its own (`env_seed`), so that an agent's sub-envs play the same episodes whatever other
+agents share the pool.
 """
 
 from collections.abc import Callable
@@ -23,10 +24,11 @@ class Pool(NamedTuple):
     first_obs: np.ndarray  # (B, obs_dim) float32
 
 
-def make_pool(env_id: str, num_envs: int, seed: int) -> Pool:
+def make_pool(env_id: str, seeds: list[int]) -> Pool:
+    """One sub-env per seed, sub-env i reset with seeds[i] (as `seed=seeds[0]` does for consecutive seeds)."""
     import envpool
 
-    env = envpool.make(env_id, env_type="gymnasium", num_envs=num_envs, seed=seed)
+    env = envpool.make(env_id, env_type="gymnasium", num_envs=len(seeds), env_seed=list(seeds))
     obs, _ = env.reset()
     handle, _, _, step = env.xla()
     return Pool(env=env, handle=handle, step=step, first_obs=np.asarray(obs, np.float32))

@@ -80,10 +80,10 @@ class LogLines(Sink):
 
 
 def run_sinks(total: int, start: int, tensorboard_dir: Path | None, progress_bar: bool | None,
-              label: str = "") -> list[Sink]:
+              label: str = "", console: bool = True) -> list[Sink]:
     """A run's sinks besides the metrics: a progress bar (default: when stderr is a terminal) or progress log
-    lines, and TensorBoard event files in `tensorboard_dir` when given. `label` names the run watched (one of
-    vectorised agents)."""
+    lines (unless not `console`: an agent not shown), and TensorBoard event files in `tensorboard_dir` when given.
+    `label` names the agent shown (one of several)."""
     bar = sys.stderr.isatty() if progress_bar is None else progress_bar
     if not bar and log.level == logging.NOTSET:  # train() from a script that left this package's logging alone:
         log.setLevel(logging.INFO)  # its progress lines are shown, as the command line shows them
@@ -91,8 +91,9 @@ def run_sinks(total: int, start: int, tensorboard_dir: Path | None, progress_bar
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
             log.addHandler(handler)
-    sinks: list[Sink] = [ProgressBar(total, start, label or "training")] if bar else []
-    sinks.append(LogLines(total, start, progress_lines=not bar, label=f"{label}: " if label else ""))
+    sinks: list[Sink] = [ProgressBar(total, start, label or "training")] if bar and console else []
+    if console:
+        sinks.append(LogLines(total, start, progress_lines=not bar, label=f"{label}: " if label else ""))
     if tensorboard_dir is not None:
         from jaxrl_lander.outputs.tensorboard import TensorBoardLog
 

@@ -16,6 +16,8 @@ from jaxrl_lander.storage.metrics import MetricsRecorder
 from jaxrl_lander.config.redact import shorten
 
 STATUSES = ("completed", "interrupted", "failed")
+STOPS = ("SIGINT", "SIGTERM", "watch")  # what stops a run early
+FAILURES = ("numerical", "write")  # what fails a run
 SC003_SECONDS = 1800.0
 SC004_STD = 0.01
 
@@ -26,7 +28,7 @@ class Results:
 
     experiment_id: str
     status: str  # "completed", "interrupted" or "failed"
-    reason: str | None  # why an interrupted or failed run stopped
+    reason: str | None  # why an interrupted or failed run stopped, for people (no code reads it)
     timestep: int  # env steps reached
     algorithm: str
     environment: str
@@ -53,6 +55,8 @@ class Results:
     success_criteria: dict[str, dict[str, Any]]
     reproducibility: dict[str, Any] | None = None  # after `reproduce`
     initialized_from: dict[str, Any] | None = None  # a run started from another's model (train --init-from)
+    stop: str | None = None  # what stopped an interrupted run: "SIGINT", "SIGTERM" or "watch" (a tuning pruner)
+    failure: str | None = None  # what failed a failed run: "numerical" (a non-finite update) or "write" (a file)
 
     @property
     def config(self) -> RunConfig:
@@ -64,7 +68,7 @@ class Results:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for optional in ("reproducibility", "initialized_from"):
+        for optional in ("reproducibility", "initialized_from", "stop", "failure"):
             if data[optional] is None:
                 del data[optional]
         return data
@@ -76,6 +80,9 @@ class Results:
         results = cls(**data)
         if results.status not in STATUSES:
             raise ValueError(f"status {shorten(results.status)} is not one of {', '.join(STATUSES)}")
+        if results.stop not in (None, *STOPS) or results.failure not in (None, *FAILURES):
+            raise ValueError(f"stop {shorten(results.stop)} or failure {shorten(results.failure)} is not one it"
+                             " can be")
         for name in ("timestep", "total_timesteps", "updates"):
             value = getattr(results, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -124,7 +131,8 @@ def build_results(config: RunConfig, paths: ExperimentPaths, recorder: MetricsRe
                   evaluation: dict[str, Any] | None, evaluations: list[dict[str, Any]], **run: Any) -> Results:
     """The Results of a run. `run` holds the rest of the fields that the run itself measured: status, reason,
     timestep, updates, start_time, end_time, training_time_seconds, steps_per_second, first_update_seconds,
-    compile_seconds, resumed_from_timestep, selected_checkpoint, package_versions, device, initialized_from."""
+    compile_seconds, resumed_from_timestep, selected_checkpoint, package_versions, device, initialized_from, stop,
+    failure."""
     progression = [{"timestep": s, "reward": recorder.reward_at(s)} for s in checkpoint_steps]
     with_reward = [p["reward"] for p in progression if p["reward"] is not None]
     expected = expected_checkpoints(config, run["timestep"], checkpoint_steps)

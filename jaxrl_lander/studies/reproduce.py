@@ -14,7 +14,7 @@ from jaxrl_lander.storage.checkpoint import load_model
 from jaxrl_lander.storage.claim import ExperimentLock
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.config.errors import Interrupted
-from jaxrl_lander.training.experiment import train
+from jaxrl_lander.training.run import train
 from jaxrl_lander.storage.files import ExperimentPaths, check_results_dir, read_json, write_json_atomic
 from jaxrl_lander.storage.results import Results, reproducibility_criterion
 
@@ -32,8 +32,7 @@ def _without_times(metrics: dict[str, Any]) -> dict[str, Any]:
 def _completed(results: Results) -> Results:
     """`results`, or Interrupted when a signal stopped the run: there is nothing to compare then."""
     if results.status == "interrupted":
-        signum = signal.SIGTERM if "SIGTERM" in results.reason else signal.SIGINT
-        raise Interrupted(signum, f"{results.experiment_id}: {results.reason}; no reproducibility check was made")
+        raise Interrupted(signal.Signals[results.stop], f"{results.experiment_id}: {results.reason}; no reproducibility check was made")
     return results
 
 

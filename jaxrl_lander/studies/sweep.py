@@ -221,7 +221,7 @@ def _train_processes(algo: str, seeds: list[int], out_dir: Path, jobs: int) -> d
 def _train_agents(seeds: list[int], variants: dict[str, RunConfig], dirs: dict[str, Path]
                   ) -> dict[tuple[str, int], str]:
     """Train every (variant, seed) as vectorised agents of one process; the failed ones' errors."""
-    from jaxrl_lander.training.agents import train_agents  # jax loads here, not for the statistics
+    from jaxrl_lander.training.run import train_agents  # jax loads here, not for the statistics
 
     runs = [(name, seed) for name in variants for seed in seeds]
     configs = [dataclasses.replace(variants[name], seed=seed) for name, seed in runs]

@@ -30,8 +30,7 @@ from optuna.trial import TrialState
 from jaxrl_lander.config import RunConfig, make_config
 from jaxrl_lander.config.errors import (ConfigError, ExperimentInUse, Interrupted, ResumeError, TrainingFailed,
                                   first_line)
-from jaxrl_lander.training.agents import train_agents
-from jaxrl_lander.training.experiment import train
+from jaxrl_lander.training.run import train_agents
 from jaxrl_lander.storage.files import ExperimentPaths
 from jaxrl_lander.outputs import Sink, Watch
 from jaxrl_lander.config.redact import RedactingFilter, redact
@@ -370,19 +369,14 @@ class Study:
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("experiments", [str(ExperimentPaths.of(directory, c.algo, c.seed).root) for c in configs])
         watch = None if unprunable(config) else Pruning(trial)  # scored by the final evaluation: nothing to judge
-        try:
-            if len(configs) == 1:
-                runs = [train(config, directory, resume=True, progress_bar=False, watch=watch)]
-            else:  # vectorised agents, one per seed
-                runs = train_agents(configs, [directory] * len(configs), progress_bar=False, watch=watch)
+        try:  # several seeds train as vectorised agents, one per seed
+            runs = train_agents(configs, [directory] * len(configs), progress_bar=False, watch=watch)
         except (ExperimentInUse, ResumeError) as exc:
             trial.set_user_attr("failure", redact(str(exc)))
             if isinstance(exc, ExperimentInUse) and retry_of is not None:  # its first worker stalled, not died:
                 trial.set_user_attr("requeue", True)  # try again a heartbeat later, until that run is done
                 time.sleep(self.heartbeat)
             raise _Failed(str(exc)) from None
-        except TrainingFailed as exc:
-            runs = [exc]
         if watch is not None and watch.storage_error is not None:
             raise watch.storage_error
         failed = next((r for r in runs if isinstance(r, Exception)), None)
@@ -393,10 +387,9 @@ class Study:
             raise optuna.TrialPruned(f"training failed: {failed}")
         stopped = next((r for r in runs if r.status == "interrupted"), None)
         if stopped is not None:
-            if watch is not None and watch.verdict is not None and stopped.reason == watch.verdict:
-                raise optuna.TrialPruned(watch.verdict)
-            raise Interrupted(signal.SIGTERM if "SIGTERM" in (stopped.reason or "") else signal.SIGINT,
-                              stopped.reason or "stopped")
+            if stopped.stop == "watch":
+                raise optuna.TrialPruned(stopped.reason)
+            raise Interrupted(signal.Signals[stopped.stop], stopped.reason)
         values = [_score(config, r) for r in runs]
         value = float(iqm(np.array(values)))
         if not np.isfinite(value):

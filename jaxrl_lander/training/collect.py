@@ -43,8 +43,9 @@ class Collector(Protocol):
     num_envs: int
     normalizer: Normalizer | None
 
-    def start(self, state: TrainState, env_seed: int) -> None:
-        """Reset the envs (sub-env i seeded env_seed + i) and act with `state`'s parameters and key."""
+    def start(self, state: TrainState, env_seeds: list[int]) -> None:
+        """Reset the envs, each agent's as in its standalone run (agent a's sub-env i seeded env_seeds[a] + i),
+        and act with `state`'s parameters and key."""
 
     def act_with(self, state: TrainState) -> None:
         """Act with `state`'s parameters and key from now on (after an update)."""
@@ -142,7 +143,8 @@ class HostCollector:
         self.obs = np.zeros((config.num_envs, obs_dim), np.float32)  # until start() resets the envs
         self.params = self._key = None
 
-    def start(self, state: TrainState, env_seed: int) -> None:
+    def start(self, state: TrainState, env_seeds: list[int]) -> None:
+        (env_seed,) = env_seeds  # one agent
         self.obs = reset_envs(self.envs, env_seed, self.normalizer)
         self.act_with(state)
 

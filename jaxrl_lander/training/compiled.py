@@ -162,9 +162,10 @@ class CompiledCollector:
         return {name: np.zeros(shapes.get(name, (n, b)), np.int32 if name == "actions" else np.float32)
                 for name in ROLLOUT_KEYS}
 
-    def start(self, state: TrainState, env_seed: int) -> None:
+    def start(self, state: TrainState, env_seeds: list[int]) -> None:
         config, b = self.config, self.width
-        self.pool = make_pool(config.env_id, b, env_seed)
+        # agent-major, each agent's sub-envs seeded as in its standalone run, whatever its companions
+        self.pool = make_pool(config.env_id, [seed + i for seed in env_seeds for i in range(self.num_envs)])
         self.env = jax.device_put(EnvCarry(self.pool.handle, self.pool.first_obs, np.zeros(b, bool),
                                            np.zeros(b, np.float32), np.zeros(b, np.int32)), self.devices.act)
         self.program = jax.jit(partial(play, act=self.act, value=self.value, env_step=self.pool.step))

@@ -1,158 +1,78 @@
-"""One experiment on disk: open it (afresh, or resumed from its latest checkpoint), run the training loop with
-its checkpoints and evaluations, and finish it (model, final evaluation, metrics and results JSON)."""
+"""One experiment directory of a run (one agent's): open it afresh or at a checkpoint, save its checkpoints as the
+run reaches them, and finish it (model, final evaluation, metrics and results JSON). It owns its directory
+only: the run of one or more agents (run.py) owns the learner, the collector, the keys and the loop.
+"""
 
-import contextlib
 import dataclasses
 import logging
 import shutil
 import signal
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import jax
-
-from jaxrl_lander.core.algos import make_learner
-from jaxrl_lander.core.algos.base import TrainState
-from jaxrl_lander.storage.checkpoint import CheckpointStore, ModelSpec, model_spec, recover_model, save_model
-from jaxrl_lander.storage.claim import (RESUMABLE_CHANGES, ExperimentLock, Overwrite, check_rerun, check_resumable,
-                                 check_starting_afresh, holds_experiment, recover_interrupted_overwrite)
-from jaxrl_lander.training.collect import HostCollector
-from jaxrl_lander.training.compiled import CompiledCollector
 from jaxrl_lander.config import RunConfig
-from jaxrl_lander.envs import check_envs
-from jaxrl_lander.envs.gymnasium import make_vector_env
 from jaxrl_lander.config.errors import ConfigError, Interrupted, ResumeError, TrainingFailed, WriteFailed, first_line
-from jaxrl_lander.training.evaluate import Policy, brief, evaluate
-from jaxrl_lander.storage.files import (ExperimentPaths, check_results_dir, check_writable, remove_partial_writes,
-                                 write_json_atomic)
-from jaxrl_lander.training.loop import LoopResult, Progress, train_loop
-from jaxrl_lander.outputs import Outputs, Watch
-from jaxrl_lander.outputs.console import run_sinks
-from jaxrl_lander.storage.metrics import MetricsRecorder, now_iso
+from jaxrl_lander.core.algos.base import TrainState
+from jaxrl_lander.envs.normalization import Normalizer
+from jaxrl_lander.outputs import Outputs
 from jaxrl_lander.outputs.plotting import plot_learning_curve
-from jaxrl_lander.storage.results import Results, build_results, previous_results
-from jaxrl_lander.training.runtime import CompileClock, Devices, StopOnSignal, enable_compilation_cache, package_versions
-from jaxrl_lander.training.seeding import EvalSeeds, RunKeys, train_env_seed
+from jaxrl_lander.storage.checkpoint import CheckpointStore, ModelSpec, save_model
+from jaxrl_lander.storage.claim import Overwrite, check_resumable, check_starting_afresh
+from jaxrl_lander.storage.files import ExperimentPaths, remove_partial_writes, write_json_atomic
+from jaxrl_lander.storage.metrics import MetricsRecorder, now_iso
+from jaxrl_lander.storage.results import Results, build_results
+from jaxrl_lander.training.evaluate import Policy, evaluate
+from jaxrl_lander.training.loop import LoopResult, Progress
+from jaxrl_lander.training.runtime import CompileClock, Devices, package_versions
+from jaxrl_lander.training.seeding import EvalSeeds
 from jaxrl_lander.training.selection import Delivery, select_checkpoint
-from jaxrl_lander.training.starting_point import StartingPoint, load_starting_point
+from jaxrl_lander.training.starting_point import StartingPoint
 
 log = logging.getLogger("jaxrl_lander")
 
-def train(config: RunConfig, results_dir: str | Path = "results", *, resume: bool = False, overwrite: bool = False,
-          device: str = "auto", act_device: str = "auto", tensorboard: bool = False,
-          progress_bar: bool | None = None, watch: Watch | None = None, init_from: str | Path | None = None,
-          claim: ExperimentLock | None = None) -> Results:
-    """Train `config` into results_dir/experiments/{algo}_seed{seed}/, as `python -m jaxrl_lander train` does.
-
-    An existing experiment of the same algorithm and seed is continued from its latest complete checkpoint with
-    `resume` (a finished run's results are returned untouched), replaced with `overwrite` (once the new run has
-    committed its first checkpoint; until then the old one stays whole), and otherwise refused. `device` runs the
-    update, `act_device` the per-step action sampling (auto: JAX's default device, and the host CPU).
-    `progress_bar` (default: when stderr is a terminal) replaces the progress log lines; `tensorboard` adds event
-    files. A `watch` sees the run's events and may stop it early (its verdict is then the results' reason).
-    `init_from` (a model or experiment directory) starts a new experiment from the parameters and normaliser
-    statistics another one delivered, with a fresh optimiser (recorded in the results as initialized_from).
-    `claim` is the experiment's lock when the caller holds it already, for longer than this run (`reproduce`).
-    Raises ConfigError, ResumeError or ExperimentInUse (another process is writing the experiment), with
-    nothing written, when the run is refused, and TrainingFailed after writing the results of a run stopped by a
-    numerical fault.
-    """
-    paths = ExperimentPaths.of(results_dir, config.algo, config.seed)
-    if init_from is not None and resume:
-        raise ConfigError("--init-from starts a new experiment and --resume continues one: give one of them")
-    check_rerun(paths, resume, overwrite)
-    done = previous_results(paths) if resume else None
-    if done and done.status == "completed" and done.total_timesteps >= config.total_timesteps:
-        if _whole(config, paths, done):
-            return done
-        config = dataclasses.replace(config, total_timesteps=done.total_timesteps)  # delivered again, below
-    check_results_dir(results_dir)
-    check_writable(paths.root, f"experiment {paths.root}")
-    dims = check_envs(config)
-    start = load_starting_point(init_from, config, *dims) if init_from is not None else None
-    if start is not None and Path(start.record["model"]).resolve().parent == paths.root.resolve():
-        raise ConfigError(f"--init-from {start.record['model']}: that is the model of the experiment this run"
-                          " would write")
-    if tensorboard:
-        from jaxrl_lander.outputs.tensorboard import require_tensorboard
-
-        require_tensorboard()
-    devices = Devices.resolve(device, act_device)
-    if claim is not None and not (claim.held and claim.paths.root.absolute() == paths.root.absolute()):
-        raise ValueError(f"claim is not a held lock of {paths.root}")
-    with contextlib.nullcontext() if claim else ExperimentLock(paths):
-        recover_interrupted_overwrite(paths)
-        recover_model(paths.model)
-        check_rerun(paths, resume, overwrite)  # again: a run that held the lock until now may have made it
-        replace = Overwrite(paths) if overwrite and holds_experiment(paths) else None
-        enable_compilation_cache()
-        with jax.default_device(devices.update):
-            experiment = Experiment(config, paths, devices, replace, start=start)
-            try:
-                state, progress = experiment.open(resume)
-            except BaseException:
-                experiment.collector.close()
-                raise
-            sinks = run_sinks(config.total_timesteps, progress.timestep,
-                              experiment.paths.tensorboard if tensorboard else None, progress_bar)
-            outputs = Outputs(experiment.recorder, sinks + ([watch.sink(0)] if watch else []), loss=progress.loss)
-            if watch:
-                watch.resumed(0, progress.evaluations)
-            return experiment.run(state, progress, outputs, watch)
+Pending = tuple[dict[str, Any], int]  # a rollout in progress: its arrays (with next_obs) and the rows filled
 
 
-def _whole(config: RunConfig, paths: ExperimentPaths, done: Results) -> bool:
-    """Whether a finished run that `config` resumes is whole, so that there is nothing to do; ConfigError when the
-    config differs from the run's beyond what a resume may change. Its learning-curve PNG, if missing (a kill
-    between its results and its plot), is drawn again; a model missing, or not the one its results name (a kill
-    while it finished), is not whole: the run delivers it again from its last checkpoint."""
-    differing = config.differences(done.hyperparameters, ignore=RESUMABLE_CHANGES)
-    if differing:
-        raise ConfigError(f"cannot resume {paths.root}: config differs from the finished run's in"
-                          f" {', '.join(differing)}")
-    delivered = (done.selected_checkpoint or {}).get("timestep", done.timestep)
-    spec = model_spec(paths.model) if paths.model.is_dir() else None
-    if spec is None or spec.timestep != delivered:
-        log.info("%s finished %d steps, but its model is %s: delivering it again from its last checkpoint",
-                 paths.name, done.total_timesteps, "missing" if spec is None else f"of step {spec.timestep}, not"
-                 f" {delivered} as its results say")
-        return False
-    if not paths.learning_curve.exists():
-        plot_learning_curve(paths.root)
-    log.info("%s already finished %d steps; nothing to do", paths.name, done.total_timesteps)
-    return True
+@dataclasses.dataclass(frozen=True)
+class End:
+    """Where a run of agents began and how it ended, as each agent's finish reads it."""
+
+    start_time: str
+    start_step: int
+    compile_clock: CompileClock
+    stop: str | None = None  # what stopped it early: "SIGINT" or "SIGTERM", or "watch" (a watch's verdict)
+    verdict: str | None = None  # the watch's reason, when it stopped the run
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None
 
 
 class Experiment:
-    """One run of one experiment directory: the loop's checkpoint and evaluation hooks, and its finish."""
+    """One agent's experiment directory: its checkpoint store, metrics recorder and journal, model and results."""
 
-    def __init__(self, config: RunConfig, paths: ExperimentPaths, devices: Devices, replace: Overwrite | None = None,
-                 collector=None, start: StartingPoint | None = None):
-        self.config, self.devices, self.replace, self.start = config, devices, replace, start
+    def __init__(self, config: RunConfig, paths: ExperimentPaths, obs_dim: int, replace: Overwrite | None = None,
+                 start: StartingPoint | None = None):
+        self.config, self.obs_dim, self.replace = config, obs_dim, replace
         self.initialized_from = start.record if start else None  # recorded in every checkpoint and the results
         self.paths = replace.staged if replace else paths  # an overwrite writes aside until its first checkpoint
-        self.keys, self.seeds = RunKeys.from_seed(config.seed), EvalSeeds.of(config)
-        self.learner = make_learner(config, *check_envs(config))
-        if collector is not None:  # one agent's view of vectorised agents' collector
-            self.collector = collector
-        elif config.env_backend == "envpool":
-            self.collector = CompiledCollector(config, self.learner, devices)
-        else:
-            self.collector = HostCollector(make_vector_env(config.env_id, config.num_envs), self.learner.network,
-                                           config, devices)
+        self.seeds = EvalSeeds.of(config)
         self.recorder: MetricsRecorder | None = None
         self.write_failed = False  # a file of the run could not be written (a full disk): --resume goes on later
-        self.pending: tuple[dict, int] | None = None  # a resumed checkpoint's partly collected rollout
+        self.pending: Pending | None = None  # a resumed checkpoint's partly collected rollout
         self.store: CheckpointStore | None = None
 
     # ---------------------------------------------------------------- open
-    def open(self, resume: bool) -> tuple[TrainState, Progress]:
-        """Resume from the latest complete checkpoint when asked and one exists, else start afresh."""
+    def open(self, resume: bool, template: TrainState, rollout: dict[str, Any], normalizer: Normalizer | None
+             ) -> tuple[TrainState | None, Progress]:
+        """At the latest complete checkpoint when asked and one exists (its state restored into the shapes of
+        `template` and `rollout`, its normaliser statistics into `normalizer`), else afresh: (None, Progress())
+        with the directory emptied of what a run killed before its first checkpoint left."""
         if resume and self.paths.checkpoints.is_dir():
             self.store = CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
             try:
                 if self.store.latest_step() is not None:
-                    return self._resume()
+                    return self._resume(template, rollout, normalizer)
             except BaseException:
                 self.store.close()
                 raise
@@ -167,22 +87,17 @@ class Experiment:
         self.recorder = MetricsRecorder(self.paths.name, config.algo, config.env_id, config.seed,
                                         config.recording_interval)
         self.store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
-        state = self.learner.init(self.keys.state)
-        if self.start:
-            state = state.replace(params=self.start.params, opt_state=self.learner.tx.init(self.start.params))
-            if self.collector.normalizer is not None:
-                self.collector.normalizer.start_from(self.start.observations, self.start.returns)
-        return state, Progress()
+        return None, Progress()
 
-    def _resume(self) -> tuple[TrainState, Progress]:
+    def _resume(self, template: TrainState, rollout: dict[str, Any], normalizer: Normalizer | None
+                ) -> tuple[TrainState, Progress]:
         """State, metrics and counters of the latest checkpoint; raises before anything is written."""
         step = self.store.latest_step()
         try:
             meta = self.store.run_metadata(step)
             # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
             check_resumable(self.config, meta["config"], step, self.paths.root)
-            state, _, rollout = self.store.restore_run(step, self.learner.init(self.keys.state),
-                                                       self.collector.pending(step)[0])
+            state, _, saved_rollout = self.store.restore_run(step, template, rollout)
         except ConfigError:
             raise
         except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
@@ -200,33 +115,20 @@ class Experiment:
             log.info("removed %d partial write(s) left by a killed run: %s", len(removed), ", ".join(removed))
         log.info("resuming %s from the checkpoint at step %d", self.paths.name, step)
         self.initialized_from = meta.get("initialized_from")
-        if self.collector.normalizer is not None:
-            self.collector.normalizer.load_state_dict(meta["normalizer"])
-        if rollout is not None:  # a checkpoint written before rollouts were kept resumes at a rollout's start
-            self.pending = rollout, meta["rollout_filled"]
+        if normalizer is not None:
+            normalizer.load_state_dict(meta["normalizer"])
+        if saved_rollout is not None:  # a checkpoint written before rollouts were kept resumes at a rollout's start
+            self.pending = saved_rollout, meta["rollout_filled"]
         return state, Progress(timestep=meta["timestep"], updates=meta["updates"], wall_time=meta["wall_time"],
                                loss=meta["loss"], evaluations=meta["evaluations"])
 
-    # ---------------------------------------------------------------- the loop's hooks
-    def policy(self, params) -> Policy:
-        """The policy of `params` with the observation statistics as they stand (a copy)."""
-        normalizer = self.collector.normalizer
-        return Policy(self.learner.network, params, normalizer.observation_spec() if normalizer else None)
-
-    def evaluate(self, params) -> list[dict[str, Any]]:
-        config = self.config
-        return [brief(evaluate(self.policy(params), config.env_id, config.eval_interval_episodes,
-                               self.seeds.during_training))]
-
-    def checkpoint(self, state: TrainState, progress: list[Progress], training_seconds: float) -> None:
-        for agent in progress:
-            self.save(state, agent, training_seconds)
-
-    def save(self, state: TrainState, progress: Progress, training_seconds: float) -> None:
-        """Metrics first, so that they always reach at least the latest checkpoint; then the orbax checkpoint."""
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, state: TrainState, progress: Progress, training_seconds: float, pending: Pending,
+             normalizer: Normalizer | None) -> None:
+        """Metrics first, so that they always reach at least the latest checkpoint; then the orbax checkpoint of
+        `state` with `pending`, the rollout in progress."""
         self.recorder.append_journal(self.paths.metrics_journal, progress.timestep)
-        normalizer = self.collector.normalizer
-        rollout, filled = self.collector.pending(progress.timestep)
+        rollout, filled = pending
         self.store.save(progress.timestep, state, {
             "timestep": progress.timestep,
             "updates": progress.updates,
@@ -251,55 +153,41 @@ class Experiment:
         self.store = CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
         log.info("replaced the previous experiment at %s", self.paths.root)
 
-    # ---------------------------------------------------------------- run and finish
-    def run(self, state: TrainState, progress: Progress, outputs: Outputs, watch: Watch | None = None) -> Results:
-        started = (now_iso(), progress.timestep, CompileClock())
-        state = jax.device_put(state, self.devices.update)  # committed, as every update's output: one signature
-        self.collector.start(state, train_env_seed(self.keys.env, progress.timestep))
-        if self.pending:
-            self.collector.resume_pending(*self.pending)
-        with StopOnSignal() as stop:
-            result = train_loop(self.config, self.learner, self.collector, state, [progress], [outputs], self,
-                                lambda: stop() or (watch is not None and watch.verdict is not None))
-        halted = watch.verdict if watch and progress.timestep < self.config.total_timesteps else None
-        return self.finish(result.state, result, progress, outputs, stop.signum, started, halted=halted)
-
-    def finish(self, state: TrainState, result: LoopResult, progress: Progress, outputs: Outputs,
-               signum: int | None, started: tuple, agent: int = 0, evaluation: dict | None = None,
-               halted: str | None = None) -> Results:
-        """The end of a run: a stop checkpoint, the model, the final evaluation, metrics and results JSON.
-        `state` is this experiment's: agent number `agent` of the loop's; `started`: (start time, start step,
-        compile clock); `evaluation`: the final evaluation of the last parameters, when already played;
-        `halted`: why a watch stopped the run (it ends as a stopped one)."""
-        start_time, start_step, compile_clock = started
+    # ---------------------------------------------------------------- finish
+    def finish(self, state: TrainState, result: LoopResult, progress: Progress, outputs: Outputs, end: "End",
+               policy: Callable[[Any], Policy], save_stop: Callable[[], None], devices: Devices, agent: int = 0,
+               evaluation: dict | None = None) -> Results:
+        """The end of a run for this agent: a stop checkpoint (`save_stop` writes it), the model, the final
+        evaluation, metrics and results JSON. `state` is this agent's, number `agent` of the loop's; `policy`
+        makes its Policy of parameters; `evaluation`: the final evaluation of the last parameters, when already
+        played. Raises TrainingFailed after writing the results of a failed run, and Interrupted (or
+        TrainingFailed) when an overwrite ends before its first checkpoint, the old experiment kept."""
+        numerical = bool(result.agent_failures[agent]) or (result.failure is not None and not result.write_failed)
         failure = result.agent_failures[agent] or result.failure
-        status, reason = ("failed", failure) if failure else ("completed", None)
-        if (signum is not None or halted) and not failure:
-            status = "interrupted"
-            reason = halted if signum is None else f"stopped by {signal.Signals(signum).name} at step {progress.timestep}"
+        status, reason, stop = ("failed", failure, None) if failure else ("completed", None, None)
+        if end.stopped and not failure:
+            status, stop = "interrupted", end.stop
+            reason = end.verdict if stop == "watch" else f"stopped by {stop} at step {progress.timestep}"
         if self.replace:  # an overwrite stopped or failed before its first checkpoint: the old experiment stays
             self._failed_write(status, reason, self.store.close, "the last checkpoint")
-            self.collector.close()
             self.replace.discard()
             message = (f"{reason}, before the overwrite's first checkpoint; the previous experiment at"
                        f" {self.replace.final.root} is kept as it was")
-            if signum is not None and not failure:
-                raise Interrupted(signum, message)
+            if status == "interrupted" and stop != "watch":
+                raise Interrupted(signal.Signals[stop], message)
             raise TrainingFailed(message, write_failed=result.write_failed)
         if status == "interrupted" and result.last_checkpoint != progress.timestep:
-            status, reason = self._failed_write(status, reason, lambda: self.save(
-                state, progress, progress.wall_time + result.clock.seconds()), f"the checkpoint at {progress.timestep}")
+            status, reason = self._failed_write(status, reason, save_stop, f"the checkpoint at {progress.timestep}")
         # the last checkpoint's write is training time, as every other's
         status, reason = self._failed_write(status, reason, self.store.wait, "the last checkpoint")
         loop_seconds = result.clock.seconds()  # before the selection's evaluations, which are not
-        compile_seconds = compile_clock.seconds()
-        delivery = self._deliver(state, progress, status)
+        compile_seconds = end.compile_clock.seconds()
+        delivery = self._deliver(state, progress, status, policy)
         self._failed_write(status, reason, self.store.close, "the last checkpoint")
-        self.collector.close()
         if status != "failed":
             status, reason = self._failed_write(status, reason, lambda: self._save_model(delivery), "the model")
         if status == "interrupted":  # a failure's reason is the error the run ends with; a watch's verdict is news
-            (log.info if halted and signum is None else log.warning)("%s: %s", self.paths.name, reason)
+            (log.info if stop == "watch" else log.warning)("%s: %s", self.paths.name, reason)
         if status != "completed":
             evaluation = None
         else:
@@ -316,12 +204,13 @@ class Experiment:
         results = build_results(
             self.config, self.paths, self.recorder, self.store.all_steps(), evaluation, progress.evaluations,
             status=status, reason=reason, timestep=progress.timestep, updates=progress.updates,
-            start_time=start_time, end_time=now_iso(), training_time_seconds=progress.wall_time + loop_seconds,
-            steps_per_second=(progress.timestep - start_step) / loop_seconds if loop_seconds > 0 else None,
+            start_time=end.start_time, end_time=now_iso(), training_time_seconds=progress.wall_time + loop_seconds,
+            steps_per_second=(progress.timestep - end.start_step) / loop_seconds if loop_seconds > 0 else None,
             first_update_seconds=result.first_update_seconds, compile_seconds=compile_seconds,
-            resumed_from_timestep=start_step or None, selected_checkpoint=delivery.selected,
-            initialized_from=self.initialized_from,
-            package_versions=package_versions(), device=self.devices.describe())
+            resumed_from_timestep=end.start_step or None, selected_checkpoint=delivery.selected,
+            initialized_from=self.initialized_from, stop=stop if status == "interrupted" else None,
+            failure=("numerical" if numerical else "write") if status == "failed" else None,
+            package_versions=package_versions(), device=devices.describe())
         status, reason = self._failed_write(status, reason, lambda: write_json_atomic(self.paths.results,
                                                                                        results.to_dict()),
                                             self.paths.results.name)
@@ -345,16 +234,18 @@ class Experiment:
         self.write_failed = True
         return ("failed", reason) if status == "failed" else ("failed", failure)
 
-    def _deliver(self, state: TrainState, progress: Progress, status: str) -> Delivery:
-        last = Delivery(progress.timestep, self.policy(state.params))
+    def _deliver(self, state: TrainState, progress: Progress, status: str, policy: Callable[[Any], Policy]
+                 ) -> Delivery:
+        last = Delivery(progress.timestep, policy(state.params))
         if status != "completed" or not self.config.select_best_checkpoint or not progress.evaluations:
             return last
         return select_checkpoint(self.config, self.store, state, last.policy, progress.timestep,
                                  progress.evaluations, self.paths.name)
 
     def _save_model(self, delivery: Delivery) -> None:
-        network = self.learner.network
+        network = delivery.policy.network
         save_model(self.paths.model, delivery.policy.params, ModelSpec(
             algo=self.config.algo, env_id=self.config.env_id, seed=self.config.seed, timestep=delivery.step,
-            obs_dim=self.learner.obs_dim, num_actions=network.num_actions, hidden_size=network.hidden_size,
-            first_eval_seed=self.seeds.final, observation_normalization=delivery.policy.observation_stats))
+            obs_dim=self.obs_dim, num_actions=network.num_actions,
+            hidden_size=network.hidden_size, first_eval_seed=self.seeds.final,
+            observation_normalization=delivery.policy.observation_stats))

@@ -56,13 +56,13 @@ class Clock:
 
 
 class Hooks(Protocol):
-    """What the experiment (or the vectorised agents' experiments) does when the loop says so."""
+    """What the run of the agents does when the loop says so."""
 
     def evaluate(self, params) -> list[dict[str, Any]]:
         """Deterministic episodes with `params`: the summary to record, one per agent."""
 
-    def checkpoint(self, state: TrainState, progress: list[Progress], training_seconds: float) -> None:
-        """Save the agents still training as they stand at their progress.timestep."""
+    def checkpoint(self, state: TrainState, agents: list[int], training_seconds: float) -> None:
+        """Save the agents still training (their numbers) as they stand at their progress.timestep."""
 
 
 @dataclasses.dataclass
@@ -172,7 +172,7 @@ def _at_step(config: RunConfig, result: LoopResult, progress: list[Progress], ho
             outputs[i].evaluation(end, summaries[i])
     if crossed(end - size, end, config.checkpoint_interval) or end >= config.total_timesteps:
         try:
-            hooks.checkpoint(state, [progress[i] for i in training], progress[0].wall_time + result.clock.seconds())
+            hooks.checkpoint(state, training, progress[0].wall_time + result.clock.seconds())
         except (OSError, WriteFailed) as exc:  # a full disk, a vanished directory: stop, keep what is saved
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             result.failure = str(exc) if isinstance(exc, WriteFailed) else (
