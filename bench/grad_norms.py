@@ -44,10 +44,12 @@ def main() -> int:
                               Devices.resolve())
     if collector.normalizer is not None:
         collector.normalizer.load_state_dict(meta["normalizer"])
-    collector.start(state.replace(key=jax.random.key(args.seed)), env_seeds=[args.seed])
+    acting = state.replace(key=jax.random.key(args.seed))
+    collector.start(acting, env_seeds=[args.seed])
     actor, critic = [], []
     for _ in range(args.rollouts):
-        rollout = collector.collect(0, config.rollout_size, lambda: False).rollout
+        collection = collector.collect(acting, 0, config.rollout_size, lambda: False)
+        rollout, acting = collection.rollout, acting.replace(key=collection.key)
         batch = make_batch(learner.network, state.params, rollout, config.gamma, config.gae_lambda)
         g = grad(state.params, batch)["params"]
         actor.append(float(optax.global_norm(g["actor"])))

@@ -204,7 +204,7 @@ def test_an_agent_plays_its_standalone_runs_first_rollout_wherever_it_stands_amo
         run = Run(configs, paths, [None] * len(seeds), Devices.resolve(), (8, 4))
         state = run.open(resume=False)
         run.collector.start(state, [train_env_seed(keys.env, 0) for keys in run.keys])
-        run.collector.collect(0, configs[0].rollout_size, lambda: False)
+        run.collector.collect(state, 0, configs[0].rollout_size, lambda: False)
         rows = jax.device_get(run.collector.rows)
         run.close()
         return run._part({name: rows[name] for name in ("obs", "actions", "rewards")}, agent)
@@ -248,7 +248,7 @@ def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     assert results[0].status == "completed" and results[0].updates == 2
     assert "non-finite" in str(results[1]) and "update 1" in str(results[1])
     failed = read_json(ExperimentPaths.of(tmp_path, "ppo", 1).results)
-    assert failed["status"] == "failed" and failed["updates"] == 1
+    assert failed["status"] == "failed" and failed["updates"] == 1 and failed["failure"] == "numerical"
 
 
 def _sweep(*args, cwd, kill_at=None):
@@ -314,7 +314,7 @@ def test_a_vectorised_sweep_stopped_then_killed_resumes_every_agent_each_time(tm
     assert stopped_run.returncode == 128 + signal.SIGINT, stopped_run.stderr[-2000:]
     assert "2 agents stopped by SIGINT at step" in stopped_run.stderr.splitlines()[-1]
     stopped = [read_json(agent.results) for agent in paths]
-    assert {r["status"] for r in stopped} == {"interrupted"}
+    assert {(r["status"], r["stop"]) for r in stopped} == {("interrupted", "SIGINT")}
     at = stopped[0]["timestep"]
     assert 256 <= at < 640 and stopped[1]["timestep"] == at
     assert all(committed(agent)[-1] == at for agent in paths)

@@ -27,7 +27,7 @@ def test_a_full_disk_is_one_line_and_a_resume_completes_once_there_is_room(small
     exp = small_disk / "experiments" / "a2c_seed42"
     results = exp / "a2c_seed42_results.json"
     if results.exists():  # when the disk still took the small results file
-        assert load_json(results)["status"] == "failed"
+        assert load_json(results)["status"] == "failed" and load_json(results)["failure"] == "write"
     store = CheckpointStore(exp / "checkpoints")
     committed = store.all_steps()
     assert committed and committed == list(range(40, committed[-1] + 1, 40))

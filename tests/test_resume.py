@@ -24,7 +24,7 @@ def test_a_resumed_rollout_cuts_its_last_transition_like_a_time_limit():
               "rewards": np.full((5, 2), 2.0, np.float32), "dones": np.zeros((5, 2), np.float32),
               "next_obs": rng.normal(size=(2, 8)).astype(np.float32)}
     arrays["dones"][2, 1] = 1.0  # sub-env 1's episode ended right at the cut: nothing to bootstrap
-    collector.resume_pending({k: v.copy() for k, v in arrays.items()}, filled=3)
+    collector.resume_pending(state, {k: v.copy() for k, v in arrays.items()}, filled=3)
 
     buffer = collector.buffer
     value = np.asarray(state_value(learner.network, state.params, arrays["next_obs"]))

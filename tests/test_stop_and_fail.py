@@ -47,6 +47,7 @@ def test_a_running_experiment_refuses_a_second_command_and_sigterm_stops_it_resu
     validate(load_json(exp / "a2c_seed5_metrics.json"), TRAINING_METRICS)
     stopped_at = results["timestep"]
     assert results["status"] == "interrupted" and results["evaluation"] is None
+    assert results["stop"] == "SIGTERM" and "failure" not in results  # the exit status follows this field
     assert 2000 <= stopped_at < 1_000_000
     steps = CheckpointStore(exp / "checkpoints").all_steps()
     assert steps[-1] == stopped_at  # a checkpoint at the stop
@@ -76,6 +77,7 @@ def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     results = load_json(paths.results)
     validate(results, EXPERIMENT_RESULTS)
     assert results["status"] == "failed" and "non-finite loss" in results["reason"]
+    assert results["failure"] == "numerical" and "stop" not in results
     assert results["evaluation"] is None and not paths.model.exists()
     assert results["updates"] == 1
     validate(load_json(paths.metrics), TRAINING_METRICS)

@@ -158,6 +158,7 @@ def test_a_pruned_trial_stops_at_the_evaluation_it_was_judged_on(tmp_path):
     doomed = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9)).ask()
     results = train(config, tmp_path / "doomed", progress_bar=False, watch=Pruning(doomed))
     assert results.status == "interrupted" and results.reason == "pruned by the study at step 256"
+    assert results.stop == "watch"  # what the study reads to call the trial pruned
     assert results.timestep == 256 and results.evaluation is None
     assert (ExperimentPaths.of(tmp_path / "doomed", "a2c", 42).checkpoints / "256").is_dir()  # a stop checkpoint
 
@@ -185,8 +186,8 @@ def test_vectorised_agents_are_pruned_together_on_the_iqm_of_their_running_objec
     doomed = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1e9)).ask()
     runs = train_agents(configs, [tmp_path / "doomed"] * 3, progress_bar=False, watch=Pruning(doomed))
     # all stopped at one step: the end of the compiled rollout that played the judged evaluation's step
-    assert {(r.status, r.reason, r.timestep) for r in runs} == {("interrupted", f"pruned by the study at step"
-                                                                 f" {steps[0]}", 160)}
+    assert {(r.status, r.stop, r.reason, r.timestep) for r in runs} == {(
+        "interrupted", "watch", f"pruned by the study at step {steps[0]}", 160)}
 
 
 @pytest.mark.slow

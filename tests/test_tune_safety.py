@@ -156,15 +156,16 @@ def test_a_failure_quoting_the_storage_url_is_stored_and_logged_without_its_pass
     import jaxrl_lander.studies.tune as tune
 
     url = postgres.url(driver="postgresql+psycopg")
-    calls, real_train = [], tune.train
+    calls, real_train = [], tune.train_agents
 
-    def train(config, directory, **kwargs):  # the first trial finds its experiment held by a command quoting the URL
-        calls.append(directory)
+    def train_agents(configs, directories, **kwargs):  # the first trial finds its experiment held by a command
+        calls.append(directories)  # quoting the URL
         if len(calls) == 1:
-            raise ExperimentInUse(f"{directory} is in use by process 1 (python -m jaxrl_lander tune --storage {url})")
-        return real_train(config, directory, **kwargs)
+            raise ExperimentInUse(f"{directories[0]} is in use by process 1 (python -m jaxrl_lander tune --storage"
+                                  f" {url})")
+        return real_train(configs, directories, **kwargs)
 
-    monkeypatch.setattr(tune, "train", train)
+    monkeypatch.setattr(tune, "train_agents", train_agents)
     space = read_space(space_file(tmp_path), "a2c")
     study = tune.Study("secret", load_config(None, "a2c", space.settings), space, 1, tmp_path / "secret", storage=url,
                        heartbeat=1)

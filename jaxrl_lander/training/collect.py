@@ -5,6 +5,7 @@ HostCollector steps gymnasium's vector env from Python, one jitted action sample
 preallocated numpy buffer that goes to the update's device once per rollout.
 """
 
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple, Protocol
 
@@ -32,9 +33,10 @@ class Collection(NamedTuple):
     """What one collect call gathered."""
 
     steps: int  # env steps taken: vector steps x num_envs
-    episodes: list[list[Episode]]  # each agent's, in the order they ended
+    episodes: Callable[[], list[list[Episode]]]  # each agent's, in the order they ended; a compiled collector's
+    # are read from the device when called (the loop calls it once the update is dispatched)
     rollout: Rollout | None  # on the update's device, when the rollout filled up during this call
-    learned: tuple | None = None  # (state, metrics) of the update a compiled collector ran on its rollout
+    key: jax.Array  # the acting key after these steps, on the update's device
 
 
 class Collector(Protocol):
@@ -44,27 +46,20 @@ class Collector(Protocol):
     normalizer: Normalizer | None
 
     def start(self, state: TrainState, env_seeds: list[int]) -> None:
-        """Reset the envs, each agent's as in its standalone run (agent a's sub-env i seeded env_seeds[a] + i),
-        and act with `state`'s parameters and key."""
+        """Reset the envs, each agent's as in its standalone run (agent a's sub-env i seeded env_seeds[a] + i)."""
 
-    def act_with(self, state: TrainState) -> None:
-        """Act with `state`'s parameters and key from now on (after an update)."""
-
-    @property
-    def key(self) -> jax.Array:
-        """The acting key as it stands, on the update's device: the next one an update or a checkpoint takes."""
-
-    def collect(self, timestep: int, max_steps: int, should_stop) -> Collection:
-        """Act from env step `timestep` until the rollout is full, at least `max_steps` env steps are taken, or
-        should_stop() says so (checked before each vector step). A compiled collector plays the rest of the
-        rollout whatever the last two say, and updates on it (`Collection.learned`)."""
+    def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop) -> Collection:
+        """Act with `state`'s parameters and key from env step `timestep` until the rollout is full, at least
+        `max_steps` env steps are taken, or should_stop() says so (checked before each vector step); the key it
+        advanced comes back in the Collection. A compiled collector plays the rest of the rollout whatever the
+        last two say."""
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The rollout as it stood at env step `timestep` (the loop's latest), for a checkpoint: its arrays and
         the vector steps collected."""
 
-    def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
-        """Continue the partly collected rollout of a checkpoint (after `start`)."""
+    def resume_pending(self, state: TrainState, arrays: dict[str, np.ndarray], filled: int) -> None:
+        """Continue the partly collected rollout of a checkpoint (after `start`), `state` the checkpoint's."""
 
     def close(self) -> None: ...
 
@@ -141,27 +136,25 @@ class HostCollector:
         self.act = jax.jit(partial(sample_action, network))
         self.value = jax.jit(partial(state_value, network))
         self.obs = np.zeros((config.num_envs, obs_dim), np.float32)  # until start() resets the envs
-        self.params = self._key = None
+        self._params, self._params_of = None, None  # the acting copy, and the parameters it is a copy of
 
     def start(self, state: TrainState, env_seeds: list[int]) -> None:
         (env_seed,) = env_seeds  # one agent
         self.obs = reset_envs(self.envs, env_seed, self.normalizer)
-        self.act_with(state)
 
-    def act_with(self, state: TrainState) -> None:
-        # The acting copy lives on the act device (the same arrays when that is the update's device).
-        self.params, self._key = jax.device_put((state.params, state.key), self.devices.act)
+    def _acting(self, params):
+        """`params` on the act device (the same arrays when that is the update's device), copied once per update."""
+        if params is not self._params_of:
+            self._params, self._params_of = jax.device_put(params, self.devices.act), params
+        return self._params
 
-    @property
-    def key(self) -> jax.Array:
-        return jax.device_put(self._key, self.devices.update)
-
-    def collect(self, timestep: int, max_steps: int, should_stop) -> Collection:
+    def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop) -> Collection:
         config, buffer = self.config, self.buffer
-        value_fn = lambda o: self.value(self.params, o)  # noqa: E731
+        params, key = self._acting(state.params), jax.device_put(state.key, self.devices.act)
+        value_fn = lambda o: self.value(params, o)  # noqa: E731
         taken, episodes = 0, []
         while not buffer.full and taken < max_steps and not should_stop():
-            actions, self._key = self.act(self.params, self.obs, self._key)
+            actions, key = self.act(params, self.obs, key)
             actions = np.asarray(actions)
             out = step_envs(self.envs, actions, value_fn, config.gamma, config.reward_scale, self.normalizer)
             buffer.add(self.obs, actions, out.rewards, out.dones)
@@ -169,18 +162,19 @@ class HostCollector:
             taken += self.num_envs
             episodes += [Episode(timestep + taken, ret, length) for _, ret, length in out.episodes]
         rollout = buffer.rollout(self.obs, self.devices.update) if buffer.full else None
-        return Collection(taken, [episodes], rollout)
+        return Collection(taken, lambda: [episodes], rollout, jax.device_put(key, self.devices.update))
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The partly collected rollout (a checkpoint keeps it): the buffer's arrays with the observation the next
         step acts on, and the number of vector steps collected (this collector never runs past `timestep`)."""
         return {**self.buffer.arrays(), "next_obs": np.asarray(self.obs, np.float32)}, self.buffer.pos
 
-    def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
+    def resume_pending(self, state: TrainState, arrays: dict[str, np.ndarray], filled: int) -> None:
         """Continue a partly collected rollout after `start` (see `bootstrap_cut`)."""
         self.buffer.load(arrays, filled)
+        params = self._acting(state.params)
         bootstrap_cut({**self.buffer.arrays(), "next_obs": arrays["next_obs"]}, filled,
-                      lambda obs: self.value(self.params, obs), self.config.gamma)
+                      lambda obs: self.value(params, obs), self.config.gamma)
 
     def close(self) -> None:
         self.envs.close()

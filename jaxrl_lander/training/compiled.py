@@ -1,7 +1,7 @@
 """The compiled collector: a jitted program plays the rollout on envpool's env as one lax.scan (act, env step,
-storage, episode statistics) and turns it into learning targets; the update's own jitted program follows on
-the device. The host takes part once per update: the finished episodes and the update's metrics come back
-together.
+storage, episode statistics) and turns it into learning targets; the loop dispatches the update's own jitted
+program after it and only then reads the finished episodes, so the host takes part once per update: the
+episodes and the update's metrics come back together.
 
 The update is a program of its own because the rollout's program holds envpool's env in it: it is compiled
 afresh in every process, while the update's is kept by JAX's persistent compilation cache (docs/design.md).
@@ -140,7 +140,7 @@ class CompiledCollector:
         self.config, self.learner, self.devices, self.agents = config, learner, devices, agents
         self.num_envs, self.n_steps = config.num_envs, config.n_steps  # num_envs: of one agent
         self.width = config.num_envs * (agents or 1)  # the pool's sub-envs
-        self.pool = self.env = self.state = self.program = None
+        self.pool = self.env = self.program = None
         network = learner.network
         if agents is None:
             self.act, self.value = partial(sample_action, network), partial(state_value, network)
@@ -173,7 +173,6 @@ class CompiledCollector:
         # is not would make the first call a signature of its own, and compile both programs twice.
         self.rows = jax.device_put(self.rows, self.devices.act)
         self.targets = jax.device_put(self.targets, self.devices.act)
-        self.state = jax.device_put(state, self.devices.act)
 
     def _to(self, device: jax.Device, tree):
         """`tree` on `device`; as it is when both devices are one (a put per leaf costs about 0.1 ms per update)."""
@@ -182,37 +181,38 @@ class CompiledCollector:
     def _to_update(self, tree):
         return self.learner.place(tree) if self.agents else self._to(self.devices.update, tree)
 
-    def act_with(self, state: TrainState) -> None:
-        self.state = jax.device_put(state, self.devices.act) if self.agents else self._to(self.devices.act, state)
+    def _acting(self, state: TrainState) -> TrainState:
+        """`state` on the act device (stacked agents' states come from the update's mesh)."""
+        return jax.device_put(state, self.devices.act) if self.agents else self._to(self.devices.act, state)
 
-    @property
-    def key(self) -> jax.Array:
-        return self._to_update(self.state.key)
-
-    def collect(self, timestep: int, max_steps: int, should_stop) -> Collection:
-        """The rest of the rollout and its update (or, when total_timesteps comes first, the steps up to it),
-        whatever `max_steps` and `should_stop` say: the loop makes the checkpoints and evaluations due inside it
-        afterwards."""
+    def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop) -> Collection:
+        """The rest of the rollout (or, when total_timesteps comes first, the steps up to it), whatever `max_steps`
+        and `should_stop` say: the loop makes the checkpoints and evaluations due inside it afterwards."""
         b = self.num_envs
         if self.filled == self.n_steps:  # the previous collect completed a rollout
             self.filled = 0
         start = self.filled
         stop = min(self.n_steps, start - (timestep - self.config.total_timesteps) // b)
         self.rollout_start = timestep - start * b
-        self.env, key, self.rows, steps = self.program(self.state, self.env, self.rows, start, stop, *self.targets)
-        self.state, self.filled, self.next_obs, self._host_rows = self.state.replace(key=key), stop, None, None
-        learned = None
+        self.env, key, self.rows, steps = self.program(self._acting(state), self.env, self.rows, start, stop,
+                                                       *self.targets)
+        self.filled, self.next_obs, self._host_rows = stop, None, None
+        rollout = None
         if stop == self.n_steps:
             rollout = Rollout(self.rows["obs"], self.rows["actions"], self.rows["rewards"], self.rows["dones"],
                               self.env.obs, self.rows["valid"])
-            args = (self.state, rollout) if self.agents else self._to(self.devices.update, (self.state, rollout))
-            learned = self.learner.update(*args)  # vectorised agents' learner places its arguments itself
-        ended, returns, lengths = jax.device_get((steps.ended, steps.episode_return, steps.episode_length))
-        episodes = [[] for _ in range(self.agents or 1)]
-        for t, i in zip(*np.nonzero(ended)):  # by step, then sub-env: the order they ended in
-            episodes[i // b].append(Episode(timestep + (int(t) - start + 1) * b, float(returns[t, i]),
-                                            int(lengths[t, i])))
-        return Collection((stop - start) * b, episodes, rollout=None, learned=learned)
+            rollout = rollout if self.agents else self._to(self.devices.update, rollout)  # agents': placed by
+            # their learner
+
+        def episodes() -> list[list[Episode]]:  # one read of the device, by step then sub-env: the order they ended
+            ended, returns, lengths = jax.device_get((steps.ended, steps.episode_return, steps.episode_length))
+            by_agent = [[] for _ in range(self.agents or 1)]
+            for t, i in zip(*np.nonzero(ended)):
+                by_agent[i // b].append(Episode(timestep + (int(t) - start + 1) * b, float(returns[t, i]),
+                                                int(lengths[t, i])))
+            return by_agent
+
+        return Collection((stop - start) * b, episodes, rollout, self._to_update(key))
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The rows of the rollout in progress played before env step `timestep`: a checkpoint inside a
@@ -232,10 +232,11 @@ class CompiledCollector:
             arrays["next_obs"][...] = jax.device_get(self.env.obs) if self.next_obs is None else self.next_obs
         return arrays, filled
 
-    def resume_pending(self, arrays: dict[str, np.ndarray], filled: int) -> None:
+    def resume_pending(self, state: TrainState, arrays: dict[str, np.ndarray], filled: int) -> None:
         """Play the rest of a checkpoint's partly collected rollout (see `bootstrap_cut`) in the next collect."""
         rows = {name: np.array(arrays[name]) for name in (*ROLLOUT_KEYS, "next_obs")}
-        bootstrap_cut(rows, filled, lambda obs: self.value_of(self.state.params, obs), np.asarray(self.targets[0]))
+        params = self._acting(state).params
+        bootstrap_cut(rows, filled, lambda obs: self.value_of(params, obs), np.asarray(self.targets[0]))
         self.next_obs = rows.pop("next_obs")
         self.rows, self._host_rows = jax.device_put(rows, self.devices.act), rows
         self.filled, self.rollout_start = filled, None

@@ -1,9 +1,10 @@
 """The training loop: collect, update, notify. It writes no file itself: the experiment's checkpoint and
 evaluation hooks are called when due, and every other event goes to the outputs.
 
-The host collector runs until the rollout is full or the next checkpoint or evaluation is due; the compiled one
-plays a whole rollout and updates, and the checkpoints and evaluations due inside it are made afterwards with
-the parameters that played it. Either way they happen at the same env steps as if the loop went one vector step
+The loop owns the train state and its PRNG key: a collector acts with the state it is given and returns the key
+it advanced, and the loop calls the update. The host collector runs until the rollout is full or the next
+checkpoint or evaluation is due; the compiled one plays a whole rollout, and the checkpoints and evaluations due
+inside it are made afterwards (while its update runs) with the parameters that played it. Either way they happen at the same env steps as if the loop went one vector step
 at a time, and the episodes and metrics records of the steps in between are told in the order they happened.
 
 The loop trains one agent, or several stacked on a leading axis of the train state (vectorised agents: one
@@ -67,7 +68,7 @@ class Hooks(Protocol):
 
 @dataclasses.dataclass
 class LoopResult:
-    state: TrainState  # the last good state, with the acting key
+    state: TrainState  # the last good state, with the key as the collector left it (its one owner)
     clock: Clock  # still running: the experiment's last checkpoint write counts as training time
     failure: str | None = None  # why training stopped: a checkpoint that could not be written, or (every agent)
     # a numerical fault
@@ -115,9 +116,13 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
     shared = progress[0]  # timestep and updates are the same for every agent
     while shared.timestep < config.total_timesteps and not should_stop():
         start = shared.timestep
-        t_collect = time.perf_counter()
-        collection = collector.collect(start, next_due(config, start) - start, should_stop)
-        acting = result.state.replace(key=collector.key)  # the state that played the rollout, its key advanced
+        collection = collector.collect(result.state, start, next_due(config, start) - start, should_stop)
+        acting = result.state.replace(key=collection.key)  # the state that played the rollout, its key advanced
+        learned = None
+        if collection.rollout is not None:  # dispatched before the host reads the episodes, to run meanwhile
+            t_update = time.perf_counter()
+            learned = learner.update(acting, collection.rollout)
+        episodes = collection.episodes()
         end = start + collection.steps
         cut_short = False
         for point in due_points(config, start, end, size):
@@ -125,30 +130,28 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
                 cut_short = True
                 break
             for i in result.training():
-                _tell(outputs[i], config, shared.timestep, point, size, collection.episodes[i], None, learned=True)
+                _tell(outputs[i], config, shared.timestep, point, size, episodes[i], None, learned=True)
             _advance(progress, timestep=point)
             if not _at_step(config, result, progress, hooks, outputs, acting, size):
                 cut_short = True
                 break
-        if cut_short:
+        if cut_short:  # the rollout's update is not taken in: a resume plays the rest of it
+            result.state = acting
             break
         told = shared.timestep
         _advance(progress, timestep=end)
         updates, learning = [None] * len(progress), result.training()
-        if collection.rollout is not None or collection.learned is not None:
-            t_update = t_collect if collection.learned else time.perf_counter()
-            learned = collection.learned or learner.update(acting, collection.rollout)
+        if learned is not None:
             updates = _update(learner, result, learned, progress, t_update)
-            collector.act_with(result.state)
+        else:
+            result.state = acting
         for i in learning:
-            _tell(outputs[i], config, told, end, size, collection.episodes[i], updates[i],
+            _tell(outputs[i], config, told, end, size, episodes[i], updates[i],
                   learned=result.agent_failures[i] is None)
         if not result.training():
             result.failure = next(f for f in result.agent_failures if f)
-        if result.failure or not _at_step(config, result, progress, hooks, outputs,
-                                          result.state.replace(key=collector.key), size):
+        if result.failure or not _at_step(config, result, progress, hooks, outputs, result.state, size):
             break
-    result.state = result.state.replace(key=collector.key)
     return result
 
 

@@ -91,8 +91,9 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, ov
                                    act_device=act_device, tensorboard=tensorboard, progress_bar=progress_bar,
                                    watch=watch, init_from=init_from)
     if stopped is not None:
-        raise Interrupted(stopped.signal, f"{stopped.agents} agent{'s' if stopped.agents > 1 else ''} stopped by {stopped.signal.name} at step"
-                                          f" {stopped.timestep}, each with a checkpoint there: run again to continue")
+        where = f"stopped by {stopped.signal.name} at step {stopped.timestep}"
+        raise Interrupted(stopped.signal, where if stopped.agents == 1 else f"{stopped.agents} agents {where}, each"
+                                                                            " with a checkpoint there: run again to continue")
     return outcomes
 
 
@@ -325,7 +326,7 @@ class Run:
         start_time, start_step, compile_clock = now_iso(), self.progress[0].timestep, CompileClock()
         self.collector.start(state, [train_env_seed(keys.env, start_step) for keys in self.keys])
         if self.pending:
-            self.collector.resume_pending(*self.pending)
+            self.collector.resume_pending(state, *self.pending)
         if self.agents > 1:
             log.info("%d agents: making their env and compiling their programs, then training from step %d",
                      self.agents, start_step)
