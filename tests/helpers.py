@@ -32,7 +32,7 @@ HERE = Path(__file__).parent
 KILL_AT = str(HERE / "kill_at.py")
 # The env ids a command-line process allows: the package's own (conftest imports this module before any test
 # registers its probe envs, which the test process then allows too).
-PACKAGE_ENV_IDS = tuple(config_module.ENV_IDS)
+PACKAGE_ENV_IDS = dict(config_module.ENV_IDS)
 SHORT_STEPS = 4_096  # two PPO updates of 2,048 transitions
 TINY_TOML = "checkpoint_interval = 200\neval_episodes = 2\n"
 
@@ -157,13 +157,15 @@ def _process_state_kept():
     levels = {name: logger.level for name, logger in named.items()}
     filters = named["asyncio"].filters[:]
     environ = dict(os.environ)
-    env_ids = config_module.ENV_IDS[:]
-    config_module.ENV_IDS[:] = PACKAGE_ENV_IDS  # not the probe envs this process registered
+    env_ids = dict(config_module.ENV_IDS)
+    config_module.ENV_IDS.clear()
+    config_module.ENV_IDS.update(PACKAGE_ENV_IDS)  # not the probe envs this process registered
     root.handlers = []  # so main()'s logging writes to this call's stderr, as a process's would
     try:
         yield
     finally:
-        config_module.ENV_IDS[:] = env_ids
+        config_module.ENV_IDS.clear()
+        config_module.ENV_IDS.update(env_ids)
         for handler in root.handlers:
             handler.close()
         root.handlers, root.level = root_handlers, root_level

@@ -102,3 +102,35 @@ def test_training_and_evaluation_seeds_are_disjoint():
     assert all(0 <= b < TRAIN_SEED_RANGE for b in train_bases)
     assert len(set(train_bases)) == 3  # a resume at another step gets other env seeds
     assert eval_env_seed(keys[1]) >= EVAL_SEED_OFFSET > TRAIN_SEED_RANGE + 1024
+
+
+def test_the_allow_list_knows_each_envs_shape_as_gymnasium_makes_it():
+    """check_env answers from the allow-list without making an env: the list must say what the real envs are."""
+    import gymnasium as gym
+
+    from jaxrl_lander.config import ENV_IDS
+    from jaxrl_lander.envs.gymnasium import check_env
+
+    for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3", "JaxrlLanderTest/Countdown-v0"):
+        env = gym.make(env_id)
+        obs_dim, num_actions = ENV_IDS[env_id]
+        assert env.observation_space.shape == (obs_dim,), env_id
+        if num_actions is None:
+            assert isinstance(env.action_space, gym.spaces.Box), env_id
+        else:
+            assert env.action_space.n == num_actions, env_id
+            assert check_env(env_id) == (obs_dim, num_actions)
+        env.close()
+
+
+def test_checking_an_env_makes_none(monkeypatch):
+    import gymnasium as gym
+
+    from jaxrl_lander.envs.gymnasium import check_env
+
+    def no_make(*args, **kwargs):
+        raise AssertionError("an env was made")
+
+    monkeypatch.setattr(gym, "make", no_make)
+    monkeypatch.setattr(gym, "make_vec", no_make)
+    assert check_env("LunarLander-v3") == (8, 4)

@@ -16,18 +16,20 @@ from jaxrl_lander.config.errors import ConfigError
 from jaxrl_lander.config.redact import shorten
 
 BACKENDS = ("gymnasium", "envpool")
-# The env ids a config, a search space or a saved model may name: gymnasium's LunarLander family. gymnasium imports
-# the module that an id of the form "module:Env" names, so an id read from a file or a command line is never
-# handed to it unless it is on this list. allow_env_id adds an env that the caller's own code registered.
-ENV_IDS = ["LunarLander-v3", "LunarLanderContinuous-v3"]
+# The env ids a config, a search space or a saved model may name (gymnasium's LunarLander family), with what the
+# policy needs to know of each: its observation size and its number of discrete actions (None: continuous
+# actions), so that checking a config builds no env. gymnasium imports the module that an id of the form
+# "module:Env" names, so an id read from a file or a command line is never handed to it unless it is on this list.
+# allow_env_id adds an env that the caller's own code registered. tests/test_envs.py checks these against the envs.
+ENV_IDS: dict[str, tuple[int, int | None]] = {"LunarLander-v3": (8, 4), "LunarLanderContinuous-v3": (8, None)}
 
 
-def allow_env_id(env_id: str) -> None:
-    """Let configs name `env_id`, an env registered with gymnasium by the calling program (a test's probe env)."""
+def allow_env_id(env_id: str, obs_dim: int, num_actions: int) -> None:
+    """Let configs name `env_id`, an env registered with gymnasium by the calling program (a test's probe env),
+    with flat observations of `obs_dim` and `num_actions` discrete actions."""
     if ":" in env_id:
         raise ConfigError(f"env_id {shorten(env_id)}: an id with a module part would make gymnasium import it")
-    if env_id not in ENV_IDS:
-        ENV_IDS.append(env_id)
+    ENV_IDS[env_id] = (obs_dim, num_actions)
 
 
 def check_env_id(env_id: str) -> str:
@@ -110,8 +112,8 @@ class RunConfig:
     """Mean evaluation return that counts as solving the task (SC-006, time to solve)."""
 
     def __post_init__(self) -> None:
-        for name, expected in _field_types(type(self)).items():
-            object.__setattr__(self, name, _checked(name, getattr(self, name), expected))
+        for name, expected in field_types(type(self)).items():
+            object.__setattr__(self, name, checked_value(name, getattr(self, name), expected))
         if CONFIG_CLASSES.get(self.algo) is not type(self):
             raise ConfigError(f"algo '{self.algo}' does not name {type(self).__name__}'s algorithm")
         self._validate()
@@ -179,7 +181,7 @@ class RunConfig:
 
     def _validate(self) -> None:
         """Raise ConfigError naming the first unusable value: each field's own range, then how fields fit together."""
-        for name in _field_types(type(self)):
+        for name in field_types(type(self)):
             _require((problem := self.field_problem(name, getattr(self, name))) is None, problem)
         _require(self.rollout_size <= self.MAX_ROLLOUT, f"num_envs x n_steps must be at most {self.MAX_ROLLOUT:,}"
                                                          f" transitions, got {self.rollout_size:,}")
@@ -264,11 +266,12 @@ def _require(ok: bool, message: str) -> None:
 
 
 @functools.cache
-def _field_types(cls: type[RunConfig]) -> dict[str, type]:
+def field_types(cls: type[RunConfig]) -> dict[str, type]:
+    """{key: its type} of a config class."""
     return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
 
 
-def _checked(name: str, value: Any, expected: type, source: str | None = None) -> Any:
+def checked_value(name: str, value: Any, expected: type, source: str | None = None) -> Any:
     """`value` as `expected` (ints taken as floats, numpy scalars as Python's), or a ConfigError naming `source`."""
     flag = isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b"  # numpy's bool
     ok = {bool: flag, int: isinstance(value, numbers.Integral) and not flag,
@@ -283,14 +286,14 @@ def check_keys_and_types(algo: str, values: Mapping[str, Any], source: str) -> d
     """`values` with every key known to `algo`'s config and of its type, or a ConfigError naming `source`."""
     if algo not in CONFIG_CLASSES:
         raise ConfigError(f"unknown algorithm '{algo}' (choose from {', '.join(CONFIG_CLASSES)})")
-    types = _field_types(CONFIG_CLASSES[algo])
+    types = field_types(CONFIG_CLASSES[algo])
     if values.get("algo", algo) != algo:
         raise ConfigError(f"{source} is a config for '{values['algo']}', not for '{algo}'")
     checked = {}
     for name, value in values.items():
         if name not in types:
             raise ConfigError(f"unknown config key '{name}' in {source} for algorithm '{algo}'")
-        checked[name] = _checked(name, value, types[name], source)
+        checked[name] = checked_value(name, value, types[name], source)
     return checked
 
 
@@ -341,3 +344,21 @@ def toml_value(value: Any) -> str:
 def config_to_toml(config: RunConfig, omit: tuple[str, ...] = ()) -> str:
     """Every field of `config` but those in `omit`, as a flat TOML file that load_config reads back equal."""
     return "".join(f"{k} = {toml_value(v)}\n" for k, v in config.to_dict().items() if k not in omit)
+
+
+# Config keys that may differ between a checkpoint and the run resuming from it.
+RESUMABLE_CHANGES = {
+    "total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes", "keep_checkpoints",
+    "selection_candidates", "selection_episodes",  # how a completed run chooses among its kept checkpoints
+}
+
+
+def check_resumable(config: RunConfig, saved: dict[str, Any], step: int, root: Path) -> None:
+    """Refuse (ConfigError) to resume the experiment at `root` from its checkpoint at `step`, saved with config
+    `saved`, when the steps asked for end before it or the config differs beyond RESUMABLE_CHANGES."""
+    if step > config.total_timesteps:
+        raise ConfigError(f"cannot resume {root}: its checkpoint is at step {step}, past"
+                          f" total_timesteps {config.total_timesteps}; give more steps")
+    differing = config.differences(saved, ignore=RESUMABLE_CHANGES)
+    if differing:
+        raise ConfigError(f"cannot resume {root}: config differs from the checkpoint in {', '.join(differing)}")

@@ -5,6 +5,7 @@ returns is the first of the next episode, and the true last observation is in in
 transition in a rollout is a real (obs, action, reward) step; no reset-only transition exists to be masked.
 """
 
+import importlib.util
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -12,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from jaxrl_lander.config import check_env_id
+from jaxrl_lander.config import ENV_IDS, check_env_id
 from jaxrl_lander.envs.normalization import Normalizer
 from jaxrl_lander.config.errors import ConfigError, first_line
 
@@ -25,21 +26,19 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
 
 def check_env(env_id: str) -> tuple[int, int]:
     """(observation size, number of actions) of `env_id`, or a ConfigError when it is not an env the policy can
-    drive: on the allow-list, registered with gymnasium, with discrete actions and a flat vector of observations."""
-    check_env_id(env_id)
+    drive: on the allow-list with discrete actions, registered with gymnasium, its Box2D physics installed. It
+    builds no env: the allow-list knows the shape of each (config.ENV_IDS)."""
+    obs_dim, num_actions = ENV_IDS[check_env_id(env_id)]
+    if num_actions is None:
+        raise ConfigError(f"env_id '{env_id}' has Box actions; PPO and A2C here need Discrete")
     try:
-        env = make_env(env_id)
-    except Exception as exc:  # gymnasium's NameNotFound, VersionNotFound, DependencyNotInstalled, ...
+        spec = gym.spec(env_id)
+    except Exception as exc:  # gymnasium's NameNotFound, VersionNotFound
         raise ConfigError(f"env_id '{env_id}' cannot be made: {first_line(exc)}") from None
-    try:
-        actions, observations = env.action_space, env.observation_space
-    finally:
-        env.close()
-    if not isinstance(actions, gym.spaces.Discrete):
-        raise ConfigError(f"env_id '{env_id}' has {type(actions).__name__} actions; PPO and A2C here need Discrete")
-    if not isinstance(observations, gym.spaces.Box) or len(observations.shape) != 1:
-        raise ConfigError(f"env_id '{env_id}' has {observations} observations; the policy needs a flat Box vector")
-    return int(observations.shape[0]), int(actions.n)
+    if ".box2d." in str(spec.entry_point) and importlib.util.find_spec("Box2D") is None:
+        raise ConfigError(f"env_id '{env_id}' cannot be made: its physics, Box2D, is not installed"
+                          " (pip install 'gymnasium[box2d]'; make installs it)")
+    return obs_dim, num_actions
 
 
 def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:

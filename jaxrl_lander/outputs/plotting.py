@@ -12,7 +12,7 @@ from jaxrl_lander.storage.metrics import RECENT_EPISODES, metrics_file, read_met
 
 log = logging.getLogger("jaxrl_lander")
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +72,7 @@ def plot_experiments(experiment_dirs: list[Path], out: Path | None = None, thres
         check_figure_path(Path(out))
     experiments = [ExperimentPaths.at(exp) for exp in experiment_dirs]
     curves = [_read_curves(paths) for paths in experiments]  # every file read before anything is drawn
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for i, (paths, (steps, returns, evals)) in enumerate(zip(experiments, curves)):
         color = f"C{i}"
@@ -103,7 +103,7 @@ def plot_experiments(experiment_dirs: list[Path], out: Path | None = None, thres
 
 def plot_sweep_curves(curves: dict[str, list], title: str, path: Path, threshold: float) -> Path:
     """Mean training return over seeds with its 95% bootstrap band."""
-    plt = _pyplot()
+    plt = pyplot()
     steps = np.array(curves["timestep"])
     as_array = lambda k: np.array([np.nan if v is None else v for v in curves[k]])  # noqa: E731
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)

@@ -15,9 +15,7 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-from jaxrl_lander.config import RunConfig
 from jaxrl_lander.config.errors import ConfigError, ExperimentInUse, ResumeError
 from jaxrl_lander.storage.files import ExperimentPaths
 from jaxrl_lander.config.redact import redact
@@ -151,21 +149,3 @@ class Overwrite:
     def discard(self) -> None:
         """Drop the staged run (it never committed a checkpoint); the old experiment stays as it was."""
         shutil.rmtree(self.staged.root, ignore_errors=True)
-
-
-# Config keys that may differ between a checkpoint and the run resuming from it.
-RESUMABLE_CHANGES = {
-    "total_timesteps", "eval_episodes", "eval_interval", "eval_interval_episodes", "keep_checkpoints",
-    "selection_candidates", "selection_episodes",  # how a completed run chooses among its kept checkpoints
-}
-
-
-def check_resumable(config: RunConfig, saved: dict[str, Any], step: int, root: Path) -> None:
-    """Refuse (ConfigError) to resume the experiment at `root` from its checkpoint at `step`, saved with config
-    `saved`, when the steps asked for end before it or the config differs beyond RESUMABLE_CHANGES."""
-    if step > config.total_timesteps:
-        raise ConfigError(f"cannot resume {root}: its checkpoint is at step {step}, past"
-                          f" total_timesteps {config.total_timesteps}; give more steps")
-    differing = config.differences(saved, ignore=RESUMABLE_CHANGES)
-    if differing:
-        raise ConfigError(f"cannot resume {root}: config differs from the checkpoint in {', '.join(differing)}")

@@ -42,12 +42,12 @@ def write_report(study: optuna.Study, trials: list[FrozenTrial], header: dict[st
 
 
 def _plots(study: optuna.Study, complete: int, out_dir: Path) -> None:
-    from jaxrl_lander.outputs.plotting import _pyplot, save_figure
+    from jaxrl_lander.outputs.plotting import pyplot, save_figure
 
     try:
         from optuna.visualization import matplotlib as vis
 
-        plt = _pyplot()
+        plt = pyplot()
     except ImportError:  # the study's report stands without its pictures
         log.warning("no history.png or importances.png: matplotlib (the plot extra) is not installed")
         return

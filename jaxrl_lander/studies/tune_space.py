@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jaxrl_lander.config import (CONFIG_CLASSES, RunConfig, _checked, _field_types, check_keys_and_types, make_config,
-                                 read_toml)
+from jaxrl_lander.config import (CONFIG_CLASSES, RunConfig, check_keys_and_types, checked_value, field_types,
+                                 make_config, read_toml)
 from jaxrl_lander.config.errors import ConfigError
 from jaxrl_lander.config.redact import shorten
 
@@ -91,7 +91,7 @@ def read_space(path: str | Path, algo: str) -> Space:
 
 def _checked_range(key: str, spec: Any, cls: type[RunConfig], where: str) -> dict[str, Any]:
     """One key's range, checked against the config field it tries; ConfigError naming the key otherwise."""
-    types = _field_types(cls)
+    types = field_types(cls)
     if key not in types:
         raise ConfigError(f"{where}: unknown config key '{key}'")
     if key in NOT_TUNED:
@@ -108,7 +108,7 @@ def _checked_range(key: str, spec: Any, cls: type[RunConfig], where: str) -> dic
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: '{key}' choices must be a non-empty list")
-        choices = [_checked(key, c, field, where) for c in choices]
+        choices = [checked_value(key, c, field, where) for c in choices]
         if len(set(choices)) < len(choices):
             raise ConfigError(f"{where}: '{key}' choices repeat a value")
         for choice in choices:  # each alone (an env id is never handed to gymnasium unless it is on the list)
@@ -117,7 +117,7 @@ def _checked_range(key: str, spec: Any, cls: type[RunConfig], where: str) -> dic
         return {"type": "categorical", "choices": choices}
     if field is not {"float": float, "int": int}[spec["type"]]:
         raise ConfigError(f"{where}: '{key}' is {field.__name__}: give it type = \"{_kind_of(field)}\"")
-    low, high = (_checked(key, spec[k], field, where) for k in ("low", "high"))
+    low, high = (checked_value(key, spec[k], field, where) for k in ("low", "high"))
     if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(high - low)):
         raise ConfigError(f"{where}: '{key}' range must be finite, got low {low!r}, high {high!r}")
     if field is int and max(abs(low), abs(high)) > INT_LIMIT:
@@ -128,12 +128,12 @@ def _checked_range(key: str, spec: Any, cls: type[RunConfig], where: str) -> dic
     for end, value in (("low", low), ("high", high)):  # every rule on a field alone is an interval: the ends tell
         if problem := _value_problem(cls, key, value):
             raise ConfigError(f"{where}: '{key}' {end} {value!r} is refused: {problem}")
-    log = _checked(key, spec.get("log", False), bool, where)
+    log = checked_value(key, spec.get("log", False), bool, where)
     if log and low <= 0:
         raise ConfigError(f"{where}: '{key}' log range needs low > 0, got {low!r}")
     checked = {"type": spec["type"], "low": low, "high": high, "log": log}
     if spec["type"] == "int":
-        step = _checked(key, spec.get("step", 1), int, where)
+        step = checked_value(key, spec.get("step", 1), int, where)
         if step < 1 or (log and step != 1):
             raise ConfigError(f"{where}: '{key}' step must be a positive integer (1 with log), got {step}")
         checked["step"] = step

@@ -10,14 +10,14 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from jaxrl_lander.config import RunConfig
+from jaxrl_lander.config import RunConfig, check_resumable
 from jaxrl_lander.config.errors import ConfigError, Interrupted, ResumeError, TrainingFailed, WriteFailed, first_line
 from jaxrl_lander.core.algos.base import TrainState
 from jaxrl_lander.envs.normalization import Normalizer
 from jaxrl_lander.outputs import Outputs
 from jaxrl_lander.outputs.plotting import plot_learning_curve
 from jaxrl_lander.storage.checkpoint import CheckpointStore, ModelSpec, save_model
-from jaxrl_lander.storage.claim import Overwrite, check_resumable, check_starting_afresh
+from jaxrl_lander.storage.claim import Overwrite, check_starting_afresh
 from jaxrl_lander.storage.files import ExperimentPaths, remove_partial_writes, write_json_atomic
 from jaxrl_lander.storage.metrics import MetricsRecorder, now_iso
 from jaxrl_lander.storage.results import Results, build_results

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jaxrl_lander.config import RunConfig
+from jaxrl_lander.config import RESUMABLE_CHANGES, RunConfig
 from jaxrl_lander.config.errors import ConfigError, Interrupted, ResumeError, TrainingFailed
 from jaxrl_lander.config.variants import check_agents
 from jaxrl_lander.core.algos import make_learner
@@ -29,7 +29,7 @@ from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.plotting import plot_learning_curve
 from jaxrl_lander.storage.checkpoint import model_spec, recover_model
-from jaxrl_lander.storage.claim import (RESUMABLE_CHANGES, ExperimentLock, Overwrite, check_rerun, holds_experiment,
+from jaxrl_lander.storage.claim import (ExperimentLock, Overwrite, check_rerun, holds_experiment,
                                         recover_interrupted_overwrite)
 from jaxrl_lander.storage.files import ExperimentPaths, check_results_dir, check_writable
 from jaxrl_lander.storage.metrics import now_iso
