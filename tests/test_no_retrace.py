@@ -75,9 +75,7 @@ def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
         collector = CompiledCollector(config, learner, devices)
     else:
         collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner.network, config, devices)
-    state = learner.init(jax.random.key(0))
-    if backend == "gymnasium":
-        state = jax.device_put(state, devices.update)  # as the experiment does; the compiled collector does it itself
+    state = jax.device_put(learner.init(jax.random.key(0)), devices.update)  # committed, as the run's is
     collector.start(state, env_seeds=[0])
     progress = Progress()
     hooks = CountingHooks(collector, [progress])
