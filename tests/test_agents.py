@@ -242,6 +242,28 @@ def test_one_agent_of_train_agents_is_a_standalone_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.needs("envpool")
+@pytest.mark.needs("tensorboardX")
+def test_several_agents_have_every_option_of_one(tmp_path):
+    """One lifecycle: --overwrite, --init-from and TensorBoard serve several agents as they serve one."""
+    from jaxrl_lander.config.errors import ConfigError
+
+    configs = [tiny(0, steps=256), tiny(1, steps=256)]
+    first = train_agents(configs, [tmp_path / "agents"] * 2, progress_bar=False)
+    (donor,) = train_agents([tiny(5, steps=256)], [tmp_path / "donor"], progress_bar=False)
+    with pytest.raises(ConfigError, match="already holds an experiment"):  # a new experiment over one: refused
+        train_agents(configs, [tmp_path / "agents"] * 2, init_from=donor.experiment_dir, progress_bar=False)
+    again = train_agents(configs, [tmp_path / "agents"] * 2, overwrite=True, tensorboard=True,
+                         init_from=donor.experiment_dir, progress_bar=False)
+    for before, after in zip(first, again):
+        assert after.status == "completed" and after.timestep == 256
+        assert after.initialized_from["seed"] == 5 and before.initialized_from is None
+        assert after.start_time > before.start_time  # replaced, not resumed
+        assert list((after.experiment_dir / "tensorboard").rglob("events.out.tfevents.*"))
+        assert not list(before.experiment_dir.parent.glob(".*.new"))  # no staging directory left
+
+
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     healthy, diverging = tiny(0), tiny(1, reward_scale=1e38)  # rewards overflow float32: the loss is not finite
     results = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)

@@ -80,14 +80,17 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, ov
                  progress_bar: bool | None = None, watch: Watch | None = None,
                  init_from: str | Path | None = None) -> list[Results | Exception]:
     """Train `configs` (one program: check_agents) together, config i into results_dirs[i]/experiments/
-    {algo}_seed{seed}/, each resumed from its checkpoints; an agent whose experiment has completed already is
-    returned as it is. The options are train()'s; a `watch` sees every agent's events and may stop all of them.
+    {algo}_seed{seed}/, each resumed from its checkpoints (an agent whose experiment has completed already is
+    returned as it is), or, with `overwrite` or `init_from`, each a new experiment (one that exists is replaced
+    with `overwrite`, else refused). The options are train()'s; a `watch` sees every agent's events and may stop
+    all of them.
     One Results per config, or the TrainingFailed of an agent whose update stopped being finite. Raises
     ConfigError, ResumeError or ExperimentInUse before anything is written, and Interrupted after a signal
     stopped the agents (each with a checkpoint)."""
     if isinstance(results_dirs, (str, Path)) or len(results_dirs) != len(configs):
         raise ConfigError("train_agents needs one results directory per config")
-    outcomes, stopped = run_agents(configs, results_dirs, resume=True, overwrite=overwrite, device=device,
+    outcomes, stopped = run_agents(configs, results_dirs, resume=not overwrite and init_from is None,
+                                   overwrite=overwrite, device=device,
                                    act_device=act_device, tensorboard=tensorboard, progress_bar=progress_bar,
                                    watch=watch, init_from=init_from)
     if stopped is not None:
