@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -353,7 +354,7 @@ class Run:
             finished: list[Results | Exception] = []
             for i, experiment in enumerate(self.experiments):
                 agent_state = final if self.agents == 1 else agent_of(final, i)
-                save_stop = partial_save(self, agent_state, i, result.clock)
+                save_stop = self._stop_checkpoint(i, agent_state, result.clock)
                 try:
                     finished.append(experiment.finish(agent_state, result, self.progress[i], outputs[i], end,
                                                       self.policy, save_stop, self.devices, agent=i,
@@ -364,6 +365,13 @@ class Run:
             self.close()
         return finished
 
+    def _stop_checkpoint(self, i: int, state: TrainState, clock) -> Callable[[], None]:
+        """What writes agent i's checkpoint at a stop, at its progress as it stands (training time, as every other
+        checkpoint's write)."""
+        progress = self.progress[i]
+        return lambda: self.experiments[i].save(state, progress, progress.wall_time + clock.seconds(),
+                                                self._pending(i), self.collector.normalizer)
+
     def close(self) -> None:
         """The collector's env and every agent's checkpoint store (committed checkpoints stay)."""
         self.collector.close()
@@ -371,13 +379,6 @@ class Run:
             if experiment.store is not None:
                 with contextlib.suppress(Exception):
                     experiment.store.close()
-
-
-def partial_save(run: Run, state: TrainState, i: int, clock):
-    """Agent i's stop checkpoint, at its progress as it stands (the write counts as training time)."""
-    progress = run.progress[i]
-    return lambda: run.experiments[i].save(state, progress, progress.wall_time + clock.seconds(), run._pending(i),
-                                           run.collector.normalizer)
 
 
 def _checkpoint_steps(paths: ExperimentPaths) -> list[int]:
