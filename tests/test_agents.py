@@ -158,6 +158,25 @@ def test_sweep_variants_one_per_value_and_combination():
             sweep_variants("ppo", bad)
 
 
+def test_a_stopped_run_of_agents_says_what_it_left():
+    from jaxrl_lander.config.errors import Interrupted
+    from jaxrl_lander.training.run import Stopped
+
+    stopped = Stopped(signal.SIGTERM, 640, agents=2)
+    kept = Interrupted(signal.SIGTERM, "stopped by SIGTERM at step 640, before the overwrite's first checkpoint; ...")
+    assert stopped.message([None, None]) == ("2 agents stopped by SIGTERM at step 640; each with a checkpoint"
+                                             " there: run again to continue")
+    assert "before the overwrite's first checkpoint; their previous experiments are kept" in stopped.message(
+        [kept, kept])
+    assert "1 kept their previous experiment" in stopped.message([kept, None]) and "the other 1 with" in \
+        stopped.message([kept, None])
+    assert Stopped(signal.SIGINT, 64, agents=1).message([None]) == ("stopped by SIGINT at step 64, with a"
+                                                                   " checkpoint there: run again to continue")
+    assert Stopped(signal.SIGINT, 64, agents=1).message([kept]) == str(kept)
+    with pytest.raises(ConfigError, match="at least one config"):
+        train_agents([], [])
+
+
 def test_agents_of_one_program_differ_only_in_traced_values():
     check_agents([tiny(0), tiny(1, learning_rate=1e-3, gamma=0.9)])
     with pytest.raises(ConfigError, match="not in n_steps"):
@@ -249,6 +268,9 @@ def test_several_agents_have_every_option_of_one(tmp_path):
 
     configs = [tiny(0, steps=256), tiny(1, steps=256)]
     first = train_agents(configs, [tmp_path / "agents"] * 2, progress_bar=False)
+    with pytest.raises(ConfigError, match="config differs from the finished run's in hidden_size"):
+        train_agents([tiny(0, steps=256, hidden_size=32), tiny(1, steps=256, hidden_size=32)],
+                     [tmp_path / "agents"] * 2, progress_bar=False)  # as train() refuses it, not its old results
     (donor,) = train_agents([tiny(5, steps=256)], [tmp_path / "donor"], progress_bar=False)
     with pytest.raises(ConfigError, match="already holds an experiment"):  # a new experiment over one: refused
         train_agents(configs, [tmp_path / "agents"] * 2, init_from=donor.experiment_dir, progress_bar=False)
@@ -264,13 +286,35 @@ def test_several_agents_have_every_option_of_one(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.needs("envpool")
+def test_agents_refused_at_their_common_step_lose_no_checkpoint(tmp_path):
+    """An agent's later checkpoints are dropped to resume with the others only once every agent's checkpoint at
+    the common step is known to be resumable: a refusal deletes nothing."""
+    from jaxrl_lander.config.errors import ConfigError
+
+    configs = [tiny(0, steps=256), tiny(1, steps=256)]
+    train_agents(configs, [tmp_path] * 2, progress_bar=False)
+    ahead, behind = (ExperimentPaths.of(tmp_path, "ppo", seed) for seed in (0, 1))
+    for paths in (ahead, behind):
+        paths.results.unlink()  # as if killed before it finished
+    shutil.rmtree(behind.checkpoints / "256")  # killed before its last checkpoint: the common step is 128
+    wider = [tiny(0, steps=512, hidden_size=32), tiny(1, steps=512, hidden_size=32)]
+    with pytest.raises(ConfigError, match="config differs from the checkpoint in hidden_size"):
+        train_agents(wider, [tmp_path] * 2, progress_bar=False)
+    assert (ahead.checkpoints / "256").is_dir()  # nothing deleted
+    results = train_agents([tiny(0, steps=512), tiny(1, steps=512)], [tmp_path] * 2, progress_bar=False)
+    assert [r.resumed_from_timestep for r in results] == [128, 128] and all(r.timestep == 512 for r in results)
+
+
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
 def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     healthy, diverging = tiny(0), tiny(1, reward_scale=1e38)  # rewards overflow float32: the loss is not finite
     results = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
     assert results[0].status == "completed" and results[0].updates == 2
-    assert "non-finite" in str(results[1]) and "update 1" in str(results[1])
+    assert "non-finite" in str(results[1]) and "update 1 (step 256)" in str(results[1])
     failed = read_json(ExperimentPaths.of(tmp_path, "ppo", 1).results)
     assert failed["status"] == "failed" and failed["updates"] == 1 and failed["failure"] == "numerical"
+    assert failed["timestep"] == 256  # where it failed, as a standalone run says, not where the others got to
 
 
 def _sweep(*args, cwd, kill_at=None):

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tensorboard", action="store_true",
                        help="also write TensorBoard event files to <experiment>/tensorboard (needs tensorboardX)")
 
-    sweep = command("sweep", "train several seeds in parallel processes, then statistics over seeds and a plot", keys)
+    sweep = command("sweep", "train several seeds (in parallel processes, or --vectorized in one), then statistics"
+                             " over seeds and a plot", keys)
     config_options(sweep)
     sweep.add_argument("--seeds", type=_int_arg("seed", 0), nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
     sweep.add_argument("--jobs", type=_int_arg("jobs", 1), default=None,
@@ -121,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", default=None,
                        help="sweep name (default: the config file's stem, or the algorithm, then the --set items)")
     sweep.add_argument("--vectorized", action="store_true",
-                       help="train every seed (and --set variant) as vectorised agents of one process, on envpool;"
-                            " --set KEY=[A,B] trains one agent per value and seed")
+                       help="train every seed (and --set variant) as vectorised agents of one process, on envpool"
+                            " (the default --backend then); --set KEY=[A,B] trains one agent per value and seed")
 
     tune = command("tune", "search hyperparameters: an Optuna study whose trials are training runs, pruned early", keys)
     config_options(tune)

@@ -79,7 +79,7 @@ class Experiment:
             self.store.close()
         if not self.replace:  # an overwrite's staging directory holds nothing of value
             check_starting_afresh(self.paths)
-        if resume:
+        if resume and self.paths.root.exists():
             log.info("no checkpoint to resume from in %s; starting afresh", self.paths.root)
         if self.paths.root.exists():  # what a run killed or failed before its first checkpoint left, or a
             shutil.rmtree(self.paths.root)  # staging directory: nothing committed is lost
@@ -89,20 +89,36 @@ class Experiment:
         self.store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
         return None, Progress()
 
+    def check_checkpoint(self, step: int, template: TrainState, rollout: dict[str, Any]) -> None:
+        """ConfigError or ResumeError, nothing written, unless this experiment can resume from its checkpoint at
+        `step` (before a run of several agents drops this one's later checkpoints to resume with the others)."""
+        store = CheckpointStore(self.paths.checkpoints)
+        try:
+            self._read(store, step, template, rollout)
+        finally:
+            store.close()
+
+    def _read(self, store: CheckpointStore, step: int, template: TrainState, rollout: dict[str, Any]
+              ) -> tuple[TrainState, dict[str, Any], dict[str, Any] | None]:
+        """The state, metadata and pending rollout of the checkpoint at `step`, or ConfigError (a config it may
+        not resume) or ResumeError (unreadable)."""
+        try:
+            meta = store.run_metadata(step)
+            # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
+            check_resumable(self.config, meta["config"], step, self.paths.root)
+            state, _, saved_rollout = store.restore_run(step, template, rollout)
+        except ConfigError:
+            raise
+        except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
+            raise ResumeError(f"checkpoint {store.directory / str(step)} is unreadable ({first_line(exc)}); "
+                              "delete that directory to resume from the checkpoint before it") from None
+        return state, meta, saved_rollout
+
     def _resume(self, template: TrainState, rollout: dict[str, Any], normalizer: Normalizer | None
                 ) -> tuple[TrainState, Progress]:
         """State, metrics and counters of the latest checkpoint; raises before anything is written."""
         step = self.store.latest_step()
-        try:
-            meta = self.store.run_metadata(step)
-            # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
-            check_resumable(self.config, meta["config"], step, self.paths.root)
-            state, _, saved_rollout = self.store.restore_run(step, template, rollout)
-        except ConfigError:
-            raise
-        except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
-            raise ResumeError(f"checkpoint {self.store.directory / str(step)} is unreadable ({first_line(exc)}); "
-                              "delete that directory to resume from the checkpoint before it") from None
+        state, meta, saved_rollout = self._read(self.store, step, template, rollout)
         source = self.paths.metrics_journal if self.paths.metrics_journal.is_file() else self.paths.metrics
         try:
             self.recorder = MetricsRecorder.load(source, until=step)
@@ -215,8 +231,9 @@ class Experiment:
                                                                                        results.to_dict()),
                                             self.paths.results.name)
         if status == "failed":
-            raise TrainingFailed(f"{reason}; the last good checkpoint is kept in {self.paths.checkpoints}",
-                                 write_failed=result.write_failed or self.write_failed)
+            kept = (f"the last good checkpoint is kept in {self.paths.checkpoints}" if results.artifacts["checkpoints"]
+                    else "no checkpoint was written before it")
+            raise TrainingFailed(f"{reason}; {kept}", write_failed=result.write_failed or self.write_failed)
         plot_learning_curve(self.paths.root)
         return results
 

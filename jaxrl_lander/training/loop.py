@@ -113,9 +113,9 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
     A checkpoint or an evaluation due inside a rollout (a compiled collector plays a whole one at a time) is made
     with the parameters that played it, as when the loop reaches that step before the update."""
     result, size = LoopResult(state=state, clock=Clock(), agent_failures=[None] * len(progress)), collector.num_envs
-    shared = progress[0]  # timestep and updates are the same for every agent
-    while shared.timestep < config.total_timesteps and not should_stop():
-        start = shared.timestep
+    timestep = progress[0].timestep  # the same for every agent still learning (a failed one's stays at its failure)
+    while timestep < config.total_timesteps and not should_stop():
+        start = timestep
         collection = collector.collect(result.state, start, next_due(config, start) - start, should_stop)
         acting = result.state.replace(key=collection.key)  # the state that played the rollout, its key advanced
         learned = None
@@ -130,16 +130,15 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
                 cut_short = True
                 break
             for i in result.training():
-                _tell(outputs[i], config, shared.timestep, point, size, episodes[i], None, learned=True)
-            _advance(progress, timestep=point)
-            if not _at_step(config, result, progress, hooks, outputs, acting, size):
+                _tell(outputs[i], config, timestep, point, size, episodes[i], None, learned=True)
+            timestep = _advance(progress, result.training(), point)
+            if not _at_step(config, result, progress, hooks, outputs, acting, size, timestep):
                 cut_short = True
                 break
         if cut_short:  # the rollout's update is not taken in: a resume plays the rest of it
             result.state = acting
             break
-        told = shared.timestep
-        _advance(progress, timestep=end)
+        told, timestep = timestep, _advance(progress, result.training(), end)
         updates, learning = [None] * len(progress), result.training()
         if learned is not None:
             updates = _update(learner, result, learned, progress, t_update)
@@ -150,22 +149,23 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
                   learned=result.agent_failures[i] is None)
         if not result.training():
             result.failure = next(f for f in result.agent_failures if f)
-        if result.failure or not _at_step(config, result, progress, hooks, outputs, result.state, size):
+        if result.failure or not _at_step(config, result, progress, hooks, outputs, result.state, size, timestep):
             break
     return result
 
 
-def _advance(progress: list[Progress], timestep: int) -> None:
-    """Every agent at env step `timestep` (they advance together)."""
-    for agent in progress:
-        agent.timestep = timestep
+def _advance(progress: list[Progress], agents: list[int], timestep: int) -> int:
+    """The agents still learning at env step `timestep` (they advance together); returns it."""
+    for i in agents:
+        progress[i].timestep = timestep
+    return timestep
 
 
 def _at_step(config: RunConfig, result: LoopResult, progress: list[Progress], hooks: Hooks,
-             outputs: list[Outputs], state: TrainState, size: int) -> bool:
-    """The evaluation and checkpoint due at the agents' timestep (the end of a vector step), with `state`; False
-    when the checkpoint could not be written (result.failure says why)."""
-    end, training = progress[0].timestep, result.training()
+             outputs: list[Outputs], state: TrainState, size: int, end: int) -> bool:
+    """The evaluation and checkpoint due at env step `end` (the end of a vector step: the learning agents'
+    timestep), with `state`; False when the checkpoint could not be written (result.failure says why)."""
+    training = result.training()
     if config.eval_interval and crossed(end - size, end, config.eval_interval):
         with result.clock.paused():
             summaries = hooks.evaluate(state.params)

@@ -5,6 +5,9 @@ TensorBoard, the act device, stops and kills, a watch) is written here once and 
 A run checks its input once, takes each agent's lock, opens each agent's experiment directory (afresh, or all of
 them at their latest common checkpoint), trains them in one loop (one learner and one collector for all: the
 agents' train states stacked on a leading axis when there are several) and finishes each experiment.
+
+One job: the lifecycle of a run, from its checks to each agent's outcome; what an agent's directory holds is
+experiment.py's, the loop is loop.py's.
 """
 
 import contextlib
@@ -90,14 +93,14 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, ov
     stopped the agents (each with a checkpoint)."""
     if isinstance(results_dirs, (str, Path)) or len(results_dirs) != len(configs):
         raise ConfigError("train_agents needs one results directory per config")
+    if not configs:
+        raise ConfigError("train_agents needs at least one config")
     outcomes, stopped = run_agents(configs, results_dirs, resume=not overwrite and init_from is None,
                                    overwrite=overwrite, device=device,
                                    act_device=act_device, tensorboard=tensorboard, progress_bar=progress_bar,
                                    watch=watch, init_from=init_from)
     if stopped is not None:
-        where = f"stopped by {stopped.signal.name} at step {stopped.timestep}"
-        raise Interrupted(stopped.signal, where if stopped.agents == 1 else f"{stopped.agents} agents {where}, each"
-                                                                            " with a checkpoint there: run again to continue")
+        raise Interrupted(stopped.signal, stopped.message(outcomes))
     return outcomes
 
 
@@ -119,10 +122,11 @@ def run_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, resu
         raise ValueError(f"claim is not a held lock of {paths[0].root}")
     configs, outcomes = list(configs), [None] * len(configs)
     for i, agent_paths in enumerate(paths):
-        check_rerun(agent_paths, resume, overwrite)
+        check_rerun(agent_paths, resume, overwrite, can_resume=init_from is None)
         done = previous_results(agent_paths) if resume else None
         if done and done.status == "completed" and done.total_timesteps >= configs[i].total_timesteps:
-            if len(configs) > 1 or _whole(configs[i], agent_paths, done):  # agents step together: left alone
+            _check_finished_config(configs[i], agent_paths, done)
+            if len(configs) > 1 or _whole(agent_paths, done):  # agents step together: left alone
                 outcomes[i] = done
             else:
                 configs[i] = dataclasses.replace(configs[i], total_timesteps=done.total_timesteps)  # delivered again
@@ -152,20 +156,22 @@ def run_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, resu
                 held.enter_context(ExperimentLock(paths[i]))
             recover_interrupted_overwrite(paths[i])
             recover_model(paths[i].model)
-            check_rerun(paths[i], resume, overwrite)  # again: a run that held the lock until now may have made it
+            check_rerun(paths[i], resume, overwrite, can_resume=init_from is None)  # again: a run that held the
+            # lock until now may have made it
         replaces = [Overwrite(paths[i]) if overwrite and holds_experiment(paths[i]) else None for i in todo]
         enable_compilation_cache()
         with jax.default_device(devices.update):
             run = Run([configs[i] for i in todo], [paths[i] for i in todo], replaces, devices, dims, start)
             try:
                 state = run.open(resume)
+                outputs = run.outputs(tensorboard, progress_bar, watch)
             except BaseException:
                 run.close()
                 raise
-            finished = run.run(state, run.outputs(tensorboard, progress_bar, watch), watch)
+            finished = run.run(state, outputs, watch)
     for i, outcome in zip(todo, finished):
         outcomes[i] = outcome
-    stopped = run.stopped_by and Stopped(run.stopped_by, run.progress[0].timestep, len(todo))
+    stopped = run.stopped_by and Stopped(run.stopped_by, run.timestep, len(todo))
     return outcomes, stopped
 
 
@@ -176,16 +182,35 @@ class Stopped(NamedTuple):
     timestep: int
     agents: int
 
+    def message(self, outcomes: list) -> str:
+        """What the stop left, for people: a checkpoint at the step reached, or (an overwrite stopped before its
+        first checkpoint) the previous experiment as it was."""
+        where = f"stopped by {self.signal.name} at step {self.timestep}"
+        kept = [o for o in outcomes if isinstance(o, Interrupted)]
+        if self.agents == 1:
+            return str(kept[0]) if kept else f"{where}, with a checkpoint there: run again to continue"
+        if len(kept) == self.agents:
+            return (f"{self.agents} agents {where}, before the overwrite's first checkpoint; their previous"
+                    " experiments are kept as they were")
+        checkpointed = self.agents - len(kept)
+        return (f"{self.agents} agents {where}" + (f"; {len(kept)} kept their previous experiment (stopped before"
+                                                  " the overwrite's first checkpoint)" if kept else "")
+                + f"; {'each' if not kept else f'the other {checkpointed}'} with a checkpoint there: run again"
+                  " to continue")
 
-def _whole(config: RunConfig, paths: ExperimentPaths, done: Results) -> bool:
-    """Whether a finished run that `config` resumes is whole, so that there is nothing to do; ConfigError when the
-    config differs from the run's beyond what a resume may change. Its learning-curve PNG, if missing (a kill
-    between its results and its plot), is drawn again; a model missing, or not the one its results name (a kill
-    while it finished), is not whole: the run delivers it again from its last checkpoint."""
+
+def _check_finished_config(config: RunConfig, paths: ExperimentPaths, done: Results) -> None:
+    """ConfigError when `config` differs from the finished run's that it resumes beyond what a resume may change."""
     differing = config.differences(done.hyperparameters, ignore=RESUMABLE_CHANGES)
     if differing:
         raise ConfigError(f"cannot resume {paths.root}: config differs from the finished run's in"
                           f" {', '.join(differing)}")
+
+
+def _whole(paths: ExperimentPaths, done: Results) -> bool:
+    """Whether a finished run is whole, so that there is nothing to do. Its learning-curve PNG, if missing (a kill
+    between its results and its plot), is drawn again; a model missing, or not the one its results name (a kill
+    while it finished), is not whole: the run delivers it again from its last checkpoint."""
     delivered = (done.selected_checkpoint or {}).get("timestep", done.timestep)
     spec = model_spec(paths.model) if paths.model.is_dir() else None
     if spec is None or spec.timestep != delivered:
@@ -241,22 +266,25 @@ class Run:
             raise ResumeError(f"cannot resume these agents together: they have no checkpoint step in common"
                               f" ({', '.join(apart)} {'has' if len(apart) == 1 else 'have'} none that the others"
                               " have); train those seeds apart, or give the sweep another --name")
-        for experiment, agent_steps in zip(self.experiments, steps):
-            later = sorted(s for s in agent_steps if common is not None and s > common)
-            if later:
+        fresh = [learner.init(keys.state) for learner, keys in zip(self.learners, self.keys)]
+        template_rollout = self.collector.pending(0)[0]
+        later = [sorted(s for s in agent_steps if common is not None and s > common) for agent_steps in steps]
+        for i, experiment in enumerate(self.experiments):  # every agent's checkpoint at `common` checked first
+            if later[i]:
+                experiment.check_checkpoint(common, fresh[i], self._part(template_rollout, i))
+        for experiment, dropped in zip(self.experiments, later):
+            if dropped:
                 log.info("%s: dropping %d checkpoint(s) after step %d (%d-%d) to resume with the other agents",
-                         experiment.paths.name, len(later), common, later[0], later[-1])
-                for step in later:
+                         experiment.paths.name, len(dropped), common, dropped[0], dropped[-1])
+                for step in dropped:
                     shutil.rmtree(experiment.paths.checkpoints / str(step))
         states, normalizer = [], self.collector.normalizer
-        template_rollout = self.collector.pending(0)[0]
         try:
             for i, experiment in enumerate(self.experiments):
-                fresh = self.learners[i].init(self.keys[i].state)
-                state, progress = experiment.open(resume and (common is not None or self.agents == 1), fresh,
+                state, progress = experiment.open(resume and (common is not None or self.agents == 1), fresh[i],
                                                   self._part(template_rollout, i), normalizer)
                 if state is None:
-                    state = fresh
+                    state = fresh[i]
                     if self.start:
                         state = state.replace(params=self.start.params,
                                               opt_state=self.learners[i].tx.init(self.start.params))
@@ -276,6 +304,11 @@ class Run:
         if self.agents == 1:  # committed, as every update's output: one signature
             return jax.device_put(states[0], self.devices.update)
         return self.learner.place(stack(states))
+
+    @property
+    def timestep(self) -> int:
+        """The env step the run reached (an agent whose update failed stays at its failure's)."""
+        return max(progress.timestep for progress in self.progress)
 
     def _part(self, arrays: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
         """Agent i's sub-envs' part of a rollout's arrays (the collector's are agent-major)."""
@@ -328,19 +361,19 @@ class Run:
     def run(self, state: TrainState, outputs: list[Outputs], watch: Watch | None = None
             ) -> list[Results | Exception]:
         start_time, start_step, compile_clock = now_iso(), self.progress[0].timestep, CompileClock()
-        self.collector.start(state, [train_env_seed(keys.env, start_step) for keys in self.keys])
-        if self.pending:
-            self.collector.resume_pending(state, *self.pending)
         if self.agents > 1:
             log.info("%d agents: making their env and compiling their programs, then training from step %d",
                      self.agents, start_step)
         config = self.config
         try:
+            self.collector.start(state, [train_env_seed(keys.env, start_step) for keys in self.keys])
+            if self.pending:
+                self.collector.resume_pending(state, *self.pending)
             with StopOnSignal() as stop:
                 result = train_loop(config, self.learner, self.collector, state, self.progress, outputs, self,
                                     lambda: stop() or (watch is not None and watch.verdict is not None))
             self.stopped_by = signal.Signals(stop.signum) if stop.signum is not None else None
-            ended = self.progress[0].timestep >= config.total_timesteps
+            ended = self.timestep >= config.total_timesteps
             verdict = watch.verdict if watch and not ended else None
             end = End(start_time, start_step, compile_clock,
                       stop=self.stopped_by.name if self.stopped_by else "watch" if verdict else None, verdict=verdict)
