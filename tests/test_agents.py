@@ -159,19 +159,27 @@ def test_sweep_variants_one_per_value_and_combination():
 
 
 def test_a_stopped_run_of_agents_says_what_it_left():
-    from jaxrl_lander.config.errors import Interrupted
+    from types import SimpleNamespace
+
+    from jaxrl_lander.config.errors import Interrupted, TrainingFailed
     from jaxrl_lander.training.run import Stopped
 
     stopped = Stopped(signal.SIGTERM, 640, agents=2)
+    checkpointed = SimpleNamespace(status="interrupted")  # an agent's Results
     kept = Interrupted(signal.SIGTERM, "stopped by SIGTERM at step 640, before the overwrite's first checkpoint; ...")
-    assert stopped.message([None, None]) == ("2 agents stopped by SIGTERM at step 640; each with a checkpoint"
-                                             " there: run again to continue")
-    assert "before the overwrite's first checkpoint; their previous experiments are kept" in stopped.message(
-        [kept, kept])
-    assert "1 kept their previous experiment" in stopped.message([kept, None]) and "the other 1 with" in \
-        stopped.message([kept, None])
-    assert Stopped(signal.SIGINT, 64, agents=1).message([None]) == ("stopped by SIGINT at step 64, with a"
-                                                                   " checkpoint there: run again to continue")
+    failed = TrainingFailed("non-finite loss nan at update 1 (step 512); no checkpoint was written before it")
+    assert stopped.message([checkpointed, checkpointed]) == (
+        "2 agents stopped by SIGTERM at step 640; each with a checkpoint there: run again to continue")
+    assert stopped.message([kept, kept]) == ("2 agents stopped by SIGTERM at step 640; 2 kept their previous"
+                                             " experiment (stopped before the overwrite's first checkpoint)")
+    assert stopped.message([kept, checkpointed]).endswith("first checkpoint); 1 with a checkpoint there")
+    assert stopped.message([checkpointed, failed]) == (
+        f"2 agents stopped by SIGTERM at step 640; 1 with a checkpoint there: run again to continue; 1 had failed:"
+        f" {failed}")
+    assert Stopped(signal.SIGTERM, 640, 2, overwrite=True).message([checkpointed] * 2).endswith(
+        "run again (without overwrite) to continue")
+    assert Stopped(signal.SIGINT, 64, agents=1).message([checkpointed]) == (
+        "stopped by SIGINT at step 64, with a checkpoint there: run again to continue")
     assert Stopped(signal.SIGINT, 64, agents=1).message([kept]) == str(kept)
     with pytest.raises(ConfigError, match="at least one config"):
         train_agents([], [])
@@ -297,9 +305,20 @@ def test_agents_refused_at_their_common_step_lose_no_checkpoint(tmp_path):
     for paths in (ahead, behind):
         paths.results.unlink()  # as if killed before it finished
     shutil.rmtree(behind.checkpoints / "256")  # killed before its last checkpoint: the common step is 128
-    wider = [tiny(0, steps=512, hidden_size=32), tiny(1, steps=512, hidden_size=32)]
+    from jaxrl_lander.config.errors import ResumeError
+
+    # refused by the agent ahead, and by the one behind (which has nothing to drop): nothing deleted either way
     with pytest.raises(ConfigError, match="config differs from the checkpoint in hidden_size"):
-        train_agents(wider, [tmp_path] * 2, progress_bar=False)
+        train_agents([tiny(0, steps=512, hidden_size=32), tiny(1, steps=512, hidden_size=32)], [tmp_path] * 2,
+                     progress_bar=False)
+    with pytest.raises(ConfigError, match="config differs from the checkpoint in learning_rate"):
+        train_agents([tiny(0, steps=512), tiny(1, steps=512, learning_rate=1e-3)], [tmp_path] * 2,
+                     progress_bar=False)
+    journal = behind.metrics_journal.read_bytes()
+    behind.metrics_journal.write_text("{not json\n")
+    with pytest.raises(ResumeError, match="metrics file .* is unreadable"):
+        train_agents([tiny(0, steps=512), tiny(1, steps=512)], [tmp_path] * 2, progress_bar=False)
+    behind.metrics_journal.write_bytes(journal)
     assert (ahead.checkpoints / "256").is_dir()  # nothing deleted
     results = train_agents([tiny(0, steps=512), tiny(1, steps=512)], [tmp_path] * 2, progress_bar=False)
     assert [r.resumed_from_timestep for r in results] == [128, 128] and all(r.timestep == 512 for r in results)
@@ -315,6 +334,13 @@ def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     failed = read_json(ExperimentPaths.of(tmp_path, "ppo", 1).results)
     assert failed["status"] == "failed" and failed["updates"] == 1 and failed["failure"] == "numerical"
     assert failed["timestep"] == 256  # where it failed, as a standalone run says, not where the others got to
+    again = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
+    assert again[0].start_time == results[0].start_time and str(again[1]) == failed["reason"]  # both left alone
+    from jaxrl_lander.config.errors import ConfigError
+
+    # another config is not the failed run's: it resumes as train(resume=True) would, here refused by its checkpoint
+    with pytest.raises(ConfigError, match="config differs from the checkpoint in reward_scale"):
+        train_agents([healthy, tiny(1, reward_scale=1.0)], [tmp_path, tmp_path], progress_bar=False)
 
 
 def _sweep(*args, cwd, kill_at=None):

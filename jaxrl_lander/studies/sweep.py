@@ -182,7 +182,8 @@ def _run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], dirs
         (name, seed), error = next(iter(failures.items()))
         where = lambda n, s: f"{n}/seed {s}" if n else f"{s}"  # noqa: E731
         raise SweepFailed(f"{len(failures)} of {len(seeds) * len(variants)} seeds failed"
-                          f" ({' '.join(where(n, s) for n, s in failures)}); seed {where(name, seed)}: {error}")
+                          f" ({(', ' if name else ' ').join(where(n, s) for n, s in failures)}); seed"
+                          f" {where(name, seed)}: {error}")
     return summaries
 
 

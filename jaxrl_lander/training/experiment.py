@@ -97,6 +97,17 @@ class Experiment:
             self._read(store, step, template, rollout)
         finally:
             store.close()
+        self._read_metrics(step)
+
+    def _read_metrics(self, step: int) -> MetricsRecorder:
+        """The metrics as they stood at the checkpoint of `step` (from the journal, or the metrics JSON), or
+        ResumeError."""
+        source = self.paths.metrics_journal if self.paths.metrics_journal.is_file() else self.paths.metrics
+        try:
+            return MetricsRecorder.load(source, until=step)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ResumeError(f"metrics file {source} is unreadable ({first_line(exc)}); --overwrite starts the"
+                              " experiment afresh") from None
 
     def _read(self, store: CheckpointStore, step: int, template: TrainState, rollout: dict[str, Any]
               ) -> tuple[TrainState, dict[str, Any], dict[str, Any] | None]:
@@ -119,12 +130,7 @@ class Experiment:
         """State, metrics and counters of the latest checkpoint; raises before anything is written."""
         step = self.store.latest_step()
         state, meta, saved_rollout = self._read(self.store, step, template, rollout)
-        source = self.paths.metrics_journal if self.paths.metrics_journal.is_file() else self.paths.metrics
-        try:
-            self.recorder = MetricsRecorder.load(source, until=step)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ResumeError(f"metrics file {source} is unreadable ({first_line(exc)}); --overwrite starts the"
-                              " experiment afresh") from None
+        self.recorder = self._read_metrics(step)
         self.recorder.continue_journal(self.paths.metrics_journal, step)
         removed = remove_partial_writes(self.paths)
         if removed:

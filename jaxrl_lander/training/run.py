@@ -126,12 +126,17 @@ def run_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, resu
         done = previous_results(agent_paths) if resume else None
         if done and done.status == "completed" and done.total_timesteps >= configs[i].total_timesteps:
             _check_finished_config(configs[i], agent_paths, done)
-            if len(configs) > 1 or _whole(agent_paths, done):  # agents step together: left alone
+            if len(configs) > 1:  # agents step together: left alone, its picture drawn again if a kill lost it
+                if not agent_paths.learning_curve.exists():
+                    plot_learning_curve(agent_paths.root)
+                outcomes[i] = done
+            elif _whole(agent_paths, done):
                 outcomes[i] = done
             else:
                 configs[i] = dataclasses.replace(configs[i], total_timesteps=done.total_timesteps)  # delivered again
-        elif done and done.status == "failed" and done.failure == "numerical" and len(configs) > 1:
-            outcomes[i] = TrainingFailed(done.reason)  # it would fail at the same update again
+        elif (done and done.status == "failed" and done.failure == "numerical" and len(configs) > 1
+              and not configs[i].differences(done.hyperparameters, ignore=RESUMABLE_CHANGES)):
+            outcomes[i] = TrainingFailed(done.reason)  # the same config would fail at the same update again
     todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if not todo:
         return outcomes, None
@@ -171,7 +176,7 @@ def run_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, resu
             finished = run.run(state, outputs, watch)
     for i, outcome in zip(todo, finished):
         outcomes[i] = outcome
-    stopped = run.stopped_by and Stopped(run.stopped_by, run.timestep, len(todo))
+    stopped = run.stopped_by and Stopped(run.stopped_by, run.timestep, len(todo), overwrite)
     return outcomes, stopped
 
 
@@ -181,22 +186,28 @@ class Stopped(NamedTuple):
     signal: signal.Signals
     timestep: int
     agents: int
+    overwrite: bool = False
 
     def message(self, outcomes: list) -> str:
-        """What the stop left, for people: a checkpoint at the step reached, or (an overwrite stopped before its
-        first checkpoint) the previous experiment as it was."""
+        """What the stop left, for people: a checkpoint at the step reached, the previous experiment as it was (an
+        overwrite stopped before its first checkpoint), or an agent's earlier failure."""
         where = f"stopped by {self.signal.name} at step {self.timestep}"
+        again = " (without overwrite)" if self.overwrite else ""
         kept = [o for o in outcomes if isinstance(o, Interrupted)]
+        failed = [o for o in outcomes if isinstance(o, TrainingFailed)]
+        stopped = [o for o in outcomes if getattr(o, "status", None) == "interrupted"]  # Results
         if self.agents == 1:
-            return str(kept[0]) if kept else f"{where}, with a checkpoint there: run again to continue"
-        if len(kept) == self.agents:
-            return (f"{self.agents} agents {where}, before the overwrite's first checkpoint; their previous"
-                    " experiments are kept as they were")
-        checkpointed = self.agents - len(kept)
-        return (f"{self.agents} agents {where}" + (f"; {len(kept)} kept their previous experiment (stopped before"
-                                                  " the overwrite's first checkpoint)" if kept else "")
-                + f"; {'each' if not kept else f'the other {checkpointed}'} with a checkpoint there: run again"
-                  " to continue")
+            return str(kept[0]) if kept else f"{where}, with a checkpoint there: run again{again} to continue"
+        parts = [f"{self.agents} agents {where}"]
+        if kept:
+            parts.append(f"{len(kept)} kept {'its' if len(kept) == 1 else 'their'} previous experiment (stopped"
+                         " before the overwrite's first checkpoint)")
+        if stopped:
+            parts.append(("each" if len(stopped) == self.agents else f"{len(stopped)}") + " with a checkpoint"
+                         + (f" there: run again{again} to continue" if not kept else " there"))
+        if failed:
+            parts.append(f"{len(failed)} had failed: {failed[0]}")
+        return "; ".join(parts)
 
 
 def _check_finished_config(config: RunConfig, paths: ExperimentPaths, done: Results) -> None:
@@ -269,8 +280,8 @@ class Run:
         fresh = [learner.init(keys.state) for learner, keys in zip(self.learners, self.keys)]
         template_rollout = self.collector.pending(0)[0]
         later = [sorted(s for s in agent_steps if common is not None and s > common) for agent_steps in steps]
-        for i, experiment in enumerate(self.experiments):  # every agent's checkpoint at `common` checked first
-            if later[i]:
+        if any(later):  # every agent's checkpoint at `common` checked before any later one is dropped
+            for i, experiment in enumerate(self.experiments):
                 experiment.check_checkpoint(common, fresh[i], self._part(template_rollout, i))
         for experiment, dropped in zip(self.experiments, later):
             if dropped:
