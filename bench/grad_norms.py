@@ -45,7 +45,7 @@ def main() -> int:
     if collector.normalizer is not None:
         collector.normalizer.load_state_dict(meta["normalizer"])
     acting = state.replace(key=jax.random.key(args.seed))
-    collector.start(acting, env_seeds=[args.seed])
+    collector.start(env_seeds=[args.seed])
     actor, critic = [], []
     for _ in range(args.rollouts):
         collection = collector.collect(acting, 0, config.rollout_size, lambda: False)

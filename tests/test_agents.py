@@ -230,7 +230,7 @@ def test_an_agent_plays_its_standalone_runs_first_rollout_wherever_it_stands_amo
         paths = [ExperimentPaths.of(tmp_path / "-".join(map(str, seeds)), "ppo", seed) for seed in seeds]
         run = Run(configs, paths, [None] * len(seeds), Devices.resolve(), (8, 4))
         state = run.open(resume=False)
-        run.collector.start(state, [train_env_seed(keys.env, 0) for keys in run.keys])
+        run.collector.start([train_env_seed(keys.env, 0) for keys in run.keys])
         run.collector.collect(state, 0, configs[0].rollout_size, lambda: False)
         rows = jax.device_get(run.collector.rows)
         run.close()

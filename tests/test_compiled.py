@@ -201,7 +201,7 @@ def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
     config = make_config("ppo", {**ENVPOOL, "total_timesteps": 2_000})
     learner = make_learner(config, obs_dim=8, num_actions=4)
     collector = CompiledCollector(config, learner, Devices.resolve())
-    collector.start(learner.init(jax.random.key(0)), env_seeds=[0])
+    collector.start(env_seeds=[0])
     progress = Progress()
     hooks = CountingHooks(collector, [progress])
     recorder = MetricsRecorder("x", "ppo", config.env_id, 0, config.recording_interval)

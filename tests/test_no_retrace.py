@@ -76,7 +76,7 @@ def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
     else:
         collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner.network, config, devices)
     state = jax.device_put(learner.init(jax.random.key(0)), devices.update)  # committed, as the run's is
-    collector.start(state, env_seeds=[0])
+    collector.start(env_seeds=[0])
     progress = Progress()
     hooks = CountingHooks(collector, [progress])
     recorder = MetricsRecorder("x", algo, config.env_id, 0, config.recording_interval)

@@ -353,12 +353,14 @@ RESUMABLE_CHANGES = {
 }
 
 
-def check_resumable(config: RunConfig, saved: dict[str, Any], step: int, root: Path) -> None:
-    """Refuse (ConfigError) to resume the experiment at `root` from its checkpoint at `step`, saved with config
-    `saved`, when the steps asked for end before it or the config differs beyond RESUMABLE_CHANGES."""
-    if step > config.total_timesteps:
+def check_resumable(config: RunConfig, saved: dict[str, Any], root: Path, step: int | None = None,
+                    source: str = "the checkpoint") -> None:
+    """Refuse (ConfigError) to resume the experiment at `root` from `source` (its checkpoint at `step`, or its
+    finished run), saved with config `saved`, when the config differs beyond RESUMABLE_CHANGES or the steps asked
+    for end before the checkpoint."""
+    if step is not None and step > config.total_timesteps:
         raise ConfigError(f"cannot resume {root}: its checkpoint is at step {step}, past"
                           f" total_timesteps {config.total_timesteps}; give more steps")
     differing = config.differences(saved, ignore=RESUMABLE_CHANGES)
     if differing:
-        raise ConfigError(f"cannot resume {root}: config differs from the checkpoint in {', '.join(differing)}")
+        raise ConfigError(f"cannot resume {root}: config differs from {source} in {', '.join(differing)}")

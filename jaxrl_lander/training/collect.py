@@ -45,7 +45,7 @@ class Collector(Protocol):
     num_envs: int
     normalizer: Normalizer | None
 
-    def start(self, state: TrainState, env_seeds: list[int]) -> None:
+    def start(self, env_seeds: list[int]) -> None:
         """Reset the envs, each agent's as in its standalone run (agent a's sub-env i seeded env_seeds[a] + i)."""
 
     def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop) -> Collection:
@@ -138,7 +138,7 @@ class HostCollector:
         self.obs = np.zeros((config.num_envs, obs_dim), np.float32)  # until start() resets the envs
         self._params, self._params_of = None, None  # the acting copy, and the parameters it is a copy of
 
-    def start(self, state: TrainState, env_seeds: list[int]) -> None:
+    def start(self, env_seeds: list[int]) -> None:
         (env_seed,) = env_seeds  # one agent
         self.obs = reset_envs(self.envs, env_seed, self.normalizer)
 

@@ -162,7 +162,7 @@ class CompiledCollector:
         return {name: np.zeros(shapes.get(name, (n, b)), np.int32 if name == "actions" else np.float32)
                 for name in ROLLOUT_KEYS}
 
-    def start(self, state: TrainState, env_seeds: list[int]) -> None:
+    def start(self, env_seeds: list[int]) -> None:
         config, b = self.config, self.width
         # agent-major, each agent's sub-envs seeded as in its standalone run, whatever its companions
         self.pool = make_pool(config.env_id, [seed + i for seed in env_seeds for i in range(self.num_envs)])

@@ -116,7 +116,7 @@ class Experiment:
         try:
             meta = store.run_metadata(step)
             # The config first: a state of another shape (hidden_size, optimizer) is not an unreadable one.
-            check_resumable(self.config, meta["config"], step, self.paths.root)
+            check_resumable(self.config, meta["config"], self.paths.root, step)
             state, _, saved_rollout = store.restore_run(step, template, rollout)
         except ConfigError:
             raise

@@ -4,11 +4,13 @@ evaluation hooks are called when due, and every other event goes to the outputs.
 The loop owns the train state and its PRNG key: a collector acts with the state it is given and returns the key
 it advanced, and the loop calls the update. The host collector runs until the rollout is full or the next
 checkpoint or evaluation is due; the compiled one plays a whole rollout, and the checkpoints and evaluations due
-inside it are made afterwards (while its update runs) with the parameters that played it. Either way they happen at the same env steps as if the loop went one vector step
-at a time, and the episodes and metrics records of the steps in between are told in the order they happened.
+inside it are made afterwards (while its update runs) with the parameters that played it. Either way they happen
+at the same env steps as if the loop went one vector step at a time, and the episodes and metrics records of the
+steps in between are told in the order they happened.
 
 The loop trains one agent, or several stacked on a leading axis of the train state (vectorised agents: one
-collector and one vmapped update for all). Each agent has its own Progress and Outputs; they advance together.
+collector and one vmapped update for all). Each agent has its own Progress and Outputs; they advance together,
+but for an agent whose update failed, which stays at the step of its failure.
 """
 
 import contextlib
@@ -68,7 +70,7 @@ class Hooks(Protocol):
 
 @dataclasses.dataclass
 class LoopResult:
-    state: TrainState  # the last good state, with the key as the collector left it (its one owner)
+    state: TrainState  # the last good state, with the latest key
     clock: Clock  # still running: the experiment's last checkpoint write counts as training time
     failure: str | None = None  # why training stopped: a checkpoint that could not be written, or (every agent)
     # a numerical fault

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jaxrl_lander.config import RESUMABLE_CHANGES, RunConfig
+from jaxrl_lander.config import RESUMABLE_CHANGES, RunConfig, check_resumable
 from jaxrl_lander.config.errors import ConfigError, Interrupted, ResumeError, TrainingFailed
 from jaxrl_lander.config.variants import check_agents
 from jaxrl_lander.core.algos import make_learner
@@ -125,7 +125,7 @@ def run_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, resu
         check_rerun(agent_paths, resume, overwrite, can_resume=init_from is None)
         done = previous_results(agent_paths) if resume else None
         if done and done.status == "completed" and done.total_timesteps >= configs[i].total_timesteps:
-            _check_finished_config(configs[i], agent_paths, done)
+            check_resumable(configs[i], done.hyperparameters, agent_paths.root, source="the finished run's")
             if len(configs) > 1:  # agents step together: left alone, its picture drawn again if a kill lost it
                 if not agent_paths.learning_curve.exists():
                     plot_learning_curve(agent_paths.root)
@@ -210,14 +210,6 @@ class Stopped(NamedTuple):
         return "; ".join(parts)
 
 
-def _check_finished_config(config: RunConfig, paths: ExperimentPaths, done: Results) -> None:
-    """ConfigError when `config` differs from the finished run's that it resumes beyond what a resume may change."""
-    differing = config.differences(done.hyperparameters, ignore=RESUMABLE_CHANGES)
-    if differing:
-        raise ConfigError(f"cannot resume {paths.root}: config differs from the finished run's in"
-                          f" {', '.join(differing)}")
-
-
 def _whole(paths: ExperimentPaths, done: Results) -> bool:
     """Whether a finished run is whole, so that there is nothing to do. Its learning-curve PNG, if missing (a kill
     between its results and its plot), is drawn again; a model missing, or not the one its results name (a kill
@@ -242,7 +234,7 @@ class Run:
 
     def __init__(self, configs: list[RunConfig], paths: list[ExperimentPaths], replaces: list[Overwrite | None],
                  devices: Devices, dims: tuple[int, int], start: StartingPoint | None = None):
-        self.config, self.configs, self.devices, self.start = configs[0], configs, devices, start
+        self.config, self.devices, self.start = configs[0], devices, start
         self.agents = len(configs)
         self.learners = [make_learner(c, *dims) for c in configs]
         self.learner = self.learners[0] if self.agents == 1 else AgentsLearner(self.learners, devices)
@@ -377,7 +369,7 @@ class Run:
                      self.agents, start_step)
         config = self.config
         try:
-            self.collector.start(state, [train_env_seed(keys.env, start_step) for keys in self.keys])
+            self.collector.start([train_env_seed(keys.env, start_step) for keys in self.keys])
             if self.pending:
                 self.collector.resume_pending(state, *self.pending)
             with StopOnSignal() as stop:
