@@ -8,13 +8,21 @@ params and optimiser state end to end, all int32 leaves, the raw key data). Orba
 of arrays: the packed form (3 arrays instead of 38) saves in about a quarter of the time, which matters at one
 checkpoint per 1,000 steps. Restoring unpacks with the structure of a freshly built state of the same config.
 The final model keeps the ordinary parameter tree.
+
+A periodic save returns once the checkpoint is copied to host memory: a thread of the store's own then writes it
+with orbax, synchronously, while training goes on. Orbax's own async checkpointing still blocked its caller for
+most of a save (directories, metadata and tensorstore set up in the caller's thread); the copy takes a fraction
+of that (bench/checkpoint_cost.py). One save at a time is in flight: the next waits for it, which bounds memory
+and hands a slow disk's backpressure to the loop.
 """
 
 import contextlib
+import copy
 import dataclasses
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,42 +64,74 @@ def unpack(packed: dict[str, np.ndarray], template):
 
 def _to_tree(state: TrainState, rollout: dict[str, np.ndarray] | None) -> dict[str, Any]:
     # A typed PRNG key is stored as its raw uint32 data; the partly collected rollout, packed, beside the state.
-    tree = {"state": pack((state.params, state.opt_state)), "key": np.asarray(jax.random.key_data(state.key))}
+    tree = {"state": pack((state.params, state.opt_state)), "key": np.array(jax.random.key_data(state.key))}
     if rollout is not None:
         tree["rollout"] = pack(rollout)
     return tree
 
 
 class CheckpointStore:
-    """Checkpoints of one experiment under `directory/<step>/`: train state plus JSON metadata."""
+    """Checkpoints of one experiment under `directory/<step>/`: train state plus JSON metadata.
+
+    With `async_save` a save is committed by a thread of the store's while its caller goes on; `wait()` (or the
+    next save, or `close()`) returns once it is committed, and raises its failure. Reads first wait for a save in
+    flight, without taking its failure: that stays for the next save, `wait()` or `close()`, raised once.
+    """
 
     def __init__(self, directory: str | Path, keep: int = 0, async_save: bool = True):
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep or None, create=True, enable_async_checkpointing=async_save
-        )
+        # The store's own thread does the saving: orbax's async mode would only add a thread of its own.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
+                                               enable_async_checkpointing=False)
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
-        self._in_flight: int | None = None  # the step of the latest save, committed in the background
+        self.async_save = async_save
+        self._saving: threading.Thread | None = None  # commits the latest save; ends when that is committed
+        self._failure: tuple[int, BaseException] | None = None  # the step of a failed commit, and why
 
     def save(self, step: int, state: TrainState, metadata: dict[str, Any],
              rollout: dict[str, np.ndarray] | None = None) -> None:
-        """Save `state` and `metadata` at `step`, with the partly collected `rollout` (numpy arrays) when given."""
-        tree = _to_tree(state, rollout)
-        self.wait()  # orbax would wait for the previous save anyway; this way its failure is named as its own
-        with _writing(f"checkpoint {step}"):
-            self.manager.save(
-                step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(metadata)),
-            )
-        self._in_flight = step
+        """Save `state` and `metadata` at `step`, with the partly collected `rollout` (numpy arrays) when given.
+        Returns once they are copied: the caller may change or reuse them (see the module's docstring); raises
+        WriteFailed when the previous save failed, this one not made."""
+        tree, metadata = _to_tree(state, rollout), copy.deepcopy(metadata)
+        self.wait()
+        if not self.async_save:
+            with _writing(f"checkpoint {step}"):
+                self._commit(step, tree, metadata)
+            return
+        # Not a daemon: a save in flight when the interpreter exits is committed, not cut short.
+        self._saving = threading.Thread(target=self._commit_or_keep_failure, args=(step, tree, metadata),
+                                        name=f"checkpoint {step}")
+        self._saving.start()
+
+    def _commit(self, step: int, tree: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(metadata)),
+        )
+
+    def _commit_or_keep_failure(self, step: int, tree: dict[str, Any], metadata: dict[str, Any]) -> None:
+        try:
+            self._commit(step, tree, metadata)
+        except BaseException as exc:  # raised in the caller's thread by its next save, wait or close
+            self._failure = step, exc
+
+    def _settle(self) -> None:
+        """Wait until the save in flight, if any, has ended, committed or failed."""
+        if self._saving is not None:
+            self._saving.join()
+            self._saving = None
 
     def latest_step(self) -> int | None:
+        self._settle()
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        self._settle()
         return sorted(self.manager.all_steps())
 
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON metadata saved at `step`, without reading the state."""
+        self._settle()
         return dict(self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())).metadata)
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
@@ -103,6 +143,7 @@ class CheckpointStore:
                     ) -> tuple[TrainState, dict[str, Any], dict[str, np.ndarray] | None]:
         """As `restore`, plus the partly collected rollout shaped like the arrays of `rollout` (None when the
         checkpoint holds none)."""
+        self._settle()
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
         )
@@ -139,14 +180,17 @@ class CheckpointStore:
         return meta
 
     def wait(self) -> None:
-        """Wait for the checkpoint being committed in the background; WriteFailed if that commit failed."""
-        with _writing(f"checkpoint {self._in_flight}"):
-            self.manager.wait_until_finished()
+        """Wait until every save made is committed; WriteFailed naming the step of one that failed (once)."""
+        self._settle()
+        if self._failure is not None:
+            (step, exc), self._failure = self._failure, None
+            with _writing(f"checkpoint {step}"):
+                raise exc
 
     def close(self) -> None:
         try:
             self.wait()
-        finally:  # after a failed commit too: no background thread of orbax is left waiting
+        finally:  # after a failed commit too: nothing of orbax's is left open
             self.manager.close()
 
 
