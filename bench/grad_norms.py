@@ -40,16 +40,15 @@ def main() -> int:
 
     # The training collector, acting with the checkpoint's parameters (never updated) and, with normalisation,
     # its statistics, continued over the probe's steps as training would.
-    collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner.network, config,
-                              Devices.resolve())
+    collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner, config, Devices.resolve())
     if collector.normalizer is not None:
         collector.normalizer.load_state_dict(meta["normalizer"])
     acting = state.replace(key=jax.random.key(args.seed))
     collector.start(env_seeds=[args.seed])
     actor, critic = [], []
     for _ in range(args.rollouts):
-        collection = collector.collect(acting, 0, config.rollout_size, lambda: False)
-        rollout, acting = collection.rollout, acting.replace(key=collection.key)
+        _, _, rollout, key = collector.collect(acting, 0, config.rollout_size, lambda: False)
+        acting = acting.replace(key=key)
         batch = make_batch(learner.network, state.params, rollout, config.gamma, config.gae_lambda)
         g = grad(state.params, batch)["params"]
         actor.append(float(optax.global_norm(g["actor"])))

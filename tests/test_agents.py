@@ -231,7 +231,7 @@ def test_an_agent_plays_its_standalone_runs_first_rollout_wherever_it_stands_amo
         run = Run(configs, paths, [None] * len(seeds), Devices.resolve(), (8, 4))
         state = run.open(resume=False)
         run.collector.start([train_env_seed(keys.env, 0) for keys in run.keys])
-        run.collector.collect(state, 0, configs[0].rollout_size, lambda: False)
+        run.collector.advance(state, 0, configs[0].rollout_size, [True] * len(seeds), lambda: False)
         rows = jax.device_get(run.collector.rows)
         run.close()
         return run._part({name: rows[name] for name in ("obs", "actions", "rewards")}, agent)
@@ -341,6 +341,24 @@ def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     # another config is not the failed run's: it resumes as train(resume=True) would, here refused by its checkpoint
     with pytest.raises(ConfigError, match="config differs from the checkpoint in reward_scale"):
         train_agents([healthy, tiny(1, reward_scale=1.0)], [tmp_path, tmp_path], progress_bar=False)
+
+
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
+def test_an_agent_failing_inside_a_program_of_many_updates_fails_alone_at_its_update(tmp_path, monkeypatch):
+    """With the update inside envpool's program (25 A2C updates a call), an agent whose first update is not
+    finite fails at that update, its state left as it was; the other trains on to the end."""
+    from jaxrl_lander.training import compiled
+
+    monkeypatch.setattr(compiled, "UPDATES_TO_FUSE", 0)
+    base = {"env_backend": "envpool", "total_timesteps": 2_000, "checkpoint_interval": 1_000, "eval_episodes": 2}
+    healthy = make_config("a2c", {**base, "seed": 0})
+    diverging = make_config("a2c", {**base, "seed": 1, "reward_scale": 1e38})  # the loss overflows float32
+    results = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
+    assert results[0].status == "completed" and results[0].updates == 50 and results[0].timestep == 2_000
+    assert "update 1 (step 40)" in str(results[1])
+    failed = read_json(ExperimentPaths.of(tmp_path, "a2c", 1).results)
+    assert failed["status"] == "failed" and failed["updates"] == 1 and failed["timestep"] == 40
 
 
 def _sweep(*args, cwd, kill_at=None):

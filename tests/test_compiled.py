@@ -212,3 +212,39 @@ def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
     assert result.failure is None and [r["timestep"] for r in recorder.records] == [104, 200]
     arrays, filled = collector.pending(256)  # what the stop checkpoint keeps: the rollout's first 32 rows
     assert filled == 32 and arrays["valid"][:32].any() and not arrays["obs"][32:].any()
+
+
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
+def test_the_update_inside_envpools_program_or_apart_trains_the_same_run(tmp_path, monkeypatch):
+    """Where the update goes changes the speed only: 100 A2C updates with the update inside the program (25
+    rollouts a call) and as a program of its own, bit for bit the same checkpoints, episodes and records."""
+    from jaxrl_lander.training import compiled
+
+    placed = []
+    prepare = compiled.CompiledCollector.prepare
+    monkeypatch.setattr(compiled.CompiledCollector, "prepare",
+                        lambda self, state: (placed.append(self.update_inside), prepare(self, state))[1])
+    config = make_config("a2c", {"env_backend": "envpool", "total_timesteps": 4_000, "checkpoint_interval": 1_000,
+                                 "eval_episodes": 2})
+    runs = {}
+    for inside, fuse_from in ((True, 0), (False, 10**9)):
+        monkeypatch.setattr(compiled, "UPDATES_TO_FUSE", fuse_from)
+        runs[inside] = train_run(config, tmp_path / str(inside))
+    assert placed == [True, False]
+    inside, apart = runs[True], runs[False]
+    assert inside.results.updates == apart.results.updates == 100
+    untimed = [{k: v for k, v in run.results.evaluation.items() if k != "seconds"} for run in (inside, apart)]
+    assert untimed[0] == untimed[1]
+    metrics = [load_json(run.paths.metrics) for run in (inside, apart)]
+    assert metrics[0]["episodes"] == metrics[1]["episodes"] and len(metrics[0]["episodes"]) > 0
+    assert _records(inside.paths.metrics) == _records(apart.paths.metrics)
+    stores = [CheckpointStore(run.paths.checkpoints) for run in (inside, apart)]
+    try:
+        assert stores[0].all_steps() == stores[1].all_steps() == [1_000, 2_000, 3_000, 4_000]
+        for step in (1_000, 4_000):
+            np.testing.assert_array_equal(_params(stores[0], step, config), _params(stores[1], step, config))
+        assert not np.array_equal(_params(stores[0], 1_000, config), _params(stores[0], 4_000, config))
+    finally:
+        for store in stores:
+            store.close()

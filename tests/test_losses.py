@@ -183,3 +183,29 @@ def test_all_finite_flags_any_nan_or_inf_leaf():
     for bad in (jnp.nan, jnp.inf, -jnp.inf):
         broken = {"a": jnp.ones(3), "b": {"c": jnp.zeros((2, 2)).at[1, 0].set(bad)}}
         assert not bool(jax.jit(all_finite)(broken))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_an_update_takes_in_its_state_only_when_finite_and_alive(algo):
+    """The update leaves the state as it was when its loss is not finite, or when the agent failed before
+    (alive False): a program running many updates in a row keeps a failed agent's last good state."""
+    from jaxrl_lander.core.algos import make_learner
+
+    small = {"batch_size": 16, "n_epochs": 1} if algo == "ppo" else {}
+    config = make_config(algo, {"n_steps": 8, "num_envs": 2, **small})
+    learner = make_learner(config, obs_dim=8, num_actions=4)
+    state = learner.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    rollout = Rollout(rng.normal(size=(8, 2, 8)).astype(np.float32), rng.integers(0, 4, (8, 2)).astype(np.int32),
+                      rng.normal(size=(8, 2)).astype(np.float32), np.zeros((8, 2), np.float32),
+                      rng.normal(size=(2, 8)).astype(np.float32))
+    kept = lambda new: all(np.array_equal(a, b) for a, b in zip(  # noqa: E731
+        jax.tree.leaves(jax.random.key_data(new.key)) + jax.tree.leaves(new.params),
+        jax.tree.leaves(jax.random.key_data(state.key)) + jax.tree.leaves(state.params)))
+    learned, metrics = learner.update(state, rollout)
+    assert np.isfinite(metrics["loss"]) and not kept(learned)  # the check can fail
+    overflowing = rollout._replace(rewards=np.full_like(rollout.rewards, 3e38))  # its square overflows
+    frozen, metrics = learner.update(state, overflowing)
+    assert not np.isfinite(metrics["loss"]) and kept(frozen)
+    failed_before, metrics = learner.update(state, rollout, alive=np.bool_(False))
+    assert np.isfinite(metrics["loss"]) and kept(failed_before)

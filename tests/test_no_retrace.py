@@ -62,21 +62,25 @@ ENVPOOL = pytest.mark.needs("envpool")
     pytest.param("ppo", "envpool", marks=[pytest.mark.slow, ENVPOOL]),
     ("a2c", "gymnasium"),  # the fast tier's whole run of the loop
     pytest.param("a2c", "envpool", marks=[pytest.mark.slow, ENVPOOL]),
+    pytest.param("a2c", "envpool-fused", marks=[pytest.mark.slow, ENVPOOL]),
 ])
 def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
     """Four PPO updates (or 51 A2C updates), checkpoints inside rollouts, records and evaluations: each program
-    compiled once, at the same steps on either backend."""
+    compiled once, at the same steps on either backend, with the update inside envpool's program or not."""
+    fused = backend == "envpool-fused"
+    backend = backend.removesuffix("-fused")
     small = {"n_steps": 64} if algo == "ppo" else {}
     config = make_config(algo, {"total_timesteps": 2048, "checkpoint_interval": 500, "eval_interval": 700,
                                 "env_backend": backend, **small})
     learner = make_learner(config, obs_dim=8, num_actions=4)
     devices = Devices.resolve()
     if backend == "envpool":
-        collector = CompiledCollector(config, learner, devices)
+        collector = CompiledCollector(config, learner, devices, update_inside=fused)
     else:
-        collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner.network, config, devices)
+        collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner, config, devices)
     state = jax.device_put(learner.init(jax.random.key(0)), devices.update)  # committed, as the run's is
     collector.start(env_seeds=[0])
+    collector.prepare(state)
     progress = Progress()
     hooks = CountingHooks(collector, [progress])
     recorder = MetricsRecorder("x", algo, config.env_id, 0, config.recording_interval)
@@ -87,8 +91,11 @@ def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
     assert hooks.checkpoints == [504, 1000, 1504, 2000, 2048] and hooks.evaluations == 2
     assert [e["timestep"] for e in progress.evaluations] == [704, 1400]  # the first vector step past each
     assert len(recorder.records) == 2048 // 100
-    assert learner.update.func._cache_size() == 1
-    if backend == "envpool":
-        assert collector.program._cache_size() == 1  # the whole rollouts and the tail cut by total_timesteps
+    if backend == "envpool":  # its program compiled ahead (a call of another signature would raise), for the
+        # stretches of whole rollouts, the one after a due point inside a rollout and the tail cut by total_timesteps
+        assert isinstance(collector.program, jax.stages.Compiled)
+        assert learner.update.func._cache_size() == (0 if collector.update_inside else 1)
+        assert collector.update_inside == fused
     else:
+        assert learner.update.func._cache_size() == 1
         assert collector.act._cache_size() == 1 and collector.value._cache_size() <= 1

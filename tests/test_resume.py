@@ -17,7 +17,7 @@ def test_a_resumed_rollout_cuts_its_last_transition_like_a_time_limit():
     envs = make_vector_env(config.env_id, config.num_envs)
     learner = make_learner(config, 8, 4)
     state = learner.init(jax.random.key(0))
-    collector = HostCollector(envs, learner.network, config, Devices.resolve())
+    collector = HostCollector(envs, learner, config, Devices.resolve())
     collector.start([0])
     rng = np.random.default_rng(0)
     arrays = {"obs": rng.normal(size=(5, 2, 8)).astype(np.float32), "actions": np.ones((5, 2), np.int32),

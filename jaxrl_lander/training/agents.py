@@ -54,14 +54,15 @@ class AgentsLearner:
         split = NamedSharding(self.mesh, PartitionSpec("agents"))
         self.whole = NamedSharding(self.mesh, PartitionSpec())
         self.hparams = self.place(stack([learner.hparams for learner in learners]))
+        self.devices = list(self.mesh.devices.flat)  # where the update runs
         inner = first.update.func  # the jitted pure update of one agent; under vmap it is traced once for all
 
-        def update(state, rollout, hparams):
+        def update(state, rollout, hparams, alive):
             def spread(x):  # (agents, ...) -> (padded, ...), split over the devices
                 x = jnp.concatenate([x, jnp.repeat(x[-1:], padded - agents, axis=0)]) if padded > agents else x
                 return jax.lax.with_sharding_constraint(x, split)
 
-            args = jax.tree.map(spread, (state, _by_agent(rollout, agents), hparams))
+            args = jax.tree.map(spread, (state, _by_agent(rollout, agents), hparams, alive))
             return jax.tree.map(lambda x: x[:agents], jax.vmap(inner)(*args))
 
         self._update = jax.jit(update, out_shardings=self.whole)
@@ -70,8 +71,14 @@ class AgentsLearner:
         """A tree whole on every device of the mesh."""
         return jax.device_put(tree, self.whole)
 
-    def update(self, state: TrainState, rollout: Rollout):
-        return self._update(self.place(state), self.place(rollout), self.hparams)
+    def update(self, state: TrainState, rollout: Rollout, alive=None):
+        """The agents' updates; `alive` (one bool per agent, default all) as the update of one agent takes it."""
+        alive = np.ones(len(self.learners), bool) if alive is None else np.asarray(alive, bool)
+        return self._update(self.place(state), self.place(rollout), self.hparams, self.place(alive))
+
+    def traced_update(self, state: TrainState, rollout: Rollout, alive: jax.Array):
+        """`update` inside another program that runs on this learner's one device."""
+        return self._update(state, rollout, self.hparams, alive)
 
     def learning_rate_at(self, update: int, agent: int = 0) -> float:
         return self.learners[agent].learning_rate_at(update)

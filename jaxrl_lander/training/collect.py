@@ -1,10 +1,11 @@
-"""Collectors: act in the envs until a rollout is full or the loop's next event is due, and hand back the
-transitions and the finished episodes.
+"""Collectors: act in the envs until the loop's next event is due, learn from each rollout completed on the way,
+and hand back the finished episodes and the updates' metrics.
 
 HostCollector steps gymnasium's vector env from Python, one jitted action sample per vector step, and fills a
 preallocated numpy buffer that goes to the update's device once per rollout.
 """
 
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple, Protocol
@@ -13,11 +14,11 @@ import gymnasium as gym
 import jax
 import numpy as np
 
-from jaxrl_lander.core.algos.base import Rollout, TrainState
+from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.envs.gymnasium import reset_envs, step_envs
 from jaxrl_lander.envs.normalization import Normalizer
-from jaxrl_lander.core.policy import ActorCritic, sample_action, state_value
+from jaxrl_lander.core.policy import sample_action, state_value
 from jaxrl_lander.training.runtime import Devices
 
 
@@ -29,18 +30,23 @@ class Episode(NamedTuple):
     length: int
 
 
-class Collection(NamedTuple):
-    """What one collect call gathered."""
+class Stretch(NamedTuple):
+    """What one `advance` played and learned: rollouts one after another from the loop's step. Each but the last
+    was complete and learned from; the last holds (or ends at) the next due point, and was learned from when it
+    is complete."""
 
-    steps: int  # env steps taken: vector steps x num_envs
-    episodes: Callable[[], list[list[Episode]]]  # each agent's, in the order they ended; a compiled collector's
-    # are read from the device when called (the loop calls it once the update is dispatched)
-    rollout: Rollout | None  # on the update's device, when the rollout filled up during this call
-    key: jax.Array  # the acting key after these steps, on the update's device
+    ends: list[int]  # the env step at which each rollout's part of the stretch ends
+    acting: TrainState  # the state that played the last rollout, its key advanced (on the update's device)
+    state: TrainState | None  # after the last rollout's update (None: it is not complete), a failed agent's left
+    # at its last good state
+    read: Callable[[], tuple[list[list[list[Episode]]], list[dict[str, np.ndarray]]]]  # one read of the device,
+    # made once everything is dispatched: per rollout, each agent's finished episodes in the order they ended, and
+    # per rollout learned from, its update's metrics (a value per agent)
+    started: float  # time.perf_counter() when the stretch's first update was dispatched
 
 
 class Collector(Protocol):
-    """What the loop needs of a collector."""
+    """What the loop needs of a collector: it plays rollouts and hands each complete one to the learner's update."""
 
     num_envs: int
     normalizer: Normalizer | None
@@ -48,11 +54,15 @@ class Collector(Protocol):
     def start(self, env_seeds: list[int]) -> None:
         """Reset the envs, each agent's as in its standalone run (agent a's sub-env i seeded env_seeds[a] + i)."""
 
-    def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop) -> Collection:
-        """Act with `state`'s parameters and key from env step `timestep` until the rollout is full, at least
-        `max_steps` env steps are taken, or should_stop() says so (checked before each vector step); the key it
-        advanced comes back in the Collection. A compiled collector plays the rest of the rollout whatever the
-        last two say."""
+    def prepare(self, state: TrainState) -> None:
+        """Compile ahead what the loop runs, for `state` (after `start`): the loop's time is training alone."""
+
+    def advance(self, state: TrainState, timestep: int, due: int, alive: list[bool], should_stop) -> Stretch:
+        """Play with `state` from env step `timestep`, and learn from each rollout it completes (the update of
+        agents still `alive`), until the rollout that holds or ends at env step `due` (the next checkpoint,
+        evaluation or the end) is complete, or total_timesteps ends it. The host collector stops at `due`, at the
+        end of a rollout, or when should_stop() says so (checked before each vector step); a compiled one plays
+        whole rollouts, and the loop checks should_stop at the due points inside the last."""
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The rollout as it stood at env step `timestep` (the loop's latest), for a checkpoint: its arrays and
@@ -124,8 +134,9 @@ def bootstrap_cut(arrays: dict[str, np.ndarray], filled: int, value_fn, gamma: f
 class HostCollector:
     """gymnasium's vector env stepped from Python; the policy samples actions on the act device."""
 
-    def __init__(self, envs: gym.vector.VectorEnv, network: ActorCritic, config: RunConfig, devices: Devices):
-        self.envs, self.config, self.devices = envs, config, devices
+    def __init__(self, envs: gym.vector.VectorEnv, learner: Learner, config: RunConfig, devices: Devices):
+        self.envs, self.learner, self.config, self.devices = envs, learner, config, devices
+        network = learner.network
         self.num_envs = config.num_envs
         obs_dim, _ = env_dims(envs)
         self.normalizer = None
@@ -148,7 +159,26 @@ class HostCollector:
             self._params, self._params_of = jax.device_put(params, self.devices.act), params
         return self._params
 
-    def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop) -> Collection:
+    def prepare(self, state: TrainState) -> None:
+        """Nothing: the programs this collector runs are small, and kept by JAX's persistent cache."""
+
+    def advance(self, state: TrainState, timestep: int, due: int, alive: list[bool], should_stop) -> Stretch:
+        taken, episodes, rollout, key = self.collect(state, timestep, due - timestep, should_stop)
+        acting = state.replace(key=jax.device_put(key, self.devices.update))
+        started, learned = time.perf_counter(), None
+        if rollout is not None:
+            learned = self.learner.update(acting, rollout, alive=np.bool_(alive[0]))
+
+        def read():
+            return [[episodes]], [] if learned is None else [jax.device_get(learned[1])]
+
+        return Stretch([timestep + taken], acting, None if learned is None else learned[0], read, started)
+
+    def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop
+                ) -> tuple[int, list[Episode], Rollout | None, jax.Array]:
+        """Act with `state` from env step `timestep` until the rollout is full, `max_steps` env steps are taken,
+        or should_stop() says so: (env steps taken, episodes finished, the rollout on the update's device when it
+        filled up, the key advanced)."""
         config, buffer = self.config, self.buffer
         params, key = self._acting(state.params), jax.device_put(state.key, self.devices.act)
         value_fn = lambda o: self.value(params, o)  # noqa: E731
@@ -162,7 +192,7 @@ class HostCollector:
             taken += self.num_envs
             episodes += [Episode(timestep + taken, ret, length) for _, ret, length in out.episodes]
         rollout = buffer.rollout(self.obs, self.devices.update) if buffer.full else None
-        return Collection(taken, lambda: [episodes], rollout, jax.device_put(key, self.devices.update))
+        return taken, episodes, rollout, key
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The partly collected rollout (a checkpoint keeps it): the buffer's arrays with the observation the next

@@ -1,15 +1,20 @@
-"""The compiled collector: a jitted program plays the rollout on envpool's env as one lax.scan (act, env step,
-storage, episode statistics) and turns it into learning targets; the loop dispatches the update's own jitted
-program after it and only then reads the finished episodes, so the host takes part once per update: the
-episodes and the update's metrics come back together.
+"""The compiled collector: envpool's env stepped inside a jitted program, from due point to due point.
 
-The update is a program of its own because the rollout's program holds envpool's env in it: it is compiled
-afresh in every process, while the update's is kept by JAX's persistent compilation cache (docs/design.md).
+One program call plays rollouts one after another as a lax.scan, each rollout itself a lax.scan (act, env step,
+storage, episode statistics) turned into learning targets and learned from by the update, until the rollout
+that holds or ends at the loop's next due point (a checkpoint, an evaluation, the end) is complete. The finished
+episodes and the updates' metrics of all of them come back stacked, in one read: the host takes part once per
+due point. Metrics records and progress are told afterwards, from what came back, at the steps they belong to.
+
+The update runs inside that program when it runs on the device where envpool's env lives (the host CPU): with
+the update on another device (a GPU), or split over several (vectorised agents, a device per core), the program
+plays one rollout and the update is a program of its own on its devices, as it was before.
 
 envpool resets an env on the step after a done, so a rollout holds reset-only steps; they are masked out of
 the update (`next_step_targets`). The env steps they take count towards the run's steps.
 """
 
+import time
 from functools import partial
 from typing import NamedTuple
 
@@ -18,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState
-from jaxrl_lander.training.collect import Collection, Episode, bootstrap_cut
+from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState, learned_well
+from jaxrl_lander.training.collect import Episode, Stretch, bootstrap_cut
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.envs.envpool import episode_ends, make_pool
 from jaxrl_lander.core.policy import ActorCritic, sample_action, state_value
@@ -124,10 +129,67 @@ def play(state: TrainState, env: EnvCarry, rows: dict[str, jax.Array], start: ja
     return env, key, rows, steps
 
 
+# The update goes inside the program only where the host turns it saves pay for its compile: compiled with
+# envpool's env, whose XLA function is new in every process, the update is compiled afresh in every process too
+# (JAX's persistent cache keeps it only as a program of its own). Measured on a 2-core CPU (docs/benchmarks.md,
+# "Due points"): A2C's update compiles in about 2 s inside the program, and as a program of its own an update
+# costs about 1.5 ms more; the break-even is near 1,300 updates, 52,000 env steps of the seed experiment's A2C.
+UPDATES_TO_FUSE = 2_000
+MAX_STACKED = 1 << 23  # episode statistics (values of a step of a sub-env) a program call may stack
+
+
+def rollouts_per_call(config: RunConfig, width: int) -> int:
+    """The rollouts a program call can hold: enough to reach the farthest due point (a checkpoint or evaluation
+    interval from a rollout's middle, or the end), fewer only where their episode statistics would not fit in
+    MAX_STACKED."""
+    size = config.n_steps * config.num_envs
+    interval = min(config.checkpoint_interval, config.eval_interval or config.total_timesteps, config.total_timesteps)
+    return max(1, min(-(-interval // size) + 1, MAX_STACKED // (config.n_steps * width)))
+
+
+def stretch(state: TrainState, env: EnvCarry, rows: dict[str, jax.Array], alive: jax.Array, first: jax.Array,
+            count: jax.Array, last_stop: jax.Array, gamma: jax.Array, reward_scale: jax.Array, *, play_rollout,
+            update, length: int):
+    """`count` rollouts one after another (a scan of `length`; the iterations after `count` do nothing), each
+    learned from by `update(state, rollout, alive)` when it is complete (with `update` None, none is: the caller
+    updates). The first starts at row `first` (the rest of a rollout in progress), the last stops before row
+    `last_stop` (total_timesteps). An agent whose update is not finite is no longer `alive`: its state stays as
+    it was. Returns (env, rows, the state after the last update, the state that played the last rollout with
+    its key advanced, and per rollout stacked: `ended`, `episode_return`, `episode_length` (n_steps, B) and the
+    update's `metrics`)."""
+    n_steps = rows["obs"].shape[0]
+
+    def one(carry, k):
+        state, env, rows, alive, _ = carry
+        start = jnp.where(k == 0, first, 0)
+        stop = jnp.where(k == count - 1, last_stop, n_steps)
+        env, key, rows, steps = play_rollout(state, env, rows, start, stop, gamma, reward_scale)
+        acting = state.replace(key=key)
+        played = {"ended": steps.ended, "episode_return": steps.episode_return,
+                  "episode_length": steps.episode_length}
+        if update is None:
+            return (acting, env, rows, alive, acting), {**played, "metrics": {}}
+        rollout = Rollout(rows["obs"], rows["actions"], rows["rewards"], rows["dones"], env.obs, rows["valid"])
+        skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(update, acting, rollout, alive))
+        state, metrics = jax.lax.cond(stop == n_steps, update, lambda *_: (acting, skipped[1]), acting, rollout, alive)
+        alive = jnp.logical_and(alive, jnp.logical_or(stop < n_steps, learned_well(metrics)))
+        return (state, env, rows, alive, acting), {**played, "metrics": metrics}
+
+    def idle(carry, k):
+        return carry, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(one, carry, k)[1])
+
+    def step(carry, k):
+        return jax.lax.cond(k < count, one, idle, carry, k)
+
+    (state, env, rows, _, acting), played = jax.lax.scan(step, (state, env, rows, alive, state), jnp.arange(length))
+    return env, rows, state, acting, played
+
+
 class CompiledCollector:
     """envpool's env stepped inside a jitted program on the act device (the host CPU unless asked otherwise),
-    where envpool's env lives; the update runs on the update device. A rollout cut short by total_timesteps is
-    kept for a resume that gives more steps, as the host collector keeps it.
+    where envpool's env lives; the update runs on the update device, inside the program when `update_inside`
+    (by default where it pays: UPDATES_TO_FUSE) and that device is the act device. A rollout cut short by
+    total_timesteps is kept for a resume that gives more steps, as the host collector keeps it.
 
     With `agents` (vectorised agents), the state is `agents` train states stacked on a leading axis and one pool
     of agents x num_envs sub-envs plays them all, agent-major: agent i's sub-envs are i * num_envs onwards.
@@ -136,7 +198,7 @@ class CompiledCollector:
     normalizer = None  # the config refuses normalisation with this collector
 
     def __init__(self, config: RunConfig, learner: Learner, devices: Devices, agents: int | None = None,
-                 gamma=None, reward_scale=None):
+                 gamma=None, reward_scale=None, update_inside: bool | None = None):
         self.config, self.learner, self.devices, self.agents = config, learner, devices, agents
         self.num_envs, self.n_steps = config.num_envs, config.n_steps  # num_envs: of one agent
         self.width = config.num_envs * (agents or 1)  # the pool's sub-envs
@@ -149,6 +211,11 @@ class CompiledCollector:
             self.act, self.value = partial(agents_act, network, agents), partial(agents_value, network, agents)
             self.targets = tuple(np.repeat(np.asarray(v, np.float32), self.num_envs) for v in (gamma, reward_scale))
         self.value_of = jax.jit(self.value)
+        update_devices = learner.devices if agents else [devices.update]
+        self.length = rollouts_per_call(config, self.width)
+        if update_inside is None:  # where it pays (UPDATES_TO_FUSE)
+            update_inside = self.length > 2 and config.total_timesteps // config.rollout_size >= UPDATES_TO_FUSE
+        self.update_inside = update_inside and update_devices == [devices.act]
         # The rollout in progress or just completed: its first env step (None: none played yet, or a resumed
         # checkpoint's, not played on yet), its n_steps rows (on the device), how many are filled, and the
         # observation after the last filled one while it is not on the device.
@@ -168,11 +235,26 @@ class CompiledCollector:
         self.pool = make_pool(config.env_id, [seed + i for seed in env_seeds for i in range(self.num_envs)])
         self.env = jax.device_put(EnvCarry(self.pool.handle, self.pool.first_obs, np.zeros(b, bool),
                                            np.zeros(b, np.float32), np.zeros(b, np.int32)), self.devices.act)
-        self.program = jax.jit(partial(play, act=self.act, value=self.value, env_step=self.pool.step))
+        play_rollout = partial(play, act=self.act, value=self.value, env_step=self.pool.step)
+        self.program = jax.jit(partial(stretch, play_rollout=play_rollout, length=self.length if self.update_inside
+                                       else 1, update=self.learner.traced_update if self.update_inside else None))
         # Committed to the act device from the first call on, as the programs' own outputs are: an argument that
         # is not would make the first call a signature of its own, and compile both programs twice.
         self.rows = jax.device_put(self.rows, self.devices.act)
         self.targets = jax.device_put(self.targets, self.devices.act)
+
+    def prepare(self, state: TrainState) -> None:
+        """Compile the program (with the update inside: seconds; in every process, as it holds envpool's env),
+        kept out of JAX's persistent cache, which could never use it again."""
+        alive = np.bool_(True) if self.agents is None else np.ones(self.agents, bool)
+        ints = (np.int32(0),) * 3
+        cache = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            self.program = self.program.lower(self._acting(state), self.env, self.rows, alive, *ints,
+                                              *self.targets).compile()
+        finally:
+            jax.config.update("jax_enable_compilation_cache", cache)
 
     def _to(self, device: jax.Device, tree):
         """`tree` on `device`; as it is when both devices are one (a put per leaf costs about 0.1 ms per update)."""
@@ -185,34 +267,65 @@ class CompiledCollector:
         """`state` on the act device (stacked agents' states come from the update's mesh)."""
         return jax.device_put(state, self.devices.act) if self.agents else self._to(self.devices.act, state)
 
-    def collect(self, state: TrainState, timestep: int, max_steps: int, should_stop) -> Collection:
-        """The rest of the rollout (or, when total_timesteps comes first, the steps up to it), whatever `max_steps`
-        and `should_stop` say: the loop makes the checkpoints and evaluations due inside it afterwards."""
-        b = self.num_envs
-        if self.filled == self.n_steps:  # the previous collect completed a rollout
+    def advance(self, state: TrainState, timestep: int, due: int, alive: list[bool], should_stop) -> Stretch:
+        """Whole rollouts (the rest of the one in progress first) until the one holding `due`, or total_timesteps,
+        whatever `should_stop` says: the loop makes the checkpoints and evaluations due inside the last one
+        afterwards."""
+        b, n = self.num_envs, self.n_steps
+        if self.filled == n:  # the previous stretch completed its last rollout
             self.filled = 0
-        start = self.filled
-        stop = min(self.n_steps, start - (timestep - self.config.total_timesteps) // b)
-        self.rollout_start = timestep - start * b
-        self.env, key, self.rows, steps = self.program(self._acting(state), self.env, self.rows, start, stop,
-                                                       *self.targets)
-        self.filled, self.next_obs, self._host_rows = stop, None, None
-        rollout = None
-        if stop == self.n_steps:
-            rollout = Rollout(self.rows["obs"], self.rows["actions"], self.rows["rewards"], self.rows["dones"],
-                              self.env.obs, self.rows["valid"])
-            rollout = rollout if self.agents else self._to(self.devices.update, rollout)  # agents': placed by
-            # their learner
+        first = self.filled
+        begins = timestep - first * b  # the env step the rollout in progress began at
+        count = min(-(-(due - begins) // (n * b)), self.length)
+        self.rollout_start = begins + (count - 1) * n * b  # the last rollout's
+        last_stop = min(n, -(-(self.config.total_timesteps - self.rollout_start) // b))
+        complete = last_stop == n
+        alive = np.bool_(alive[0]) if self.agents is None else np.asarray(alive, bool)
+        started = time.perf_counter()
+        if self.update_inside:
+            self.env, self.rows, state, acting, played = self.program(
+                self._acting(state), self.env, self.rows, alive, np.int32(first), np.int32(count),
+                np.int32(last_stop), *self.targets)
+            metrics, learned_from = played["metrics"], count if complete else count - 1
+            state = state if complete else None
+            acting = self._to_update(acting)
+        else:  # each update a program of its own on its device(s), dispatched one after another, read once
+            parts, metrics = [], []
+            for k in range(count):
+                stop = last_stop if k == count - 1 else n
+                self.env, self.rows, _, acting, part = self.program(
+                    self._acting(state), self.env, self.rows, alive, np.int32(first if k == 0 else 0), np.int32(1),
+                    np.int32(stop), *self.targets)
+                parts.append(part)
+                acting = self._to_update(acting)
+                if stop == n:
+                    rows = self.rows
+                    rollout = self._to_update(Rollout(rows["obs"], rows["actions"], rows["rewards"], rows["dones"],
+                                                      self.env.obs, rows["valid"]))
+                    state, update_metrics = self.learner.update(acting, rollout, alive=alive)
+                    metrics.append(update_metrics)
+            played = {name: [part[name] for part in parts] for name in ("ended", "episode_return", "episode_length")}
+            learned_from = len(metrics)
+            state = state if complete else None
+        self.filled, self.next_obs, self._host_rows = last_stop, None, None
 
-        def episodes() -> list[list[Episode]]:  # one read of the device, by step then sub-env: the order they ended
-            ended, returns, lengths = jax.device_get((steps.ended, steps.episode_return, steps.episode_length))
-            by_agent = [[] for _ in range(self.agents or 1)]
-            for t, i in zip(*np.nonzero(ended)):
-                by_agent[i // b].append(Episode(timestep + (int(t) - start + 1) * b, float(returns[t, i]),
-                                                int(lengths[t, i])))
-            return by_agent
+        def read() -> tuple[list[list[list[Episode]]], list[dict[str, np.ndarray]]]:
+            ended, returns, lengths, by_rollout = jax.device_get(
+                (played["ended"], played["episode_return"], played["episode_length"], metrics))
+            if not self.update_inside:
+                ended, returns, lengths = (np.concatenate(x) for x in (ended, returns, lengths))
+                by_rollout = {name: np.stack([m[name] for m in by_rollout]) for name in by_rollout[0]} if by_rollout else {}
+            episodes = []
+            for k in range(count):  # by step then sub-env: the order they ended
+                by_agent, begun = [[] for _ in range(self.agents or 1)], begins + k * n * b
+                for t, i in zip(*np.nonzero(ended[k])):
+                    by_agent[i // b].append(Episode(begun + (int(t) + 1) * b, float(returns[k, t, i]),
+                                                    int(lengths[k, t, i])))
+                episodes.append(by_agent)
+            return episodes, [{name: value[k] for name, value in by_rollout.items()} for k in range(learned_from)]
 
-        return Collection((stop - start) * b, episodes, rollout, self._to_update(key))
+        ends = [begins + (k + 1) * n * b for k in range(count - 1)] + [self.rollout_start + last_stop * b]
+        return Stretch(ends, acting, state, read, started)
 
     def pending(self, timestep: int) -> tuple[dict[str, np.ndarray], int]:
         """The rows of the rollout in progress played before env step `timestep`: a checkpoint inside a

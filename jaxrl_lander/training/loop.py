@@ -1,12 +1,13 @@
-"""The training loop: collect, update, notify. It writes no file itself: the experiment's checkpoint and
-evaluation hooks are called when due, and every other event goes to the outputs.
+"""The training loop: play and learn to the next due point, then notify. It writes no file itself: the
+experiment's checkpoint and evaluation hooks are called when due, and every other event goes to the outputs.
 
-The loop owns the train state and its PRNG key: a collector acts with the state it is given and returns the key
-it advanced, and the loop calls the update. The host collector runs until the rollout is full or the next
-checkpoint or evaluation is due; the compiled one plays a whole rollout, and the checkpoints and evaluations due
-inside it are made afterwards (while its update runs) with the parameters that played it. Either way they happen
-at the same env steps as if the loop went one vector step at a time, and the episodes and metrics records of the
-steps in between are told in the order they happened.
+The loop owns the train state: a collector plays with the state it is given, learns from each rollout it
+completes (the learner's update), and returns the state, the finished episodes and the updates' metrics. The
+host collector plays until the rollout is full or the next checkpoint or evaluation is due; the compiled one
+plays whole rollouts until the one that holds the next due point is complete, and the checkpoints and
+evaluations due inside that one are made afterwards with the parameters that played it. Either way they
+happen at the same env steps as if the loop went one vector step at a time, and the episodes, updates and
+metrics records of the steps in between are told in the order they happened.
 
 The loop trains one agent, or several stacked on a leading axis of the train state (vectorised agents: one
 collector and one vmapped update for all). Each agent has its own Progress and Outputs; they advance together,
@@ -18,8 +19,6 @@ import dataclasses
 import time
 from typing import Any, Protocol
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxrl_lander.core.algos.base import Learner, TrainState
@@ -112,45 +111,42 @@ def train_loop(config: RunConfig, learner: Learner, collector: Collector, state:
     stop, or a non-finite update of every agent (an agent whose update is not finite keeps its last good state
     and is told nothing more).
 
-    A checkpoint or an evaluation due inside a rollout (a compiled collector plays a whole one at a time) is made
-    with the parameters that played it, as when the loop reaches that step before the update."""
+    A checkpoint or an evaluation due inside a rollout (a compiled collector plays whole ones) is made with the
+    parameters that played it, as when the loop reaches that step before the update."""
     result, size = LoopResult(state=state, clock=Clock(), agent_failures=[None] * len(progress)), collector.num_envs
     timestep = progress[0].timestep  # the same for every agent still learning (a failed one's stays at its failure)
     while timestep < config.total_timesteps and not should_stop():
-        start = timestep
-        collection = collector.collect(result.state, start, next_due(config, start) - start, should_stop)
-        acting = result.state.replace(key=collection.key)  # the state that played the rollout, its key advanced
-        learned = None
-        if collection.rollout is not None:  # dispatched before the host reads the episodes, to run meanwhile
-            t_update = time.perf_counter()
-            learned = learner.update(acting, collection.rollout)
-        episodes = collection.episodes()
-        end = start + collection.steps
-        cut_short = False
-        for point in due_points(config, start, end, size):
-            if should_stop():  # inside a compiled rollout: the run stops at the last step it reached
-                cut_short = True
+        alive = [failure is None for failure in result.agent_failures]
+        stretch = collector.advance(result.state, timestep, next_due(config, timestep), alive, should_stop)
+        episodes, metrics = stretch.read()
+        if metrics and result.first_update_seconds is None:
+            result.first_update_seconds = time.perf_counter() - stretch.started
+        last = len(stretch.ends) - 1
+        for r, end in enumerate(stretch.ends):
+            start, cut_short = timestep, False
+            for point in due_points(config, start, end, size) if r == last else []:
+                if should_stop():  # inside a compiled rollout: the run stops at the last step it reached
+                    cut_short = True
+                    break
+                for i in result.training():
+                    _tell(outputs[i], config, timestep, point, size, episodes[r][i], None, learned=True)
+                timestep = _advance(progress, result.training(), point)
+                if not _at_step(config, result, progress, hooks, outputs, stretch.acting, size, timestep):
+                    cut_short = True
+                    break
+            if cut_short:  # the rollout's update is not taken in: a resume plays the rest of it
+                result.state = stretch.acting
+                return result
+            told, timestep = timestep, _advance(progress, result.training(), end)
+            learning = result.training()
+            updates = _update(learner, result, metrics[r], progress) if r < len(metrics) else [None] * len(progress)
+            for i in learning:
+                _tell(outputs[i], config, told, end, size, episodes[r][i], updates[i],
+                      learned=result.agent_failures[i] is None)
+            if not result.training():
+                result.failure = next(f for f in result.agent_failures if f)
                 break
-            for i in result.training():
-                _tell(outputs[i], config, timestep, point, size, episodes[i], None, learned=True)
-            timestep = _advance(progress, result.training(), point)
-            if not _at_step(config, result, progress, hooks, outputs, acting, size, timestep):
-                cut_short = True
-                break
-        if cut_short:  # the rollout's update is not taken in: a resume plays the rest of it
-            result.state = acting
-            break
-        told, timestep = timestep, _advance(progress, result.training(), end)
-        updates, learning = [None] * len(progress), result.training()
-        if learned is not None:
-            updates = _update(learner, result, learned, progress, t_update)
-        else:
-            result.state = acting
-        for i in learning:
-            _tell(outputs[i], config, told, end, size, episodes[i], updates[i],
-                  learned=result.agent_failures[i] is None)
-        if not result.training():
-            result.failure = next(f for f in result.agent_failures if f)
+        result.state = stretch.state if stretch.state is not None else stretch.acting
         if result.failure or not _at_step(config, result, progress, hooks, outputs, result.state, size, timestep):
             break
     return result
@@ -188,17 +184,11 @@ def _at_step(config: RunConfig, result: LoopResult, progress: list[Progress], ho
     return True
 
 
-def _update(learner: Learner, result: LoopResult, learned, progress: list[Progress], started: float
+def _update(learner: Learner, result: LoopResult, metrics: dict[str, np.ndarray], progress: list[Progress]
             ) -> list[dict[str, float] | None]:
-    """Take in an update's (state, metrics), stacked over agents when there are several: the new state goes into
-    `result` for every agent whose loss and parameters are finite; an agent's first non-finite update is its
-    failure (result.agent_failures says why) and it keeps its last good state. Returns each agent's metrics as
-    host floats, with the step size it started from (None for an agent that failed). The first update's time
-    (compile included) counts from `started`."""
-    state, metrics = learned
-    metrics = jax.device_get(metrics)  # the one host sync of an update
-    if result.first_update_seconds is None:
-        result.first_update_seconds = time.perf_counter() - started
+    """Take in an update's metrics on the host (a value per agent when there are several): an agent's first
+    non-finite update is its failure (result.agent_failures says why; the update left its state as it was).
+    Returns each agent's metrics as floats, with the step size it started from (None for an agent that failed)."""
     per_agent = [{k: float(np.reshape(v, -1)[i]) for k, v in metrics.items()} for i in range(len(progress))]
     told: list[dict[str, float] | None] = [None] * len(progress)
     for i in result.training():
@@ -209,13 +199,8 @@ def _update(learner: Learner, result: LoopResult, learned, progress: list[Progre
             result.agent_failures[i] = f"{what} at update {agent.updates} (step {agent.timestep})"
             continue
         told[i] = {"loss": agent.loss, **values, "learning_rate": learner.learning_rate_at(agent.updates - 1, i)}
-    good = np.array([f is None for f in result.agent_failures])
-    if good.all():
-        result.state = state
-    elif good.any():  # a failed agent keeps its last good state; the others learn on
-        result.state = jax.tree.map(lambda new, old: jnp.where(good.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-                                    state, result.state)
     return told
+
 
 def _tell(outputs: Outputs, config: RunConfig, start: int, end: int, size: int, episodes: list[Episode],
           update: dict[str, float] | None, learned: bool) -> None:

@@ -245,7 +245,7 @@ class Run:
                                                gamma=[c.gamma for c in configs],
                                                reward_scale=[c.reward_scale for c in configs])
         else:
-            self.collector = HostCollector(make_vector_env(self.config.env_id, self.config.num_envs), self.network,
+            self.collector = HostCollector(make_vector_env(self.config.env_id, self.config.num_envs), self.learner,
                                            self.config, devices)
         self.keys = [RunKeys.from_seed(c.seed) for c in configs]
         self.experiments = [Experiment(c, p, dims[0], r, start) for c, p, r in zip(configs, paths, replaces)]
@@ -372,7 +372,8 @@ class Run:
             self.collector.start([train_env_seed(keys.env, start_step) for keys in self.keys])
             if self.pending:
                 self.collector.resume_pending(state, *self.pending)
-            with StopOnSignal() as stop:
+            with StopOnSignal() as stop:  # a signal during the compile stops the run before the loop's first step
+                self.collector.prepare(state)
                 result = train_loop(config, self.learner, self.collector, state, self.progress, outputs, self,
                                     lambda: stop() or (watch is not None and watch.verdict is not None))
             self.stopped_by = signal.Signals(stop.signum) if stop.signum is not None else None

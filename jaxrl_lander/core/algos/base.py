@@ -9,6 +9,7 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrl_lander.core.policy import ActorCritic, log_prob
@@ -130,6 +131,11 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
+def learned_well(metrics: dict[str, jax.Array]) -> jax.Array:
+    """Whether an update's loss and new parameters are finite (its metrics say): a state to take in."""
+    return jnp.logical_and(jnp.isfinite(metrics["loss"]), metrics["params_finite"])
+
+
 def hparams_from_config(cls, config):
     """An algorithm's HParams dataclass filled from the config fields of the same names."""
     return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
@@ -195,6 +201,10 @@ class Learner:
         """A fresh train state from `key` (also the template a checkpoint is restored into)."""
         return init_state(policy=self.network, tx=self.tx, key=key, obs_dim=self.obs_dim)
 
+    def traced_update(self, state: TrainState, rollout: Rollout, alive: jax.Array):
+        """`update` inside another program (of the device it runs on)."""
+        return self.update(state, rollout, alive=alive)
+
     def learning_rate_at(self, update: int, agent: int = 0) -> float:
         """The step size at the first gradient step of update number `update` (counting from 0)."""
         config = self.config
@@ -207,19 +217,26 @@ class Learner:
 def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Callable | None = None) -> Learner:
     """`algorithm` (a module with HParams, make_optimizer, static_args and update) made concrete for `config`.
 
-    The jitted update also reports whether the new parameters are all finite. `wrap` (tests) wraps the pure
-    update before jit, e.g. with chex.assert_max_traces.
+    The jitted update `update(state, rollout, alive=True)` also reports whether the new parameters are all
+    finite, and takes in the new state only where they and the loss are and the agent is `alive` (has not
+    failed before): otherwise it returns `state` as it was, so that a failed agent keeps its last good state
+    in a program that runs several updates in a row. `wrap` (tests) wraps the pure update before jit, e.g.
+    with chex.assert_max_traces.
     """
     network = ActorCritic(num_actions=num_actions, hidden_size=config.hidden_size)
     tx = algorithm.make_optimizer(config)
     hparams = algorithm.HParams.from_config(config)
     static = algorithm.static_args(config)
 
-    def pure_update(state: TrainState, rollout: Rollout, hparams):
-        state, metrics = algorithm.update(state, rollout, hparams, policy=network, tx=tx, **static)
-        metrics["params_finite"] = all_finite(state.params)
-        return state, metrics
+    def pure_update(state: TrainState, rollout: Rollout, hparams, alive):
+        new, metrics = algorithm.update(state, rollout, hparams, policy=network, tx=tx, **static)
+        metrics["params_finite"] = all_finite(new.params)
+        keep = jnp.logical_and(alive, learned_well(metrics))
+        return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state), metrics
 
     jitted = jax.jit(wrap(pure_update) if wrap is not None else pure_update)
     return Learner(config=config, network=network, obs_dim=obs_dim, tx=tx, hparams=hparams,
-                   update=partial(jitted, hparams=hparams))
+                   update=partial(jitted, hparams=hparams, alive=ALIVE))
+
+
+ALIVE = np.bool_(True)  # the `alive` of an update called without one (one dtype: one compiled program)
