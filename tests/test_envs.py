@@ -1,5 +1,7 @@
 """Autoreset, termination and time-limit truncation on a hand-built env, and the real LunarLander vector env."""
 
+import subprocess
+import sys
 import jax
 import numpy as np
 import probe_envs  # noqa: F401  (registers the hand-built envs)
@@ -134,3 +136,21 @@ def test_checking_an_env_makes_none(monkeypatch):
     monkeypatch.setattr(gym, "make", no_make)
     monkeypatch.setattr(gym, "make_vec", no_make)
     assert check_env("LunarLander-v3") == (8, 4)
+
+
+@pytest.mark.needs("envpool")
+def test_the_command_lines_envpool_registers_box2d_alone_and_still_makes_lunarlander():
+    """The command line's hook spares envpool's registration of every other family (start-up time): its
+    LunarLander pool works, and envpool knows no Atari env; once envpool is imported the hook changes nothing."""
+    probe = ("import sys\n"
+             "from jaxrl_lander.cli.hooks import envpool_box2d_only\n"
+             "if sys.argv[1] == 'after': import envpool\n"
+             "envpool_box2d_only()\n"
+             "from jaxrl_lander.envs.envpool import make_pool\n"
+             "pool = make_pool('LunarLander-v3', [0, 1])\n"
+             "import envpool\n"
+             "ids = envpool.list_all_envs()\n"
+             "print(pool.first_obs.shape, 'LunarLander-v3' in ids, 'Pong-v5' in ids)\n")
+    for when, atari in (("before", False), ("after", True)):
+        out = subprocess.run([sys.executable, "-c", probe, when], capture_output=True, text=True, check=True)
+        assert out.stdout.split() == ["(2,", "8)", "True", str(atari)], out.stderr

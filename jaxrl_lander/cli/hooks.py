@@ -1,11 +1,13 @@
 """The command line's process hooks (light imports, set once by main()): one error line when orbax fails to read,
-a Ctrl-C that ends the process wherever it lands, and one CPU device per core for vectorised agents."""
+a Ctrl-C that ends the process wherever it lands, envpool's Box2D envs alone, and one CPU device per core for
+vectorised agents."""
 
 import logging
 import os
 import signal
 import sys
 import threading
+import types
 
 from jaxrl_lander.config.errors import Terminated
 
@@ -84,3 +86,12 @@ def cpu_device_per_core() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={os.cpu_count() or 1}".strip()
+
+
+def envpool_box2d_only() -> None:
+    """Have envpool register only its Box2D envs, LunarLander's family, when this process first imports it (if
+    ever): the package's own import registers every family it ships (Atari, MuJoCo, ...), about 0.6 s of a run's
+    start-up on a 2-core CPU; envs/envpool.py imports the Box2D registrations itself. The command line owns its
+    process, which uses no other envpool env. Nothing once envpool is imported."""
+    if "envpool" not in sys.modules:
+        sys.modules.setdefault("envpool.entry", types.ModuleType("envpool.entry"))  # what registers them all

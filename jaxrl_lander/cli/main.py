@@ -17,7 +17,7 @@ from jaxrl_lander.config import BACKENDS, CONFIG_CLASSES, read_toml
 from jaxrl_lander.config.docs import config_keys_help
 from jaxrl_lander.config.errors import (EXTRAS, ConfigError, ExperimentInUse, Interrupted, ResumeError, SweepFailed,
                                   TrainingFailed, UnreadableModel, first_line, install_hint, out_of_memory)
-from jaxrl_lander.cli.hooks import catch_interrupts, drop_read_failure_echoes
+from jaxrl_lander.cli.hooks import catch_interrupts, drop_read_failure_echoes, envpool_box2d_only
 from jaxrl_lander.config.redact import RedactingFilter, redact, shorten
 from jaxrl_lander.config.variants import OWN_OPTION
 
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     command = None
     try:
         catch_interrupts()
+        envpool_box2d_only()
         args = build_parser().parse_args(argv)
         command = args.command
         args.argv = list(sys.argv[1:] if argv is None else argv)  # a tuning study's workers run it again

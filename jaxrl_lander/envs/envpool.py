@@ -27,6 +27,7 @@ class Pool(NamedTuple):
 def make_pool(env_id: str, seeds: list[int]) -> Pool:
     """One sub-env per seed, sub-env i reset with seeds[i] (as `seed=seeds[0]` does for consecutive seeds)."""
     import envpool
+    import envpool.box2d.registration  # noqa: F401  (already, unless the command line's hook came first)
 
     env = envpool.make(env_id, env_type="gymnasium", num_envs=len(seeds), env_seed=list(seeds))
     obs, _ = env.reset()
