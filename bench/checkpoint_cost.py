@@ -1,5 +1,7 @@
-"""What one periodic checkpoint costs the training loop: the time the caller's thread is blocked by a save, and the
-time until the save is committed (durable, visible to `latest_step()`), for each way of saving with orbax.
+"""What one periodic checkpoint costs the training loop: the time the caller's thread is blocked by a save, the
+time until the save is committed (durable, visible to `latest_step()`), and the CPU the process spends on it (all
+threads, from the save's start to its commit: what a save takes from training on a machine with few cores), for each
+way of saving with orbax.
 
     python bench/checkpoint_cost.py [--saves 50] [--dir /tmp] [--out cost.json]
 
@@ -12,18 +14,23 @@ is waited for before the next, so that a blocked time never includes the previou
   today         CheckpointStore as it was: orbax async checkpointing, a Composite of `state` and `metadata`
   async_off     the same manager with enable_async_checkpointing=False: the caller does the whole save
   no_ocdbt      async off, the `state` item written without OCDBT (a file per array instead of one database)
+  lean          async off, `state` by a PyTreeCheckpointHandler without OCDBT and without compression
   single_item   async off, only the state, as a manager's single unnamed item (no Composite, no metadata)
   new_manager   async off, a new CheckpointManager made and closed for every save (what reusing one saves)
   store         jaxrl_lander's CheckpointStore as it is now (a save thread of its own: the caller copies only)
+  handler_only  orbax's StandardCheckpointHandler alone (no OCDBT) writing the `state` item into a new directory: no
+                manager, no metadata item, no atomic commit; a floor for any orbax checkpoint of these arrays
   npz_fsync     the same arrays as one npz, fsync'd and renamed into place: a floor, not an option
 
-Prints a table (median, min, max ms per save, caller-blocked and until committed), and writes it as JSON with
---out.
+Prints a table (median, min, max ms per save: caller-blocked, until committed, and CPU), and writes it as JSON
+with --out. The CPU is this process's own, all threads (resource.getrusage): other processes on a shared machine
+stretch the wall times far more than it.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -65,16 +72,19 @@ def _composite(tree, metadata):
 class OrbaxManager:
     """One CheckpointManager of `state` and `metadata` items; the caller packs the tree, as the store does."""
 
-    def __init__(self, directory: Path, async_save: bool, ocdbt: bool = True):
+    def __init__(self, directory: Path, async_save: bool, ocdbt: bool = True, lean: bool = False):
         options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save)
-        handlers = None if ocdbt else {"state": ocp.StandardCheckpointHandler(use_ocdbt=False),
-                                       "metadata": ocp.JsonCheckpointHandler()}
+        state_handler = (ocp.PyTreeCheckpointHandler(use_ocdbt=False, use_compression=False) if lean else
+                         None if ocdbt else ocp.StandardCheckpointHandler(use_ocdbt=False))
+        handlers = state_handler and {"state": state_handler, "metadata": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(directory, options=options, item_names=None if handlers else
                                              ("state", "metadata"), item_handlers=handlers)
+        self.save_args = ocp.args.PyTreeSave if lean else ocp.args.StandardSave
 
     def save(self, step, state, metadata, rollout):
         self.manager.wait_until_finished()
-        self.manager.save(step, args=_composite(_to_tree(state, rollout), dict(metadata, timestep=step)))
+        self.manager.save(step, args=ocp.args.Composite(state=self.save_args(_to_tree(state, rollout)),
+                                                        metadata=ocp.args.JsonSave(dict(metadata, timestep=step))))
 
     def commit(self):
         self.manager.wait_until_finished()
@@ -100,6 +110,23 @@ class NewManager:
         options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
         with ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata")) as manager:
             manager.save(step, args=_composite(_to_tree(state, rollout), dict(metadata, timestep=step)))
+
+    def commit(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class HandlerOnly:
+    def __init__(self, directory: Path):
+        self.directory, self.handler = directory, ocp.StandardCheckpointHandler(use_ocdbt=False)
+
+    def save(self, step, state, metadata, rollout):
+        path = self.directory / str(step)
+        path.mkdir(parents=True)
+        self.handler.save(path, args=ocp.args.StandardSave(_to_tree(state, rollout)))
+        self.handler.finalize(path)
 
     def commit(self):
         pass
@@ -149,17 +176,26 @@ OPTIONS = {
     "today": lambda d: OrbaxManager(d, async_save=True),
     "async_off": lambda d: OrbaxManager(d, async_save=False),
     "no_ocdbt": lambda d: OrbaxManager(d, async_save=False, ocdbt=False),
+    "lean": lambda d: OrbaxManager(d, async_save=False, ocdbt=False, lean=True),
     "single_item": SingleItem,
     "new_manager": NewManager,
     "store": Store,
+    "handler_only": HandlerOnly,
     "npz_fsync": NpzFsync,
 }
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all its threads (orbax saves in several, tensorstore in its own)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(saves: int, directory: Path) -> dict[str, dict[str, list[float]]]:
-    """Seconds per save of each option, caller-blocked and until committed, over `saves` interleaved rounds."""
+    """Seconds per save of each option, caller-blocked, until committed and of CPU, over `saves` interleaved
+    rounds."""
     state, metadata, rollout = real_sized_checkpoint()
-    times = {name: {"blocked": [], "committed": []} for name in OPTIONS}
+    times = {name: {"blocked": [], "committed": [], "cpu": []} for name in OPTIONS}
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         savers = {name: make(Path(tmp) / name) for name, make in OPTIONS.items()}
         for saver in savers.values():  # not counted
@@ -169,13 +205,14 @@ def measure(saves: int, directory: Path) -> dict[str, dict[str, list[float]]]:
         for round_ in range(saves):
             step = (round_ + 1) * STEP_INTERVAL
             for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                start = time.perf_counter()
+                start_cpu, start = cpu_seconds(), time.perf_counter()
                 savers[name].save(step, state, metadata, rollout)
                 blocked = time.perf_counter()
                 savers[name].commit()
-                committed = time.perf_counter()
+                committed, committed_cpu = time.perf_counter(), cpu_seconds()
                 times[name]["blocked"].append(blocked - start)
                 times[name]["committed"].append(committed - start)
+                times[name]["cpu"].append(committed_cpu - start_cpu)
         for saver in savers.values():
             saver.close()
     return times
@@ -194,14 +231,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the table as JSON here")
     args = parser.parse_args()
     table = summary(measure(args.saves, args.dir))
-    today = table["today"]["blocked"]["median_ms"]
-    print(f"{args.saves} saves each, ms per save; ratio = blocked median / today's blocked median")
-    print(f"{'option':<12} {'blocked med':>11} {'min':>7} {'max':>7}  {'committed med':>13} {'min':>7} {'max':>7}"
-          f"  {'ratio':>5}")
+    today, store = table["today"]["blocked"]["median_ms"], table["store"]["cpu"]["median_ms"]
+    print(f"{args.saves} saves each, ms per save (median min max); blocked ratio = blocked median / today's, cpu ratio"
+          " = CPU median / the store's")
+    print(f"{'option':<12} {'blocked':>23} {'committed':>23} {'cpu':>23}  {'ratios':>11}")
     for name, row in table.items():
-        b, c = row["blocked"], row["committed"]
-        print(f"{name:<12} {b['median_ms']:>11.2f} {b['min_ms']:>7.2f} {b['max_ms']:>7.2f}  {c['median_ms']:>13.2f}"
-              f" {c['min_ms']:>7.2f} {c['max_ms']:>7.2f}  {b['median_ms'] / today:>5.2f}")
+        cells = "".join(f" {row[kind]['median_ms']:>7.2f} {row[kind]['min_ms']:>7.2f} {row[kind]['max_ms']:>7.2f}"
+                        for kind in ("blocked", "committed", "cpu"))
+        print(f"{name:<12}{cells}  {row['blocked']['median_ms'] / today:>5.2f} {row['cpu']['median_ms'] / store:>5.2f}")
     if args.out:
         args.out.write_text(json.dumps({"saves": args.saves, "directory": str(args.dir), "options": table},
                                        indent=2) + "\n")
