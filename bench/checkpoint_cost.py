@@ -3,21 +3,25 @@ time until the save is committed (durable, visible to `latest_step()`), and the 
 threads, from the save's start to its commit: what a save takes from training on a machine with few cores), for each
 way of saving with orbax.
 
-    python bench/checkpoint_cost.py [--saves 50] [--dir /tmp] [--out cost.json]
+    python bench/checkpoint_cost.py [--saves 50] [--only store_per_dtype,store] [--dir /tmp] [--out cost.json]
 
 The checkpoint is of the real size: a PPO train state of the default config on LunarLander-v3 and a pending
 rollout of the compiled collector's shapes (256 steps x 8 envs), with the metadata a run saves. The options take
 turns, one save each per round in a rotating order, so that the disk's and the shared CPUs' moods fall on all of
 them alike; a first save of each, before the rounds, is not counted (imports, tracing, first directory). Each save
-is waited for before the next, so that a blocked time never includes the previous save's commit.
+is waited for before the next, so that a blocked time never includes the previous save's commit. Every option but
+store_per_dtype saves the `state` item as the store packs it now (one array of bytes).
 
-  today         CheckpointStore as it was: orbax async checkpointing, a Composite of `state` and `metadata`
+  today         the store before its save thread: orbax async checkpointing, a Composite of `state` and `metadata`
   async_off     the same manager with enable_async_checkpointing=False: the caller does the whole save
   no_ocdbt      async off, the `state` item written without OCDBT (a file per array instead of one database)
   lean          async off, `state` by a PyTreeCheckpointHandler without OCDBT and without compression
   single_item   async off, only the state, as a manager's single unnamed item (no Composite, no metadata)
   new_manager   async off, a new CheckpointManager made and closed for every save (what reusing one saves)
-  store         jaxrl_lander's CheckpointStore as it is now (a save thread of its own: the caller copies only)
+  store         jaxrl_lander's CheckpointStore as it is now (a save thread of its own: the caller copies only; the
+                `state` item one array of bytes, without OCDBT)
+  store_per_dtype  the same store saving the `state` item as it did before: one array per dtype, the key and the
+                rollout's per-dtype arrays, with orbax's default handler (OCDBT)
   handler_only  orbax's StandardCheckpointHandler alone (no OCDBT) writing the `state` item into a new directory: no
                 manager, no metadata item, no atomic commit; a floor for any orbax checkpoint of these arrays
   npz_fsync     the same arrays as one npz, fsync'd and renamed into place: a floor, not an option
@@ -28,11 +32,13 @@ stretch the wall times far more than it.
 """
 
 import argparse
+import copy
 import json
 import os
 import resource
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +48,7 @@ import orbax.checkpoint as ocp
 
 from jaxrl_lander.config import make_config
 from jaxrl_lander.core.algos import make_learner
-from jaxrl_lander.storage.checkpoint import CheckpointStore, _to_tree
+from jaxrl_lander.storage.checkpoint import CheckpointStore, _per_dtype_tree, _to_tree
 
 STEP_INTERVAL = 1_000
 
@@ -149,6 +155,24 @@ class Store:
         self.store.close()
 
 
+class StorePerDtype(Store):
+    """The store with the manager and the `state` item it had before the single array of bytes."""
+
+    def __init__(self, directory: Path):
+        super().__init__(directory)
+        self.store.manager.close()
+        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+        self.store.manager = ocp.CheckpointManager(self.store.directory, options=options,
+                                                   item_names=("state", "metadata"))
+
+    def save(self, step, state, metadata, rollout):  # CheckpointStore.save, with the earlier tree
+        store, tree = self.store, _per_dtype_tree(state, rollout)
+        metadata = copy.deepcopy(dict(metadata, timestep=step))
+        store.wait()
+        store._saving = threading.Thread(target=store._commit_or_keep_failure, args=(step, tree, metadata))
+        store._saving.start()
+
+
 class NpzFsync:
     def __init__(self, directory: Path):
         self.directory = directory
@@ -180,6 +204,7 @@ OPTIONS = {
     "single_item": SingleItem,
     "new_manager": NewManager,
     "store": Store,
+    "store_per_dtype": StorePerDtype,
     "handler_only": HandlerOnly,
     "npz_fsync": NpzFsync,
 }
@@ -191,13 +216,13 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(saves: int, directory: Path) -> dict[str, dict[str, list[float]]]:
-    """Seconds per save of each option, caller-blocked, until committed and of CPU, over `saves` interleaved
-    rounds."""
+def measure(saves: int, directory: Path, only: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Seconds per save of each option in `only`, caller-blocked, until committed and of CPU, over `saves`
+    interleaved rounds."""
     state, metadata, rollout = real_sized_checkpoint()
-    times = {name: {"blocked": [], "committed": [], "cpu": []} for name in OPTIONS}
+    times = {name: {"blocked": [], "committed": [], "cpu": []} for name in only}
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        savers = {name: make(Path(tmp) / name) for name, make in OPTIONS.items()}
+        savers = {name: OPTIONS[name](Path(tmp) / name) for name in only}
         for saver in savers.values():  # not counted
             saver.save(0, state, metadata, rollout)
             saver.commit()
@@ -226,19 +251,25 @@ def summary(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--saves", type=int, default=50, help="rounds, one save of each option per round")
+    parser.add_argument("--only", default=",".join(OPTIONS),
+                        help="the options to measure, comma-separated (all by default; store is always one)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
                         help="where the checkpoints are written (a temporary directory under it)")
     parser.add_argument("--out", type=Path, help="write the table as JSON here")
     args = parser.parse_args()
-    table = summary(measure(args.saves, args.dir))
-    today, store = table["today"]["blocked"]["median_ms"], table["store"]["cpu"]["median_ms"]
-    print(f"{args.saves} saves each, ms per save (median min max); blocked ratio = blocked median / today's, cpu ratio"
-          " = CPU median / the store's")
-    print(f"{'option':<12} {'blocked':>23} {'committed':>23} {'cpu':>23}  {'ratios':>11}")
+    only = list(dict.fromkeys(["store", *args.only.split(",")]))
+    if unknown := set(only) - set(OPTIONS):
+        parser.error(f"no such option {', '.join(sorted(unknown))}: the options are {', '.join(OPTIONS)}")
+    table = summary(measure(args.saves, args.dir, only))
+    baseline = "today" if "today" in table else "store"
+    today, store = table[baseline]["blocked"]["median_ms"], table["store"]["cpu"]["median_ms"]
+    print(f"{args.saves} saves each, ms per save (median min max); blocked ratio = blocked median / {baseline}'s, cpu"
+          " ratio = CPU median / the store's")
+    print(f"{'option':<15} {'blocked':>23} {'committed':>23} {'cpu':>23}  {'ratios':>11}")
     for name, row in table.items():
         cells = "".join(f" {row[kind]['median_ms']:>7.2f} {row[kind]['min_ms']:>7.2f} {row[kind]['max_ms']:>7.2f}"
                         for kind in ("blocked", "committed", "cpu"))
-        print(f"{name:<12}{cells}  {row['blocked']['median_ms'] / today:>5.2f} {row['cpu']['median_ms'] / store:>5.2f}")
+        print(f"{name:<15}{cells}  {row['blocked']['median_ms'] / today:>5.2f} {row['cpu']['median_ms'] / store:>5.2f}")
     if args.out:
         args.out.write_text(json.dumps({"saves": args.saves, "directory": str(args.dir), "options": table},
                                        indent=2) + "\n")
