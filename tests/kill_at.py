@@ -60,16 +60,16 @@ def arm(point: str) -> None:
 
         AtomicRenameTemporaryPath.finalize = finalize_or_die
     elif kind == "swap":
-        import jaxrl_lander.storage.checkpoint as checkpoint
+        import jaxrl_lander.storage.model as model
 
-        real_os = checkpoint.os
+        real_os = model.os
 
         def rename_then_die(src, dst):
             real_os.rename(src, dst)
             if str(dst).endswith("_model.old"):
                 die()
 
-        checkpoint.os = types.SimpleNamespace(**{**vars(real_os), "rename": rename_then_die})
+        model.os = types.SimpleNamespace(**{**vars(real_os), "rename": rename_then_die})
     elif kind in ("json", "journal"):
         import jaxrl_lander.storage.files as files
 

@@ -12,7 +12,8 @@ import pytest
 
 from jaxrl_lander import Policy, load_policy
 from jaxrl_lander.core.algos import make_learner
-from jaxrl_lander.storage.checkpoint import CheckpointStore, ModelSpec, load_model, save_model
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.storage.model import ModelSpec, load_model, save_model
 from jaxrl_lander.config import make_config
 from jaxrl_lander.config.errors import UnreadableModel
 from jaxrl_lander.core.policy import sample_action

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+
 import jax
 import numpy as np
 import probe_envs  # noqa: F401  (registers the hand-built envs)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from helpers import load_json, template_state, train_run, validate
 
-from jaxrl_lander.storage.checkpoint import CheckpointStore, load_model
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.storage.model import load_model
 from jaxrl_lander.config import make_config
 from jaxrl_lander.config.errors import ConfigError
 from jaxrl_lander.storage.schemas import EXPERIMENT_RESULTS

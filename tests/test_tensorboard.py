@@ -6,7 +6,7 @@ from collections import defaultdict
 import pytest
 from helpers import load_json, train_run
 
-from jaxrl_lander.storage.checkpoint import load_model
+from jaxrl_lander.storage.model import load_model
 from jaxrl_lander.config import make_config
 
 pytestmark = pytest.mark.needs("tensorboardX")  # every test here writes and reads event files

@@ -9,7 +9,8 @@ from helpers import (SHORT_STEPS, interrupted_copy, load_json, same_params, shor
                      validate, without_times)
 
 from jaxrl_lander import Policy, load_policy, train
-from jaxrl_lander.storage.checkpoint import CheckpointStore, load_model
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.storage.model import load_model
 from jaxrl_lander.config import ConfigError
 from jaxrl_lander.training.evaluate import brief, evaluate, evaluate_experiment
 from jaxrl_lander.storage.metrics import MetricsRecorder

@@ -286,7 +286,7 @@ def test_a_server_stopped_under_a_running_study_is_one_line_and_the_same_command
 
 @pytest.fixture
 def small_disk(tmp_path):
-    with tmpfs(tmp_path / "disk", "2m") as disk:
+    with tmpfs(tmp_path / "disk", "1m") as disk:
         yield disk
 
 

@@ -1,4 +1,4 @@
-"""Orbax checkpoints: the train state every N env steps, and the final policy as a standalone model.
+"""Orbax checkpoints: the train state every N env steps (the final policy's model: model.py).
 
 Orbax writes each checkpoint into a temporary directory and renames it into place when complete, so
 `latest_step()` only ever sees whole checkpoints.
@@ -13,7 +13,7 @@ instead of a database of one entry, a few ms less per save). Restoring splits th
 shape) of a freshly built state of the same config; the header's counts check that they are that state's (and
 rollout's), and say whether a rollout follows. Checkpoints of the earlier layout (one array per dtype, the key and
 the rollout's per-dtype arrays, under OCDBT) still restore: orbax reads either format, and the restored tree's keys
-tell the layouts apart. The final model keeps the ordinary parameter tree.
+tell the layouts apart.
 
 A periodic save returns once the checkpoint is copied to host memory: a thread of the store's own then writes it
 with orbax, synchronously, while training goes on. Orbax's own async checkpointing still blocked its caller for
@@ -24,10 +24,9 @@ and hands a slow disk's backpressure to the loop.
 
 import contextlib
 import copy
-import dataclasses
+import logging
 import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrl_lander.core.algos.base import TrainState
-from jaxrl_lander.config import check_env_id
-from jaxrl_lander.config.errors import UnreadableModel, WriteFailed, first_line
+from jaxrl_lander.config.errors import WriteFailed, first_line
 from jaxrl_lander.config.redact import shorten
 
 
@@ -155,6 +153,17 @@ def _from_per_dtype(tree: dict[str, Any], template: TrainState, rollout: dict[st
     return TrainState(params=params, opt_state=opt_state, key=key), pending
 
 
+class _NothingToMerge(logging.Filter):
+    """Orbax warns, at every save of an item written without OCDBT, that it found no OCDBT parts to merge: the
+    layout chosen here, not a fault. Only that warning is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NothingToMerge())
+
+
 class CheckpointStore:
     """Checkpoints of one experiment under `directory/<step>/`: train state plus JSON metadata.
 
@@ -183,7 +192,7 @@ class CheckpointStore:
         tree, metadata = _to_tree(state, rollout), copy.deepcopy(metadata)
         self.wait()
         if not self.async_save:
-            with _writing(f"checkpoint {step}"):
+            with orbax_writes(f"checkpoint {step}"):
                 self._commit(step, tree, metadata)
             return
         # Not a daemon: a save in flight when the interpreter exits is committed, not cut short.
@@ -272,7 +281,7 @@ class CheckpointStore:
         self._settle()
         if self._failure is not None:
             (step, exc), self._failure = self._failure, None
-            with _writing(f"checkpoint {step}"):
+            with orbax_writes(f"checkpoint {step}"):
                 raise exc
 
     def close(self) -> None:
@@ -283,7 +292,7 @@ class CheckpointStore:
 
 
 @contextlib.contextmanager
-def _writing(what: str):
+def orbax_writes(what: str):
     """Turn any failure of an orbax write (tensorstore reports a full disk as a ValueError) into WriteFailed."""
     try:
         yield
@@ -296,99 +305,3 @@ def os_error(exc: BaseException) -> str | None:
     tensorstore buries it at the end of a long message, as os_error_code='28'."""
     code = getattr(exc, "errno", None) or next(iter(re.findall(r"os_error_code='(\d+)'", str(exc))), None)
     return os.strerror(int(code)) if code else None
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """What a saved model needs besides its parameters: how to rebuild the network and feed it, and where from."""
-
-    algo: str
-    env_id: str
-    seed: int
-    timestep: int  # the env step of the delivered parameters
-    obs_dim: int
-    num_actions: int
-    hidden_size: int
-    first_eval_seed: int  # the final evaluation's first episode seed: `evaluate` replays it by default
-    observation_normalization: dict[str, Any] | None  # the observation statistics, when trained with them
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, saved: dict[str, Any]) -> "ModelSpec":
-        """The spec saved with a model, each value checked (ValueError naming the first that is not usable): a
-        model's files may have been edited, and its env_id is handed to gymnasium."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        if set(saved) != names:
-            raise ValueError(f"model spec keys {sorted(saved)} are not {sorted(names)}")
-        for name, least in (("seed", 0), ("timestep", 0), ("first_eval_seed", 0), ("obs_dim", 1),
-                            ("num_actions", 1), ("hidden_size", 1)):
-            value = saved[name]
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"its spec's {name} must be an integer >= {least}, got {shorten(value)}")
-        if saved["algo"] not in ("ppo", "a2c"):
-            raise ValueError(f"its spec's algo must be ppo or a2c, got {shorten(saved['algo'])}")
-        check_env_id(saved["env_id"])
-        if not isinstance(saved["observation_normalization"], (dict, type(None))):
-            raise ValueError("its spec's observation_normalization must be an object or null")
-        return cls(**saved)
-
-
-def _swap_sides(path: Path) -> tuple[Path, Path]:
-    """Where a model is written before it replaces the one at `path`, and where that one waits meanwhile."""
-    return path.with_name(f".{path.name}.new"), path.with_name(f".{path.name}.old")
-
-
-def save_model(path: str | Path, params, spec: ModelSpec) -> None:
-    """Save final policy parameters and their spec (JSON) as one orbax checkpoint at `path`. A model already there
-    stays whole until the new one is complete (a resumed run delivers its model again): the new one is written
-    beside it, then swapped in by two renames; recover_model mends a kill between them."""
-    path = Path(path).absolute()
-    staged, old = _swap_sides(path)
-    shutil.rmtree(staged, ignore_errors=True)
-    with _writing(f"the model {path.name}"), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(
-            staged,
-            args=ocp.args.Composite(params=ocp.args.StandardSave(params), policy=ocp.args.JsonSave(spec.to_dict())),
-            force=True,
-        )
-    if path.exists():
-        os.rename(path, old)
-    os.rename(staged, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_model(path: str | Path) -> None:
-    """Undo a model swap that a kill interrupted (called with the experiment's lock held): the model the results
-    name goes back in place, and what the swap left beside it goes."""
-    path = Path(path).absolute()
-    staged, old = _swap_sides(path)
-    if old.exists() and not path.exists():
-        os.rename(old, path)
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(staged, ignore_errors=True)
-
-
-def model_spec(path: str | Path) -> ModelSpec | None:
-    """The spec saved with the model at `path`, without its parameters; None when there is none to read."""
-    try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            restored = checkpointer.restore(Path(path).absolute(),
-                                            args=ocp.args.Composite(policy=ocp.args.JsonRestore()))
-        return ModelSpec.from_dict(dict(restored.policy))
-    except Exception:  # orbax and tensorstore raise many kinds; any of them means unreadable
-        return None
-
-
-def load_model(path: str | Path) -> tuple[Any, ModelSpec]:
-    """(params, spec) from a directory written by save_model; UnreadableModel if it cannot be read."""
-    path = Path(path).absolute()
-    try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            restored = checkpointer.restore(
-                path, args=ocp.args.Composite(params=ocp.args.StandardRestore(), policy=ocp.args.JsonRestore())
-            )
-        return restored.params, ModelSpec.from_dict(dict(restored.policy))
-    except Exception as exc:  # orbax and tensorstore raise many kinds; any of them means unreadable
-        raise UnreadableModel(f"model {path} is unreadable ({first_line(exc)})") from None

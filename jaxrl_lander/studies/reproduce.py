@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl_lander.storage.checkpoint import load_model
+from jaxrl_lander.storage.model import load_model
 from jaxrl_lander.storage.claim import ExperimentLock
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.config.errors import Interrupted

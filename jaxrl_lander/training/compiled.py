@@ -312,9 +312,10 @@ class CompiledCollector:
         def read() -> tuple[list[list[list[Episode]]], list[dict[str, np.ndarray]]]:
             ended, returns, lengths, by_rollout = jax.device_get(
                 (played["ended"], played["episode_return"], played["episode_length"], metrics))
-            if not self.update_inside:
+            if not self.update_inside:  # a program call per rollout, an update's metrics each
                 ended, returns, lengths = (np.concatenate(x) for x in (ended, returns, lengths))
-                by_rollout = {name: np.stack([m[name] for m in by_rollout]) for name in by_rollout[0]} if by_rollout else {}
+                by_rollout = {name: np.stack([m[name] for m in by_rollout]) for name in by_rollout[0]
+                              } if by_rollout else {}
             episodes = []
             for k in range(count):  # by step then sub-env: the order they ended
                 by_agent, begun = [[] for _ in range(self.agents or 1)], begins + k * n * b

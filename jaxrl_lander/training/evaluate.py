@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrl_lander.storage.checkpoint import ModelSpec, load_model
+from jaxrl_lander.storage.model import ModelSpec, load_model
 from jaxrl_lander.config.errors import UnreadableModel
 from jaxrl_lander.envs.gymnasium import finished_episodes, make_env, make_vector_env
 from jaxrl_lander.envs.normalization import observation_function

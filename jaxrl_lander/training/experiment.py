@@ -16,7 +16,8 @@ from jaxrl_lander.core.algos.base import TrainState
 from jaxrl_lander.envs.normalization import Normalizer
 from jaxrl_lander.outputs import Outputs
 from jaxrl_lander.outputs.plotting import plot_learning_curve
-from jaxrl_lander.storage.checkpoint import CheckpointStore, ModelSpec, save_model
+from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.storage.model import ModelSpec, save_model
 from jaxrl_lander.storage.claim import Overwrite, check_starting_afresh
 from jaxrl_lander.storage.files import ExperimentPaths, remove_partial_writes, write_json_atomic
 from jaxrl_lander.storage.metrics import MetricsRecorder, now_iso

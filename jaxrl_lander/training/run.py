@@ -32,7 +32,7 @@ from jaxrl_lander.envs.gymnasium import make_vector_env
 from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.plotting import plot_learning_curve
-from jaxrl_lander.storage.checkpoint import model_spec, recover_model
+from jaxrl_lander.storage.model import model_spec, recover_model
 from jaxrl_lander.storage.claim import (ExperimentLock, Overwrite, check_rerun, holds_experiment,
                                         recover_interrupted_overwrite)
 from jaxrl_lander.storage.files import ExperimentPaths, check_results_dir, check_writable
