@@ -248,3 +248,35 @@ def test_the_update_inside_envpools_program_or_apart_trains_the_same_run(tmp_pat
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.needs("envpool")
+def test_a_stop_far_from_any_due_point_waits_for_one_program_call_at_most(monkeypatch):
+    """Without a checkpoint or evaluation for a long way, a program call still ends every MAX_STEPS_PER_CALL env
+    steps, where the loop sees a stop: here after the first call's 10 rollouts of 40 steps."""
+    from jaxrl_lander.core.algos import make_learner
+    from jaxrl_lander.outputs import Outputs
+    from jaxrl_lander.storage.metrics import MetricsRecorder
+    from jaxrl_lander.training import compiled
+    from jaxrl_lander.training.loop import Progress, train_loop
+    from jaxrl_lander.training.runtime import Devices
+
+    monkeypatch.setattr(compiled, "MAX_STEPS_PER_CALL", 400)
+    config = make_config("a2c", {"env_backend": "envpool", "total_timesteps": 4_000, "checkpoint_interval": 10**9})
+    learner = make_learner(config, obs_dim=8, num_actions=4)
+    collector = compiled.CompiledCollector(config, learner, Devices.resolve(), update_inside=True)
+    assert collector.length == 10
+    collector.start(env_seeds=[0])
+    state = learner.init(jax.random.key(0))
+    collector.prepare(state)
+    progress, calls = Progress(), []
+    advance = collector.advance
+    monkeypatch.setattr(collector, "advance", lambda *args: (calls.append(args[1]), advance(*args))[1])
+    hooks = CountingHooks(collector, [progress])
+    recorder = MetricsRecorder("x", "a2c", config.env_id, 0, config.recording_interval)
+    result = train_loop(config, learner, collector, state, [progress], [Outputs(recorder, [])], hooks,
+                        lambda: len(calls) >= 1)
+    collector.close()
+    assert calls == [0] and progress.timestep == 400 and progress.updates == 10 and result.failure is None
+    assert hooks.checkpoints == [] and [r["timestep"] for r in recorder.records] == [104, 200, 304, 400]

@@ -132,19 +132,20 @@ def play(state: TrainState, env: EnvCarry, rows: dict[str, jax.Array], start: ja
 # The update goes inside the program only where the host turns it saves pay for its compile: compiled with
 # envpool's env, whose XLA function is new in every process, the update is compiled afresh in every process too
 # (JAX's persistent cache keeps it only as a program of its own). Measured on a 2-core CPU (docs/benchmarks.md,
-# "Due points"): A2C's update compiles in about 2 s inside the program, and as a program of its own an update
-# costs about 1.5 ms more; the break-even is near 1,300 updates, 52,000 env steps of the seed experiment's A2C.
-UPDATES_TO_FUSE = 2_000
-MAX_STACKED = 1 << 23  # episode statistics (values of a step of a sub-env) a program call may stack
+# "Due points"), the seed experiment's A2C: the program compiles in 2.9 s with the update inside against 1.0 s
+# without, and its 1,250 updates train in 2.7 s against 5.4 s; about 2 ms saved per update pays for the compile
+# from some 1,000 updates on.
+UPDATES_TO_FUSE = 1_000
+MAX_STEPS_PER_CALL = 25_000  # env steps of all sub-envs: a stop waits for at most this many (about a second)
 
 
 def rollouts_per_call(config: RunConfig, width: int) -> int:
     """The rollouts a program call can hold: enough to reach the farthest due point (a checkpoint or evaluation
-    interval from a rollout's middle, or the end), fewer only where their episode statistics would not fit in
-    MAX_STACKED."""
+    interval from a rollout's middle, or the end), but no more than MAX_STEPS_PER_CALL env steps of the pool's
+    `width` sub-envs (where due points are far apart, a call ends between them)."""
     size = config.n_steps * config.num_envs
     interval = min(config.checkpoint_interval, config.eval_interval or config.total_timesteps, config.total_timesteps)
-    return max(1, min(-(-interval // size) + 1, MAX_STACKED // (config.n_steps * width)))
+    return max(1, min(-(-interval // size) + 1, MAX_STEPS_PER_CALL // (config.n_steps * width)))
 
 
 def stretch(state: TrainState, env: EnvCarry, rows: dict[str, jax.Array], alive: jax.Array, first: jax.Array,

@@ -70,7 +70,7 @@ class Experiment:
         `template` and `rollout`, its normaliser statistics into `normalizer`), else afresh: (None, Progress())
         with the directory emptied of what a run killed before its first checkpoint left."""
         if resume and self.paths.checkpoints.is_dir():
-            self.store = CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
+            self.store = self._writing_store()
             try:
                 if self.store.latest_step() is not None:
                     return self._resume(template, rollout, normalizer)
@@ -87,8 +87,15 @@ class Experiment:
         config = self.config
         self.recorder = MetricsRecorder(self.paths.name, config.algo, config.env_id, config.seed,
                                         config.recording_interval)
-        self.store = CheckpointStore(self.paths.checkpoints, keep=config.keep_checkpoints)
+        self.store = self._writing_store()
         return None, Progress()
+
+    def _writing_store(self) -> CheckpointStore:
+        """The store this run's checkpoints go to. Its own thread saves them where the loop's thread waits on
+        compiled programs (envpool); with gymnasium's env the loop's thread steps Python, and a save thread's
+        Python would take turns with it on the interpreter lock: measured slower than saving in place."""
+        return CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints,
+                               async_save=self.config.env_backend == "envpool")
 
     def check_checkpoint(self, step: int, template: TrainState, rollout: dict[str, Any]) -> None:
         """ConfigError or ResumeError, nothing written, unless this experiment can resume from its checkpoint at
@@ -173,7 +180,7 @@ class Experiment:
         """An overwrite's first checkpoint is committed: swap the staged run in for the old experiment."""
         self.store.close()  # waits for the checkpoint to be committed
         self.paths, self.replace = self.replace.commit(), None
-        self.store = CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints)
+        self.store = self._writing_store()
         log.info("replaced the previous experiment at %s", self.paths.root)
 
     # ---------------------------------------------------------------- finish
