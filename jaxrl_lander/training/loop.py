@@ -76,7 +76,8 @@ class LoopResult:
     agent_failures: list[str | None] = dataclasses.field(default_factory=list)  # each agent's numerical fault
     write_failed: bool = False  # the failure is a checkpoint that could not be written (a full disk)
     last_checkpoint: int | None = None  # the step of this process's latest checkpoint
-    first_update_seconds: float | None = None  # compile included
+    first_update_seconds: float | None = None  # from the first update's dispatch to its metrics, its compile
+    # included; on envpool the first program call's (its compile is made before the loop: compile_seconds has it)
 
     def training(self) -> list[int]:
         """The agents still learning: those without a numerical fault."""
