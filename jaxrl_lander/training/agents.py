@@ -73,7 +73,7 @@ class AgentsLearner:
 
     def update(self, state: TrainState, rollout: Rollout, alive=None):
         """The agents' updates; `alive` (one bool per agent, default all) as the update of one agent takes it."""
-        alive = np.ones(len(self.learners), bool) if alive is None else np.asarray(alive, bool)
+        alive = np.ones(len(self.learners), bool) if alive is None else alive  # a device array is not read
         return self._update(self.place(state), self.place(rollout), self.hparams, self.place(alive))
 
     def traced_update(self, state: TrainState, rollout: Rollout, alive: jax.Array):

@@ -292,6 +292,9 @@ class CompiledCollector:
             acting = self._to_update(acting)
         else:  # each update a program of its own on its device(s), dispatched one after another, read once
             parts, metrics = [], []
+            # on the update's device, committed as the updates' outputs are (one signature): each update's
+            # finiteness is chained in without a read
+            alive = self.learner.place(alive) if self.agents else jax.device_put(alive, self.devices.update)
             for k in range(count):
                 stop = last_stop if k == count - 1 else n
                 self.env, self.rows, _, acting, part = self.program(
@@ -304,6 +307,7 @@ class CompiledCollector:
                     rollout = self._to_update(Rollout(rows["obs"], rows["actions"], rows["rewards"], rows["dones"],
                                                       self.env.obs, rows["valid"]))
                     state, update_metrics = self.learner.update(acting, rollout, alive=alive)
+                    alive = jnp.logical_and(alive, learned_well(update_metrics))  # a failed agent stays failed
                     metrics.append(update_metrics)
             played = {name: [part[name] for part in parts] for name in ("ended", "episode_return", "episode_length")}
             learned_from = len(metrics)
