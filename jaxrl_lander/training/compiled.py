@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState, learned_well
+from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState
 from jaxrl_lander.training.collect import Episode, Stretch, bootstrap_cut
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.envs.envpool import episode_ends, make_pool
@@ -173,7 +173,7 @@ def stretch(state: TrainState, env: EnvCarry, rows: dict[str, jax.Array], alive:
         rollout = Rollout(rows["obs"], rows["actions"], rows["rewards"], rows["dones"], env.obs, rows["valid"])
         skipped = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(update, acting, rollout, alive))
         state, metrics = jax.lax.cond(stop == n_steps, update, lambda *_: (acting, skipped[1]), acting, rollout, alive)
-        alive = jnp.logical_and(alive, jnp.logical_or(stop < n_steps, learned_well(metrics)))
+        alive = jnp.where(stop == n_steps, metrics["taken_in"], alive)
         return (state, env, rows, alive, acting), {**played, "metrics": metrics}
 
     def idle(carry, k):
@@ -293,7 +293,7 @@ class CompiledCollector:
         else:  # each update a program of its own on its device(s), dispatched one after another, read once
             parts, metrics = [], []
             # on the update's device, committed as the updates' outputs are (one signature): each update's
-            # finiteness is chained in without a read
+            # `taken_in` is the next one's alive, without a read
             alive = self.learner.place(alive) if self.agents else jax.device_put(alive, self.devices.update)
             for k in range(count):
                 stop = last_stop if k == count - 1 else n
@@ -307,7 +307,7 @@ class CompiledCollector:
                     rollout = self._to_update(Rollout(rows["obs"], rows["actions"], rows["rewards"], rows["dones"],
                                                       self.env.obs, rows["valid"]))
                     state, update_metrics = self.learner.update(acting, rollout, alive=alive)
-                    alive = jnp.logical_and(alive, learned_well(update_metrics))  # a failed agent stays failed
+                    alive = update_metrics["taken_in"]  # a failed agent stays failed
                     metrics.append(update_metrics)
             played = {name: [part[name] for part in parts] for name in ("ended", "episode_return", "episode_length")}
             learned_from = len(metrics)

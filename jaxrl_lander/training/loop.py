@@ -195,7 +195,8 @@ def _update(learner: Learner, result: LoopResult, metrics: dict[str, np.ndarray]
     for i in result.training():
         agent, values = progress[i], per_agent[i]
         agent.loss, agent.updates = values.pop("loss"), agent.updates + 1
-        if not (np.isfinite(agent.loss) and values.pop("params_finite")):  # stop before it reaches a checkpoint
+        del values["params_finite"]  # the loss says which of the two was not finite
+        if not values.pop("taken_in"):  # a loss or parameters not finite: stop before it reaches a checkpoint
             what = f"non-finite loss {agent.loss}" if not np.isfinite(agent.loss) else "non-finite parameters"
             result.agent_failures[i] = f"{what} at update {agent.updates} (step {agent.timestep})"
             continue

@@ -131,11 +131,6 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
-def learned_well(metrics: dict[str, jax.Array]) -> jax.Array:
-    """Whether an update's loss and new parameters are finite (its metrics say): a state to take in."""
-    return jnp.logical_and(jnp.isfinite(metrics["loss"]), metrics["params_finite"])
-
-
 def hparams_from_config(cls, config):
     """An algorithm's HParams dataclass filled from the config fields of the same names."""
     return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
@@ -218,10 +213,10 @@ def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Calla
     """`algorithm` (a module with HParams, make_optimizer, static_args and update) made concrete for `config`.
 
     The jitted update `update(state, rollout, alive=True)` also reports whether the new parameters are all
-    finite, and takes in the new state only where they and the loss are and the agent is `alive` (has not
-    failed before): otherwise it returns `state` as it was, so that a failed agent keeps its last good state
-    in a program that runs several updates in a row. `wrap` (tests) wraps the pure update before jit, e.g.
-    with chex.assert_max_traces.
+    finite (`params_finite`), and takes in the new state only where they and the loss are and the agent is
+    `alive` (has not failed before); otherwise it returns `state` as it was, so that a failed agent keeps its
+    last good state in a program that runs several updates in a row. `taken_in` says which: the agent is alive
+    after it. `wrap` (tests) wraps the pure update before jit, e.g. with chex.assert_max_traces.
     """
     network = ActorCritic(num_actions=num_actions, hidden_size=config.hidden_size)
     tx = algorithm.make_optimizer(config)
@@ -231,8 +226,9 @@ def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Calla
     def pure_update(state: TrainState, rollout: Rollout, hparams, alive):
         new, metrics = algorithm.update(state, rollout, hparams, policy=network, tx=tx, **static)
         metrics["params_finite"] = all_finite(new.params)
-        keep = jnp.logical_and(alive, learned_well(metrics))
-        return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state), metrics
+        metrics["taken_in"] = jnp.logical_and(alive, jnp.logical_and(jnp.isfinite(metrics["loss"]),
+                                                                     metrics["params_finite"]))
+        return jax.tree.map(lambda n, o: jnp.where(metrics["taken_in"], n, o), new, state), metrics
 
     jitted = jax.jit(wrap(pure_update) if wrap is not None else pure_update)
     return Learner(config=config, network=network, obs_dim=obs_dim, tx=tx, hparams=hparams,
