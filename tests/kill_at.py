@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import types
+from pathlib import Path
 
 
 def die() -> None:
@@ -44,17 +45,27 @@ def arm(point: str) -> None:
             return step_envs(*args, **kwargs)
 
         collect.step_envs = step_then_maybe_die
-    elif kind in ("checkpoint", "model", "interrupt"):
+    elif kind in ("checkpoint", "interrupt"):
+        import jaxrl_lander.storage.checkpoint as checkpoint
+
+        real_os = checkpoint.os
+
+        def rename_or_die(src, dst):
+            if Path(dst).name == arg and kind == "interrupt" and not calls[0]:
+                calls[0] = 1
+                os.kill(os.getpid(), signal.SIGINT)
+            elif Path(dst).name == arg and kind == "checkpoint":
+                die()
+            return real_os.rename(src, dst)
+
+        checkpoint.os = types.SimpleNamespace(**{**vars(real_os), "rename": rename_or_die})
+    elif kind == "model":
         from orbax.checkpoint._src.path.atomicity import AtomicRenameTemporaryPath
 
         finalize = AtomicRenameTemporaryPath.finalize
 
         async def finalize_or_die(self):
-            name = self._final_path.name
-            if kind == "interrupt" and name == arg and not calls[0]:
-                calls[0] = 1
-                os.kill(os.getpid(), signal.SIGINT)
-            elif (kind == "model" and name.endswith("_model.new")) or (kind == "checkpoint" and name == arg):
+            if self._final_path.name.endswith("_model.new"):
                 die()
             return await finalize(self)
 

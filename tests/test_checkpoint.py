@@ -167,7 +167,7 @@ def test_reads_leave_the_process_hooks_alone(tmp_path, monkeypatch):
     def failing_restore(*args, **kwargs):
         raise ValueError("OUT_OF_RANGE: Error reading")
 
-    monkeypatch.setattr(store.manager, "restore", failing_restore)
+    monkeypatch.setattr(store._state_handler, "restore", failing_restore)
     with pytest.raises(ValueError, match="OUT_OF_RANGE"):
         store.restore(1000, state)
     store.close()

@@ -1,6 +1,7 @@
-"""The store's save thread: a save returns before its commit, yet every guarantee of a synchronous save holds
-(visible only when whole, in order, one in flight, failures raised once and named, the caller's arrays its own
-again, nothing left running, a kill -9 costing at most the save in flight)."""
+"""The store's save threads: a save returns before its commit, yet every guarantee of a synchronous save holds
+(visible only when whole, committed one at a time in order, a bounded number waiting, failures raised once and
+named with nothing made after them, the caller's arrays its own again, nothing left running, a kill -9 costing at
+most the saves in flight); and what the store writes is orbax's layout, read by orbax's own CheckpointManager."""
 
 import errno
 import os
@@ -13,12 +14,13 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxrl_lander.config.errors import WriteFailed
 from jaxrl_lander.core.algos import make_learner
 from jaxrl_lander.config import make_config
-from jaxrl_lander.storage.checkpoint import CheckpointStore
+from jaxrl_lander.storage.checkpoint import CheckpointStore, _to_tree
 
 
 def _state(seed=0):
@@ -32,13 +34,13 @@ def _rollout(value=0.0):
 def _held(store, monkeypatch):
     """The store's orbax saves, each held until the returned event is set (10 s at most: a store that saves in
     its caller's thread then finds the checkpoint already there)."""
-    release, real_save = threading.Event(), store.manager.save
+    release, real_save = threading.Event(), store._commit
 
     def held_save(*args, **kwargs):
         release.wait(10)
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(store.manager, "save", held_save)
+    monkeypatch.setattr(store, "_commit", held_save)
     return release
 
 
@@ -61,6 +63,61 @@ def test_a_save_returns_before_its_commit_and_wait_makes_it_whole_and_restorable
     jax.tree.map(np.testing.assert_array_equal, rollout, _rollout(3.0))
 
 
+def test_saves_up_to_max_pending_do_not_wait_for_each_other(tmp_path, monkeypatch):
+    """Two checkpoints due at one due point (a PPO rollout of 2,048 steps holds two) cost their caller only the
+    copies: the second does not wait for the first's commit; one more than MAX_PENDING does."""
+    store = CheckpointStore(tmp_path / "ckpt")
+    release = _held(store, monkeypatch)
+    steps = [1000 * (i + 1) for i in range(CheckpointStore.MAX_PENDING)]
+    started = time.perf_counter()
+    for step in steps:
+        store.save(step, _state(), {"timestep": step})
+    assert time.perf_counter() - started < 5  # none waited for a held commit (10 s)
+    assert store._steps() == []
+    threading.Timer(0.5, release.set).start()
+    one_more = steps[-1] + 1000
+    store.save(one_more, _state(), {"timestep": one_more})  # waits for the oldest, released after 0.5 s
+    assert 1000 in store._steps()
+    store.close()
+    assert CheckpointStore(tmp_path / "ckpt").all_steps() == [*steps, one_more]
+
+
+def test_saves_queued_after_a_failed_one_are_not_made(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path / "ckpt")
+    release, real_commit = _held(store, monkeypatch), store._commit
+
+    def failing_at_2000(step, *args):
+        if step == 2000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_commit(step, *args)
+
+    monkeypatch.setattr(store, "_commit", failing_at_2000)
+    for step in (1000, 2000, 3000, 4000):
+        store.save(step, _state(), {"timestep": step})
+    release.set()
+    with pytest.raises(WriteFailed, match=r"^could not write checkpoint 2000 \(No space left on device\)$"):
+        store.wait()
+    store.close()  # raised once
+    assert CheckpointStore(tmp_path / "ckpt").all_steps() == [1000]  # no hole at 2000 with 3000 after it
+
+
+def test_orbax_checkpoint_manager_reads_what_the_store_writes(tmp_path):
+    state = _state()
+    store = CheckpointStore(tmp_path / "ckpt", keep=2)
+    for step in (1000, 2000, 3000):
+        store.save(step, state, {"timestep": step, "loss": 0.5}, _rollout(2.0))
+    store.close()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["2000", "3000"]  # nothing else left there
+    manager = ocp.CheckpointManager(tmp_path / "ckpt")
+    assert manager.all_steps() == [2000, 3000] and manager.latest_step() == 3000
+    restored = manager.restore(3000, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                             metadata=ocp.args.JsonRestore()))
+    manager.close()
+    assert dict(restored.metadata) == {"timestep": 3000, "loss": 0.5}
+    assert restored.state["bytes"].dtype == np.uint8  # the store's one array of bytes, restored by orbax alone
+    np.testing.assert_array_equal(restored.state["bytes"], _to_tree(state, _rollout(2.0))["bytes"])
+
+
 def test_reads_wait_for_the_save_in_flight(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path / "ckpt")
     release = _held(store, monkeypatch)
@@ -73,7 +130,7 @@ def test_reads_wait_for_the_save_in_flight(tmp_path, monkeypatch):
 def test_saves_in_a_row_are_committed_in_order_one_at_a_time_and_keep_holds(tmp_path, monkeypatch):
     state = _state()
     store = CheckpointStore(tmp_path / "ckpt", keep=2)
-    real_save, lock = store.manager.save, threading.Lock()
+    real_save, lock = store._commit, threading.Lock()
     order, in_flight, most = [], [0], [0]
 
     def counted_save(step, *args, **kwargs):
@@ -88,7 +145,7 @@ def test_saves_in_a_row_are_committed_in_order_one_at_a_time_and_keep_holds(tmp_
             with lock:
                 in_flight[0] -= 1
 
-    monkeypatch.setattr(store.manager, "save", counted_save)
+    monkeypatch.setattr(store, "_commit", counted_save)
     for step in (1000, 2000, 3000):
         store.save(step, state, {"timestep": step})
     store.wait()
@@ -108,14 +165,14 @@ FULL_DISKS = [OSError(errno.ENOSPC, "No space left on device"),
 def test_a_failed_background_save_is_raised_once_naming_its_step(tmp_path, monkeypatch, failure, surfaces_in):
     state = _state()
     store = CheckpointStore(tmp_path / "ckpt")
-    real_save = store.manager.save
+    real_save = store._commit
 
     def save_failing_at_2000(step, *args, **kwargs):
         if step == 2000:
             raise failure
         return real_save(step, *args, **kwargs)
 
-    monkeypatch.setattr(store.manager, "save", save_failing_at_2000)
+    monkeypatch.setattr(store, "_commit", save_failing_at_2000)
     store.save(1000, state, {"timestep": 1000})
     store.save(2000, state, {"timestep": 2000})  # returns: its failure comes later
     assert store.all_steps() == [1000]  # a read waits for it, and leaves its failure for the next write call
@@ -171,7 +228,8 @@ SAVE_UNTIL_KILLED = textwrap.dedent("""
     while True:
         step += 1000
         store.save(step, state, {"timestep": step}, {"obs": np.full((256, 8, 8), step, np.float32)})
-        print(step - 1000, flush=True)  # committed: a save returns once the one before it is
+        # committed: a save returns once the one MAX_PENDING before it is
+        print(step - 1000 * CheckpointStore.MAX_PENDING, flush=True)
 """)
 
 
@@ -179,7 +237,7 @@ def test_a_kill_during_saves_leaves_only_whole_checkpoints_and_the_latest_resume
     directory = tmp_path / "ckpt"
     child = subprocess.Popen([sys.executable, "-c", SAVE_UNTIL_KILLED, str(directory)], stdout=subprocess.PIPE,
                              text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-    committed = [int(child.stdout.readline()) for _ in range(6)][-1]
+    committed = [int(child.stdout.readline()) for _ in range(8)][-1]
     time.sleep(0.013)  # into a save: one is in flight nearly all the time
     child.send_signal(signal.SIGKILL)
     child.wait(10)

@@ -1,7 +1,7 @@
 """Orbax checkpoints: the train state every N env steps (the final policy's model: model.py).
 
-Orbax writes each checkpoint into a temporary directory and renames it into place when complete, so
-`latest_step()` only ever sees whole checkpoints.
+Each checkpoint is written into a temporary directory and renamed into place when complete, so `latest_step()`
+only ever sees whole checkpoints.
 
 A periodic checkpoint's `state` item is one host array of bytes: a 16-byte header (the byte counts of the train
 state and of the pending rollout, little-endian uint64), then the raw bytes of every leaf of params and optimiser
@@ -15,19 +15,26 @@ rollout's), and say whether a rollout follows. Checkpoints of the earlier layout
 the rollout's per-dtype arrays, under OCDBT) still restore: orbax reads either format, and the restored tree's keys
 tell the layouts apart.
 
-A periodic save returns once the checkpoint is copied to host memory: a thread of the store's own then writes it
-with orbax, synchronously, while training goes on. Orbax's own async checkpointing still blocked its caller for
-most of a save (directories, metadata and tensorstore set up in the caller's thread); the copy takes a fraction
-of that (bench/checkpoint_cost.py). One save at a time is in flight: the next waits for it, which bounds memory
-and hands a slow disk's backpressure to the loop.
+A periodic save returns once the checkpoint is copied to host memory: threads of the store's own then write it
+with orbax, one save at a time in step order, while training goes on (orbax's own async checkpointing still
+blocked its caller for most of a save: directories, metadata and tensorstore set up in the caller's thread). Up to
+CheckpointStore.MAX_PENDING saves may wait, which bounds memory and hands a slow disk's backpressure to the loop.
+
+The store writes each checkpoint's items with orbax's handlers and commits the step directory itself (temporary
+name, then rename), rather than through orbax's CheckpointManager: the manager's save (its step bookkeeping, a
+Composite of items, atomicity helpers and their threads) costs as much CPU again as the handler that writes the
+arrays (bench/checkpoint_cost.py). The layout is the manager's: it reads these checkpoints (tested).
 """
 
 import contextlib
 import copy
+import errno
 import logging
 import os
 import re
+import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ import orbax.checkpoint as ocp
 from jaxrl_lander.core.algos.base import TrainState
 from jaxrl_lander.config.errors import WriteFailed, first_line
 from jaxrl_lander.config.redact import shorten
+from jaxrl_lander.storage.files import ORBAX_TMP_MARK
 
 
 MISMATCH = "checkpoint does not match the structure of this config's train state"
@@ -164,71 +172,123 @@ class _NothingToMerge(logging.Filter):
 logging.getLogger("absl").addFilter(_NothingToMerge())
 
 
-class CheckpointStore:
-    """Checkpoints of one experiment under `directory/<step>/`: train state plus JSON metadata.
+def discard(checkpoint: Path) -> None:
+    """Delete a committed checkpoint directory so that no kill leaves it half deleted: it is first renamed out of
+    the steps' names (to a temporary one that the next claim of the experiment clears), then removed."""
+    doomed = checkpoint.with_name(f"{checkpoint.name}{ORBAX_TMP_MARK}-discarded-{time.time_ns()}")
+    os.rename(checkpoint, doomed)
+    shutil.rmtree(doomed)
 
-    With `async_save` a save is committed by a thread of the store's while its caller goes on; `wait()` (or the
-    next save, or `close()`) returns once it is committed, and raises its failure. Reads first wait for a save in
-    flight, without taking its failure: that stays for the next save, `wait()` or `close()`, raised once.
+
+class CheckpointStore:
+    """Checkpoints of one experiment under `directory/<step>/`: the `state` item (orbax) and the `metadata` item
+    (orbax's JSON item), in orbax's layout: orbax's own CheckpointManager reads them.
+
+    The store owns the step directories rather than handing them to orbax's CheckpointManager, whose save costs
+    twice the CPU of the handler that writes the arrays (bench/checkpoint_cost.py): it writes both items into a
+    temporary directory beside the step's, named as orbax names its own, then renames it into place; a kill before
+    the rename leaves only that temporary directory, which the next claim of the experiment clears.
+
+    With `async_save` a save is committed by a thread while its caller goes on. Up to MAX_PENDING saves wait or are
+    being written, committed one at a time in step order; a further save first waits for the oldest. `wait()` (or
+    `close()`) returns once all are committed and raises the first failure, once; the saves after a failed one are
+    not made. Reads first wait for the saves in flight, without taking a failure: that stays for the next save,
+    `wait()` or `close()`.
     """
 
+    MAX_PENDING = 4  # a PPO rollout of 2,048 steps holds two checkpoints of the spec's grid: neither waits
+
     def __init__(self, directory: str | Path, keep: int = 0, async_save: bool = True):
-        # The store's own thread does the saving: orbax's async mode would only add a thread of its own.
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep or None, create=True,
-                                               enable_async_checkpointing=False)
         self.directory = Path(directory).absolute()
-        # The `state` item without OCDBT: see the module's docstring.
-        handlers = {"state": ocp.StandardCheckpointHandler(use_ocdbt=False), "metadata": ocp.JsonCheckpointHandler()}
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self.keep = keep
         self.async_save = async_save
-        self._saving: threading.Thread | None = None  # commits the latest save; ends when that is committed
-        self._failure: tuple[int, BaseException] | None = None  # the step of a failed commit, and why
+        # The `state` item without OCDBT: see the module's docstring. Handlers are reused: making one costs.
+        self._state_handler = ocp.StandardCheckpointHandler(use_ocdbt=False)
+        self._metadata_handler = ocp.JsonCheckpointHandler()
+        self._pending: list[threading.Thread] = []  # saves not yet ended, oldest first; each waits for the one before
+        self._failure: tuple[int, BaseException] | None = None  # the first failed commit's step, and why
 
     def save(self, step: int, state: TrainState, metadata: dict[str, Any],
              rollout: dict[str, np.ndarray] | None = None) -> None:
         """Save `state` and `metadata` at `step`, with the partly collected `rollout` (numpy arrays) when given.
         Returns once they are copied: the caller may change or reuse them (see the module's docstring); raises
-        WriteFailed when the previous save failed, this one not made."""
+        WriteFailed when an earlier save failed, this one not made."""
         tree, metadata = _to_tree(state, rollout), copy.deepcopy(metadata)
-        self.wait()
+        self._raise_failure()
         if not self.async_save:
             with orbax_writes(f"checkpoint {step}"):
                 self._commit(step, tree, metadata)
             return
+        self._pending = [t for t in self._pending if t.is_alive()]
+        if len(self._pending) >= self.MAX_PENDING:
+            self._pending.pop(0).join()
         # Not a daemon: a save in flight when the interpreter exits is committed, not cut short.
-        self._saving = threading.Thread(target=self._commit_or_keep_failure, args=(step, tree, metadata),
-                                        name=f"checkpoint {step}")
-        self._saving.start()
+        before = self._pending[-1] if self._pending else None
+        saving = threading.Thread(target=self._commit_after, args=(before, step, tree, metadata),
+                                  name=f"checkpoint {step}")
+        saving.start()
+        self._pending.append(saving)
 
-    def _commit(self, step: int, tree: dict[str, Any], metadata: dict[str, Any]) -> None:
-        self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(metadata)),
-        )
-
-    def _commit_or_keep_failure(self, step: int, tree: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def _commit_after(self, before: threading.Thread | None, step: int, tree: dict[str, Any],
+                      metadata: dict[str, Any]) -> None:
+        if before is not None:
+            before.join()
+        if self._failure is not None:  # an earlier save failed: none after it is made
+            return
         try:
             self._commit(step, tree, metadata)
         except BaseException as exc:  # raised in the caller's thread by its next save, wait or close
             self._failure = step, exc
 
+    def _commit(self, step: int, tree: dict[str, Any], metadata: dict[str, Any]) -> None:
+        final = self.directory / str(step)
+        if final.exists():
+            raise FileExistsError(errno.EEXIST, f"checkpoint {step} already exists", str(final))
+        tmp = self.directory / f"{step}{ORBAX_TMP_MARK}-{time.time_ns()}"
+        tmp.mkdir(parents=True)
+        try:
+            (tmp / "metadata").mkdir()  # the JSON handler writes into its item's directory; the state's makes its own
+            self._state_handler.save(tmp / "state", args=ocp.args.StandardSave(tree))
+            self._state_handler.finalize(tmp / "state")
+            self._metadata_handler.save(tmp / "metadata", args=ocp.args.JsonSave(metadata))
+            self._metadata_handler.finalize(tmp / "metadata")
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.keep:
+            for old in self._steps()[:-self.keep]:
+                discard(self.directory / str(old))
+
+    def _steps(self) -> list[int]:
+        """The committed steps: directories named by a step alone (orbax's temporary names hold more)."""
+        names = [p.name for p in self.directory.iterdir() if p.is_dir()] if self.directory.is_dir() else []
+        return sorted(int(name) for name in names if name.isdigit())
+
     def _settle(self) -> None:
-        """Wait until the save in flight, if any, has ended, committed or failed."""
-        if self._saving is not None:
-            self._saving.join()
-            self._saving = None
+        """Wait until every save made has ended, committed or failed."""
+        for saving in self._pending:
+            saving.join()
+        self._pending = []
 
     def latest_step(self) -> int | None:
-        self._settle()
-        return self.manager.latest_step()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
         self._settle()
-        return sorted(self.manager.all_steps())
+        return self._steps()
 
     def metadata(self, step: int) -> dict[str, Any]:
         """The JSON metadata saved at `step`, without reading the state."""
         self._settle()
-        return dict(self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())).metadata)
+        return dict(self._metadata_handler.restore(self._item(step, "metadata"), args=ocp.args.JsonRestore()))
+
+    def _item(self, step: int, name: str) -> Path:
+        path = self.directory / str(step) / name
+        if not path.is_dir():
+            raise FileNotFoundError(errno.ENOENT, f"checkpoint {step} has no {name} item", str(path))
+        return path
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """The state saved at `step`, shaped like `template` (a freshly initialised state of the same config)."""
@@ -239,18 +299,15 @@ class CheckpointStore:
                     ) -> tuple[TrainState, dict[str, Any], dict[str, np.ndarray] | None]:
         """As `restore`, plus the partly collected rollout shaped like the arrays of `rollout` (None when the
         checkpoint holds none)."""
-        self._settle()
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore())
-        )
-        tree = restored.state
+        metadata = self.metadata(step)
+        tree = self._state_handler.restore(self._item(step, "state"), args=ocp.args.StandardRestore())
         if set(tree) == {"bytes"}:
             state, pending = _from_bytes(np.asarray(tree["bytes"]), template, rollout)
         elif {"state", "key"} <= set(tree) <= {"state", "key", "rollout"}:  # the earlier layout
             state, pending = _from_per_dtype(tree, template, rollout)
         else:
             raise ValueError(MISMATCH)
-        return state, dict(restored.metadata), pending
+        return state, metadata, pending
 
     def run_metadata(self, step: int) -> dict[str, Any]:
         """The metadata of the checkpoint at `step` as a resume reads it, each value checked (ValueError naming the
@@ -277,18 +334,19 @@ class CheckpointStore:
         return meta
 
     def wait(self) -> None:
-        """Wait until every save made is committed; WriteFailed naming the step of one that failed (once)."""
+        """Wait until every save made is committed; WriteFailed naming the step of the first that failed (once)."""
         self._settle()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
         if self._failure is not None:
+            self._settle()  # the saves queued after the failed one have seen it, and ended unmade
             (step, exc), self._failure = self._failure, None
             with orbax_writes(f"checkpoint {step}"):
                 raise exc
 
     def close(self) -> None:
-        try:
-            self.wait()
-        finally:  # after a failed commit too: nothing of orbax's is left open
-            self.manager.close()
+        self.wait()
 
 
 @contextlib.contextmanager

@@ -93,7 +93,9 @@ class Experiment:
     def _writing_store(self) -> CheckpointStore:
         """The store this run's checkpoints go to. Its own thread saves them where the loop's thread waits on
         compiled programs (envpool); with gymnasium's env the loop's thread steps Python, and a save thread's
-        Python would take turns with it on the interpreter lock: measured slower than saving in place."""
+        Python would take turns with it on the interpreter lock: measured slower than saving in place. Makes the
+        experiment's directories: the metrics journal goes beside them from the first checkpoint on."""
+        self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
         return CheckpointStore(self.paths.checkpoints, keep=self.config.keep_checkpoints,
                                async_save=self.config.env_backend == "envpool")
 

@@ -13,7 +13,6 @@ experiment.py's, the loop is loop.py's.
 import contextlib
 import dataclasses
 import logging
-import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from jaxrl_lander.envs.gymnasium import make_vector_env
 from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.plotting import plot_learning_curve
+from jaxrl_lander.storage.checkpoint import discard
 from jaxrl_lander.storage.model import model_spec, recover_model
 from jaxrl_lander.storage.claim import (ExperimentLock, Overwrite, check_rerun, holds_experiment,
                                         recover_interrupted_overwrite)
@@ -280,7 +280,7 @@ class Run:
                 log.info("%s: dropping %d checkpoint(s) after step %d (%d-%d) to resume with the other agents",
                          experiment.paths.name, len(dropped), common, dropped[0], dropped[-1])
                 for step in dropped:
-                    shutil.rmtree(experiment.paths.checkpoints / str(step))
+                    discard(experiment.paths.checkpoints / str(step))
         states, normalizer = [], self.collector.normalizer
         try:
             for i, experiment in enumerate(self.experiments):
