@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxrl_lander.storage.model import ModelSpec, load_model
 from jaxrl_lander.config.errors import UnreadableModel
-from jaxrl_lander.envs.gymnasium import finished_episodes, make_env, make_vector_env
+from jaxrl_lander.envs.gymnasium import make_env
 from jaxrl_lander.envs.normalization import observation_function
 from jaxrl_lander.storage.files import ExperimentPaths, model_path, replaced_atomically
 from jaxrl_lander.core.policy import ActorCritic, greedy_action, sample_action, state_value
@@ -102,19 +102,28 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def play_seeds(act: Callable[[np.ndarray], np.ndarray], env_id: str, seeds: list[int]) -> list[dict]:
-    """One episode per seed, all at once in one vector env (sub-env i reset with seeds[i]); [{seed, return,
-    length}] in the order of `seeds`."""
-    envs = make_vector_env(env_id, len(seeds))
+    """One episode per seed, env i reset with seeds[i]; [{seed, return, length}] in the order of `seeds`.
+
+    `act` sees every env's observation at each step, so that its compiled shape never changes; an env whose
+    episode has ended is not stepped again (its row repeats its last observation), so a batch costs the env
+    steps of its episodes, not its longest episode's length times the batch."""
+    envs = [make_env(env_id) for _ in seeds]
     try:
-        obs, _ = envs.reset(seed=list(seeds))
-        first = [None] * len(seeds)
-        while any(f is None for f in first):
-            obs, _, _, _, info = envs.step(act(obs))
-            for i, ret, length in finished_episodes(info):
-                if first[i] is None:
-                    first[i] = {"seed": seeds[i], "return": ret, "length": length}
+        obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(envs, seeds)])
+        returns, lengths, first = [0.0] * len(seeds), [0] * len(seeds), [None] * len(seeds)
+        playing = list(range(len(seeds)))
+        while playing:
+            actions = act(obs)
+            for i in playing:
+                obs[i], reward, terminated, truncated, _ = envs[i].step(actions[i])
+                returns[i] += float(reward)
+                lengths[i] += 1
+                if terminated or truncated:
+                    first[i] = {"seed": seeds[i], "return": returns[i], "length": lengths[i]}
+            playing = [i for i in playing if first[i] is None]
     finally:
-        envs.close()
+        for env in envs:
+            env.close()
     return first
 
 

@@ -1,0 +1,66 @@
+"""Evaluation episodes: one per seed, played as gymnasium plays them one env at a time, and no env stepped past
+the end of its episode."""
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.box2d.lunar_lander import heuristic
+
+import jaxrl_lander.training.evaluate as evaluate
+from jaxrl_lander.training.evaluate import play_seeds, run_episodes
+
+SEEDS = [3, 11, 42, 1000]
+
+
+class _Discrete:  # what gymnasium's heuristic reads of its env
+    continuous = False
+
+    @property
+    def unwrapped(self):
+        return self
+
+
+def heuristic_batch(obs: np.ndarray) -> np.ndarray:
+    return np.array([heuristic(_Discrete(), o) for o in obs])
+
+
+def one_at_a_time(seed: int, act) -> dict:
+    env = gym.make("LunarLander-v3")
+    obs, _ = env.reset(seed=seed)
+    total, length, done = 0.0, 0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(act(obs[None])[0])
+        total, length, done = total + float(reward), length + 1, terminated or truncated
+    env.close()
+    return {"seed": seed, "return": total, "length": length}
+
+
+def test_episodes_are_gymnasiums_one_env_at_a_time_and_no_env_steps_past_its_end(monkeypatch):
+    steps, make_env = [0], evaluate.make_env
+
+    def counting_env(env_id):
+        env = make_env(env_id)
+        step = env.step
+
+        def counted(action):
+            steps[0] += 1
+            return step(action)
+
+        env.step = counted
+        return env
+
+    monkeypatch.setattr(evaluate, "make_env", counting_env)
+    calls = []
+    played = play_seeds(lambda obs: calls.append(obs.shape) or heuristic_batch(obs), "LunarLander-v3", SEEDS)
+    expected = [one_at_a_time(seed, heuristic_batch) for seed in SEEDS]
+    assert played == expected  # returns to the last bit, lengths, seeds, in the order given
+    assert len({e["length"] for e in expected}) > 1  # episodes of different lengths: the case that matters
+    assert steps[0] == sum(e["length"] for e in expected)  # not len(SEEDS) x the longest
+    assert calls == [(len(SEEDS), 8)] * max(e["length"] for e in expected)  # one shape: compiled once
+
+
+def test_run_episodes_seeds_episode_j_with_seed_plus_j_in_batches(monkeypatch):
+    monkeypatch.setattr(evaluate, "MAX_PARALLEL_EPISODES", 3)
+    batches = []
+    played = run_episodes(heuristic_batch, "LunarLander-v3", 5, seed=20, played=batches.append)
+    assert [e["seed"] for e in played] == [20, 21, 22, 23, 24] and batches == [3, 5]
+    assert played == [one_at_a_time(seed, heuristic_batch) for seed in range(20, 25)]
