@@ -3,7 +3,7 @@ time until the save is committed (durable, visible to `latest_step()`), and the 
 threads, from the save's start to its commit: what a save takes from training on a machine with few cores), for each
 way of saving with orbax.
 
-    python bench/checkpoint_cost.py [--saves 50] [--only store_per_dtype,store] [--dir /tmp] [--out cost.json]
+    python bench/checkpoint_cost.py [--saves 50] [--only store_manager,store] [--dir /tmp] [--out cost.json]
 
 The checkpoint is of the real size: a PPO train state of the default config on LunarLander-v3 and a pending
 rollout of the compiled collector's shapes (256 steps x 8 envs), with the metadata a run saves. The options take
@@ -19,9 +19,12 @@ store_per_dtype saves the `state` item as the store packs it now (one array of b
   single_item   async off, only the state, as a manager's single unnamed item (no Composite, no metadata)
   new_manager   async off, a new CheckpointManager made and closed for every save (what reusing one saves)
   store         jaxrl_lander's CheckpointStore as it is now (a save thread of its own: the caller copies only; the
-                `state` item one array of bytes, without OCDBT)
-  store_per_dtype  the same store saving the `state` item as it did before: one array per dtype, the key and the
-                rollout's per-dtype arrays, with orbax's default handler (OCDBT)
+                `state` item one array of bytes, without OCDBT; orbax's handlers write the items, the store
+                commits the step directory)
+  store_manager the same store committing through orbax's CheckpointManager, as it did before it owned its step
+                directories
+  store_per_dtype  store_manager saving the `state` item as it did before the bytes: one array per dtype, the key
+                and the rollout's per-dtype arrays, with orbax's default handler (OCDBT)
   handler_only  orbax's StandardCheckpointHandler alone (no OCDBT) writing the `state` item into a new directory: no
                 manager, no metadata item, no atomic commit; a floor for any orbax checkpoint of these arrays
   npz_fsync     the same arrays as one npz, fsync'd and renamed into place: a floor, not an option
@@ -32,13 +35,11 @@ stretch the wall times far more than it.
 """
 
 import argparse
-import copy
 import json
 import os
 import resource
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -155,22 +156,33 @@ class Store:
         self.store.close()
 
 
-class StorePerDtype(Store):
-    """The store with the manager and the `state` item it had before the single array of bytes."""
+class StoreViaManager(Store):
+    """The store's save thread committing through orbax's CheckpointManager (a Composite of `state` and `metadata`),
+    as the store did before it owned its step directories; with `per_dtype`, the `state` item it saved before the
+    single array of bytes (one array per dtype, the key and the rollout's, with orbax's default handler: OCDBT)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, per_dtype: bool = False):
         super().__init__(directory)
-        self.store.manager.close()
+        handlers = None if per_dtype else {"state": ocp.StandardCheckpointHandler(use_ocdbt=False),
+                                           "metadata": ocp.JsonCheckpointHandler()}
         options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
-        self.store.manager = ocp.CheckpointManager(self.store.directory, options=options,
-                                                   item_names=("state", "metadata"))
+        self.manager = ocp.CheckpointManager(self.store.directory, options=options, item_handlers=handlers,
+                                             item_names=("state", "metadata") if per_dtype else None)
+        self.per_dtype = per_dtype
 
-    def save(self, step, state, metadata, rollout):  # CheckpointStore.save, with the earlier tree
-        store, tree = self.store, _per_dtype_tree(state, rollout)
-        metadata = copy.deepcopy(dict(metadata, timestep=step))
-        store.wait()
-        store._saving = threading.Thread(target=store._commit_or_keep_failure, args=(step, tree, metadata))
-        store._saving.start()
+    def save(self, step, state, metadata, rollout):
+        tree = _per_dtype_tree(state, rollout) if self.per_dtype else None  # in the caller's thread, as it was
+
+        def commit(step, bytes_tree, metadata):
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree or bytes_tree),
+                                                            metadata=ocp.args.JsonSave(metadata)))
+
+        self.store._commit = commit
+        super().save(step, state, metadata, rollout)
+
+    def close(self):
+        super().close()
+        self.manager.close()
 
 
 class NpzFsync:
@@ -204,7 +216,8 @@ OPTIONS = {
     "single_item": SingleItem,
     "new_manager": NewManager,
     "store": Store,
-    "store_per_dtype": StorePerDtype,
+    "store_manager": StoreViaManager,
+    "store_per_dtype": lambda d: StoreViaManager(d, per_dtype=True),
     "handler_only": HandlerOnly,
     "npz_fsync": NpzFsync,
 }
