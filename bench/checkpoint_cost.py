@@ -273,6 +273,7 @@ def main() -> None:
     only = list(dict.fromkeys(["store", *args.only.split(",")]))
     if unknown := set(only) - set(OPTIONS):
         parser.error(f"no such option {', '.join(sorted(unknown))}: the options are {', '.join(OPTIONS)}")
+    args.dir.mkdir(parents=True, exist_ok=True)
     table = summary(measure(args.saves, args.dir, only))
     baseline = "today" if "today" in table else "store"
     today, store = table[baseline]["blocked"]["median_ms"], table["store"]["cpu"]["median_ms"]

@@ -4,6 +4,7 @@ named with nothing made after them, the caller's arrays its own again, nothing l
 most the saves in flight); and what the store writes is orbax's layout, read by orbax's own CheckpointManager."""
 
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import pytest
 from jaxrl_lander.config.errors import WriteFailed
 from jaxrl_lander.core.algos import make_learner
 from jaxrl_lander.config import make_config
-from jaxrl_lander.storage.checkpoint import CheckpointStore, _to_tree
+from jaxrl_lander.storage import checkpoint
+from jaxrl_lander.storage.checkpoint import CheckpointStore, _to_tree, committed_steps
 
 
 def _state(seed=0):
@@ -101,13 +103,14 @@ def test_saves_queued_after_a_failed_one_are_not_made(tmp_path, monkeypatch):
     assert CheckpointStore(tmp_path / "ckpt").all_steps() == [1000]  # no hole at 2000 with 3000 after it
 
 
-def test_orbax_checkpoint_manager_reads_what_the_store_writes(tmp_path):
+def test_orbax_checkpoint_manager_reads_what_the_store_writes(tmp_path, caplog):
     state = _state()
     store = CheckpointStore(tmp_path / "ckpt", keep=2)
     for step in (1000, 2000, 3000):
         store.save(step, state, {"timestep": step, "loss": 0.5}, _rollout(2.0))
     store.close()
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["2000", "3000"]  # nothing else left there
+    caplog.set_level(logging.INFO)
     manager = ocp.CheckpointManager(tmp_path / "ckpt")
     assert manager.all_steps() == [2000, 3000] and manager.latest_step() == 3000
     restored = manager.restore(3000, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
@@ -116,6 +119,39 @@ def test_orbax_checkpoint_manager_reads_what_the_store_writes(tmp_path):
     assert dict(restored.metadata) == {"timestep": 3000, "loss": 0.5}
     assert restored.state["bytes"].dtype == np.uint8  # the store's one array of bytes, restored by orbax alone
     np.testing.assert_array_equal(restored.state["bytes"], _to_tree(state, _rollout(2.0))["bytes"])
+    assert manager.metadata(3000).item_handlers["state"].endswith("StandardCheckpointHandler")
+    assert not [r.getMessage() for r in caplog.records if "does not exist" in r.getMessage()]  # a step's own file
+
+
+def test_only_directories_named_as_a_step_is_named_are_steps(tmp_path):
+    """A name edited by hand ("0050", "²", a file "5000") is not a checkpoint: not listed, not pruned."""
+    directory = tmp_path / "ckpt"
+    for name in ("0050", "²", "1e3", "-1000", "1000.orbax-checkpoint-tmp-1"):
+        (directory / name).mkdir(parents=True)
+    (directory / "5000").write_text("not a checkpoint")
+    assert committed_steps(directory) == []
+    store = CheckpointStore(directory, keep=1)
+    for step in (100, 200):
+        store.save(step, _state(), {"timestep": step})
+    store.close()
+    assert committed_steps(directory) == [200]
+    assert {p.name for p in directory.iterdir()} == {"0050", "²", "1e3", "-1000", "1000.orbax-checkpoint-tmp-1",
+                                                    "5000", "200"}
+
+
+def test_a_failed_prune_says_so_and_that_the_step_is_saved(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path / "ckpt", keep=1, async_save=False)
+    store.save(100, _state(), {"timestep": 100})
+
+    def busy(path):
+        raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+
+    monkeypatch.setattr(checkpoint, "discard", busy)
+    with pytest.raises(WriteFailed, match=r"^could not remove checkpoint 100 for keep_checkpoints = 1 "
+                                          r"\(checkpoint 200 is saved; Device or resource busy\)$"):
+        store.save(200, _state(), {"timestep": 200})
+    assert store.all_steps() == [100, 200]
+    store.close()
 
 
 def test_reads_wait_for_the_save_in_flight(tmp_path, monkeypatch):

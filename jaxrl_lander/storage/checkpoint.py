@@ -29,6 +29,7 @@ arrays (bench/checkpoint_cost.py). The layout is the manager's: it reads these c
 import contextlib
 import copy
 import errno
+import json
 import logging
 import os
 import re
@@ -49,6 +50,7 @@ from jaxrl_lander.config.redact import shorten
 from jaxrl_lander.storage.files import ORBAX_TMP_MARK
 
 
+STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's name for a step's own metadata file
 MISMATCH = "checkpoint does not match the structure of this config's train state"
 
 
@@ -172,6 +174,17 @@ class _NothingToMerge(logging.Filter):
 logging.getLogger("absl").addFilter(_NothingToMerge())
 
 
+_STEP_NAME = re.compile(r"0|[1-9][0-9]*")  # a step's directory: its number as str(step) writes it, nothing more
+
+
+def committed_steps(directory: Path) -> list[int]:
+    """The steps of the committed checkpoints under `directory`: the directories named by a step alone (one being
+    written, or being discarded, has a temporary name; a name edited by hand, "0050" or "²", is not a step)."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if _STEP_NAME.fullmatch(p.name) and p.is_dir())
+
+
 def discard(checkpoint: Path) -> None:
     """Delete a committed checkpoint directory so that no kill leaves it half deleted: it is first renamed out of
     the steps' names (to a temporary one that the next claim of the experiment clears), then removed."""
@@ -244,7 +257,8 @@ class CheckpointStore:
         final = self.directory / str(step)
         if final.exists():
             raise FileExistsError(errno.EEXIST, f"checkpoint {step} already exists", str(final))
-        tmp = self.directory / f"{step}{ORBAX_TMP_MARK}-{time.time_ns()}"
+        started = time.time_ns()
+        tmp = self.directory / f"{step}{ORBAX_TMP_MARK}-{started}"
         tmp.mkdir(parents=True)
         try:
             (tmp / "metadata").mkdir()  # the JSON handler writes into its item's directory; the state's makes its own
@@ -252,18 +266,29 @@ class CheckpointStore:
             self._state_handler.finalize(tmp / "state")
             self._metadata_handler.save(tmp / "metadata", args=ocp.args.JsonSave(metadata))
             self._metadata_handler.finalize(tmp / "metadata")
+            (tmp / STEP_METADATA).write_text(json.dumps(self._step_metadata(started)))
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if self.keep:
             for old in self._steps()[:-self.keep]:
-                discard(self.directory / str(old))
+                try:
+                    discard(self.directory / str(old))
+                except OSError as exc:  # the step saved is whole: say what did fail
+                    raise WriteFailed(f"could not remove checkpoint {old} for keep_checkpoints = {self.keep} "
+                                      f"(checkpoint {step} is saved; {exc.strerror or first_line(exc)})") from None
+
+    def _step_metadata(self, started: int) -> dict[str, Any]:
+        """What orbax's CheckpointManager writes beside a step's items (which handler wrote which item, when): it
+        reads a step without it, but warns at every step it lists."""
+        handlers = {"state": self._state_handler, "metadata": self._metadata_handler}
+        return {"item_handlers": {name: f"{type(h).__module__}.{type(h).__qualname__}" for name, h in handlers.items()},
+                "metrics": {}, "performance_metrics": {}, "init_timestamp_nsecs": started,
+                "commit_timestamp_nsecs": time.time_ns(), "custom_metadata": {}}
 
     def _steps(self) -> list[int]:
-        """The committed steps: directories named by a step alone (orbax's temporary names hold more)."""
-        names = [p.name for p in self.directory.iterdir() if p.is_dir()] if self.directory.is_dir() else []
-        return sorted(int(name) for name in names if name.isdigit())
+        return committed_steps(self.directory)
 
     def _settle(self) -> None:
         """Wait until every save made has ended, committed or failed."""
@@ -354,6 +379,8 @@ def orbax_writes(what: str):
     """Turn any failure of an orbax write (tensorstore reports a full disk as a ValueError) into WriteFailed."""
     try:
         yield
+    except WriteFailed:
+        raise
     except Exception as exc:
         raise WriteFailed(f"could not write {what} ({os_error(exc) or first_line(exc)})") from None
 

@@ -31,7 +31,7 @@ from jaxrl_lander.envs.gymnasium import make_vector_env
 from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.plotting import plot_learning_curve
-from jaxrl_lander.storage.checkpoint import discard
+from jaxrl_lander.storage.checkpoint import committed_steps, discard
 from jaxrl_lander.storage.model import model_spec, recover_model
 from jaxrl_lander.storage.claim import (ExperimentLock, Overwrite, check_rerun, holds_experiment,
                                         recover_interrupted_overwrite)
@@ -257,7 +257,7 @@ class Run:
         """Every agent at the latest step at which all of them have a checkpoint when `resume` (later checkpoints
         of an agent that got further before a kill are dropped), else afresh; ResumeError, nothing deleted, for
         agents without a step in common."""
-        steps = [set(_checkpoint_steps(e.paths)) if resume else set() for e in self.experiments]
+        steps = [set(committed_steps(e.paths.checkpoints)) if resume else set() for e in self.experiments]
         shared = set.intersection(*steps)
         common = max(shared) if shared else None
         config = self.config
@@ -416,10 +416,3 @@ class Run:
             if experiment.store is not None:
                 with contextlib.suppress(Exception):
                     experiment.store.close()
-
-
-def _checkpoint_steps(paths: ExperimentPaths) -> list[int]:
-    """The steps of an experiment's committed checkpoints (orbax names a step's directory by its number, and
-    writes an unfinished one under a temporary name)."""
-    directory = paths.checkpoints
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
