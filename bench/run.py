@@ -1,5 +1,5 @@
 """`make bench`: jaxrl_lander on both env backends against Stable-Baselines3 on this machine, interleaved runs,
-medians; then the fidelity of envpool's env to gymnasium's.
+medians (each ratio the median of the rounds' own ratios); then the fidelity of envpool's env to gymnasium's.
 
 Measures, for the seed experiment (50,000 steps, seed 42, a checkpoint every 1,000 steps):
 training-loop env steps/s, whole-process wall time, JIT time (ours), peak RSS, and our/SB3 ratios, for PPO
@@ -9,6 +9,7 @@ random actions on both envs, with a two-sample KS test. Writes results/bench/ben
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -26,8 +27,8 @@ OURS = [str(ROOT / ".venv" / "bin" / "python")]
 SB3 = [str(ROOT / ".venv-bench" / "bin" / "python"), str(ROOT / "bench" / "sb3_train.py")]
 
 # What the project aims at on the machine it runs on: name -> (description, bound, "min" or "max"). Ratios against
-# Stable-Baselines3 at equal hyperparameters, medians of interleaved runs. (That gymnasium's path is no slower
-# than before a change is a comparison of two code trees, not a target of this benchmark.)
+# Stable-Baselines3 at equal hyperparameters, medians of the ratios of interleaved rounds. (That gymnasium's path is
+# no slower than before a change is a comparison of two code trees, not a target of this benchmark.)
 TARGETS = {
     "a2c_envpool_loop_speedup_vs_sb3": ("A2C on envpool, loop steps/s vs SB3", 6.0, "min"),
     "a2c_envpool_wall_speedup_vs_sb3": ("A2C on envpool, whole process vs SB3", 3.0, "min"),
@@ -111,6 +112,11 @@ def fidelity(episodes: int) -> dict:
     return json.loads(outcome["stdout"].strip().splitlines()[-1])
 
 
+def paired_ratio(samples: dict[str, list[dict]], a: str, b: str, key: str) -> float:
+    """The median over rounds of case a's `key` over case b's, each round's pair taken together."""
+    return statistics.median(x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True))
+
+
 def medians(samples: list[dict]) -> dict:
     keys = [k for k, v in samples[0].items() if isinstance(v, (int, float)) and v is not None]
     return {k: statistics.median(s[k] for s in samples) for k in keys}
@@ -152,17 +158,18 @@ def main() -> int:
                 print(f"run {i + 1}/{args.runs} {name}: {json.dumps(samples[name][-1])}", file=sys.stderr, flush=True)
 
     m = {name: medians(s) for name, s in samples.items()}
-    summary = {"ppo_fraction_of_raw_env": m["ours_ppo"]["steps_per_second"] / m["raw_env"]["steps_per_second"],
-               "checkpoint_overhead": 1 - (m["ours_ppo_envpool_no_checkpoints"]["wall_seconds"]
-                                           / m["ours_ppo_envpool"]["wall_seconds"]),
-               "checkpoint_share_of_loop": 1 - (m["ours_ppo_envpool_no_checkpoints"]["loop_seconds"]
-                                                / m["ours_ppo_envpool"]["loop_seconds"])}
+    # Ratios are medians of each round's own ratio: a round runs every case in turn, so a slow spell of the machine
+    # falls on both sides of a pair, and drops out of its ratio more than out of a ratio of separate medians.
+    ratio = functools.partial(paired_ratio, samples)
+    summary = {"ppo_fraction_of_raw_env": ratio("ours_ppo", "raw_env", "steps_per_second"),
+               "checkpoint_overhead": 1 - ratio("ours_ppo_envpool_no_checkpoints", "ours_ppo_envpool", "wall_seconds"),
+               "checkpoint_share_of_loop": 1 - ratio("ours_ppo_envpool_no_checkpoints", "ours_ppo_envpool",
+                                                     "loop_seconds")}
     for algo in ("ppo", "a2c"):
         for ours_case, label in ((f"ours_{algo}", algo), (f"ours_{algo}_envpool", f"{algo}_envpool")):
-            summary[f"{label}_loop_speedup_vs_sb3"] = (m[ours_case]["steps_per_second"]
-                                                       / m[f"sb3_{algo}"]["steps_per_second"])
-            summary[f"{label}_wall_speedup_vs_sb3"] = m[f"sb3_{algo}"]["wall_seconds"] / m[ours_case]["wall_seconds"]
-            summary[f"{label}_rss_ratio_vs_sb3"] = m[ours_case]["peak_rss_mb"] / m[f"sb3_{algo}"]["peak_rss_mb"]
+            summary[f"{label}_loop_speedup_vs_sb3"] = ratio(ours_case, f"sb3_{algo}", "steps_per_second")
+            summary[f"{label}_wall_speedup_vs_sb3"] = ratio(f"sb3_{algo}", ours_case, "wall_seconds")
+            summary[f"{label}_rss_ratio_vs_sb3"] = ratio(ours_case, f"sb3_{algo}", "peak_rss_mb")
     targets = verdicts(summary)
     print("fidelity of envpool's env (bench/fidelity.py) ...", file=sys.stderr, flush=True)
     env_fidelity = fidelity(args.fidelity_episodes)

@@ -1,0 +1,36 @@
+"""`make bench`'s arithmetic: ratios taken round by round, and each target's verdict (the runs themselves need SB3's
+own venv and minutes; this checks what turns their samples into the report)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_ratio_is_the_median_of_each_rounds_own_ratio(bench):
+    # Round 2 was slow for both cases: its pair still says "half as long", as the other rounds do. A ratio of the
+    # separate medians (1.5 / 2.0) would say 0.75.
+    samples = {"ours": [{"s": 1.0}, {"s": 3.0}, {"s": 1.5}], "theirs": [{"s": 2.0}, {"s": 6.0}, {"s": 3.0}]}
+    assert bench.paired_ratio(samples, "ours", "theirs", "s") == 0.5
+    with pytest.raises(ValueError):  # rounds that do not pair up are an error, not a shorter zip
+        bench.paired_ratio({"ours": [{"s": 1.0}], "theirs": []}, "ours", "theirs", "s")
+
+
+def test_each_target_is_met_or_missed_on_its_own_side_of_its_bound(bench):
+    summary = dict.fromkeys(bench.TARGETS, 0.0)
+    summary.update(ppo_envpool_loop_speedup_vs_sb3=10.0, checkpoint_share_of_loop=0.051)
+    checked = bench.verdicts(summary)
+    assert checked["ppo_envpool_loop_speedup_vs_sb3"]["met"] is True  # a bound is met exactly at it
+    assert checked["checkpoint_share_of_loop"]["met"] is False  # a share just above its 5% bound
+    assert checked["a2c_envpool_loop_speedup_vs_sb3"]["met"] is False
+    assert "| checkpoints' share of the PPO envpool loop | 5.1% | <= 5.0% | MISSED |" in bench.targets_table(checked)
