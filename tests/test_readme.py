@@ -67,6 +67,9 @@ def test_help_shows_each_default_once(command, capsys):
     assert not re.search(r"default[^()]*\) \(default", text)
     if command in ("train", "reproduce", "sweep", "tune"):
         assert "ent_coef = 0.01 / 0.0" in text and "Weight of the entropy bonus." in text  # the config keys
+        # A TOML file sets every key, those with an option of their own too; the help says which option.
+        assert 'total_timesteps = 50000 / 50000 (on the command line --steps, not --set)' in text
+        assert 'algo = "ppo" / "a2c" (on the command line --algo, not --set)' in text
     if command == "train":
         assert "--seed SEED the run's one seed (default: the config's seed, 42 unless set)" in text
         assert "--algo {a2c,ppo} algorithm (default: the --config file's algo) --steps" in text

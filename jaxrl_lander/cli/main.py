@@ -65,7 +65,7 @@ def _int_arg(name: str, minimum: int):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="PPO and A2C on gymnasium's LunarLander-v3, in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    keys = config_keys_help(skip=OWN_OPTION)
+    keys = config_keys_help(options=OWN_OPTION)
 
     def command(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)

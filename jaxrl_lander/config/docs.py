@@ -35,12 +35,13 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def config_keys_help(skip=()) -> str:
-    """The config keys, their defaults and docstrings (those in `skip` left out): the epilog of the commands that
-    train."""
+def config_keys_help(options: dict[str, str] | None = None) -> str:
+    """The config keys, their defaults and docstrings: the epilog of the commands that train. A key with an option
+    of its own (`options`: key -> option) says so: a TOML file sets it, --set does not."""
+    options = options or {}
     lines = ["config keys (a --config TOML file sets any of them; --set KEY=VALUE sets one), PPO / A2C default:"]
     for key, ppo, a2c, doc in field_table():
-        if key not in skip:
-            defaults = " / ".join("-" if v is None else toml_value(v) for v in (ppo, a2c))
-            lines.append(f"  {key} = {defaults}\n      {doc}")
+        defaults = " / ".join("-" if v is None else toml_value(v) for v in (ppo, a2c))
+        option = f"   (on the command line {options[key]}, not --set)" if key in options else ""
+        lines.append(f"  {key} = {defaults}{option}\n      {doc}")
     return "\n".join(lines)
