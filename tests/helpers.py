@@ -5,6 +5,7 @@ Fixtures live in conftest.py; everything a test file imports lives here.
 """
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -35,6 +36,14 @@ KILL_AT = str(HERE / "kill_at.py")
 PACKAGE_ENV_IDS = dict(config_module.ENV_IDS)
 SHORT_STEPS = 4_096  # two PPO updates of 2,048 transitions
 TINY_TOML = "checkpoint_interval = 200\neval_episodes = 2\n"
+
+
+def bench_module(name: str):
+    """A script of bench/ loaded as a module (bench/ is not a package: its scripts run in SB3's venv or ours)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE.parent / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ---------------------------------------------------------------- configs and runs

@@ -1,20 +1,13 @@
 """`make bench`'s arithmetic: ratios taken round by round, and each target's verdict (the runs themselves need SB3's
 own venv and minutes; this checks what turns their samples into the report)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("run")
 
 
 def test_a_ratio_is_the_median_of_each_rounds_own_ratio(bench):

@@ -3,10 +3,10 @@
 The benchmark itself needs SB3's own venv; this checks only the translation, which runs in ours.
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import bench_module
 
 from jaxrl_lander.config import ConfigError, load_config, make_config
 
@@ -15,10 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sb3_hyperparameters():
-    spec = importlib.util.spec_from_file_location("parity", ROOT / "bench" / "parity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.sb3_hyperparameters
+    return bench_module("parity").sb3_hyperparameters
 
 
 def test_a2c_long_translates_to_sb3_rmsprop(sb3_hyperparameters):
