@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from checkpoints import experiment_learner
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.training.evaluate import run_episodes
 from jaxrl_lander.storage.files import ExperimentPaths
@@ -47,7 +48,7 @@ def judge(experiment: Path, episodes: int, every: int | None) -> dict[str, tuple
     store, template = CheckpointStore(ExperimentPaths.at(experiment).checkpoints), learner.init(jax.random.key(0))
     for evaluation in evaluations:
         policy = checkpoint_policy(store, evaluation["timestep"], template, learner.network)
-        played = run_episodes(policy, config.env_id, episodes, FRESH_SEED)
+        played = run_episodes(policy, EnvChoice.of(config), episodes, FRESH_SEED)
         scores[evaluation["timestep"]] = float(np.mean([e["return"] for e in played]))
     store.close()
     last = results.total_timesteps

@@ -8,7 +8,7 @@ from jaxrl_lander.core.algos import Learner, TrainState, make_learner
 from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.training.collect import env_dims
 from jaxrl_lander.config import RunConfig
-from jaxrl_lander.envs.gymnasium import make_vector_env
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.storage.files import ExperimentPaths
 from jaxrl_lander.storage.results import Results
 
@@ -17,7 +17,7 @@ def experiment_learner(experiment: Path) -> tuple[RunConfig, Learner, Results]:
     """(config, learner, results) of the experiment in `experiment`, as its run built them."""
     results = Results.load(ExperimentPaths.at(experiment).results)
     config = results.config
-    envs = make_vector_env(config.env_id, 1)
+    envs = EnvChoice.of(config).make_vector(1)
     learner = make_learner(config, *env_dims(envs))
     envs.close()
     return config, learner, results

@@ -21,7 +21,7 @@ from checkpoints import experiment_learner, restore_checkpoint
 from jaxrl_lander.core.algos import ALGORITHMS
 from jaxrl_lander.core.algos.base import make_batch
 from jaxrl_lander.training.collect import HostCollector
-from jaxrl_lander.envs.gymnasium import make_vector_env
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.training.runtime import Devices
 
 
@@ -40,7 +40,8 @@ def main() -> int:
 
     # The training collector, acting with the checkpoint's parameters (never updated) and, with normalisation,
     # its statistics, continued over the probe's steps as training would.
-    collector = HostCollector(make_vector_env(config.env_id, config.num_envs), learner, config, Devices.resolve())
+    envs = EnvChoice.of(config).make_vector(config.num_envs)
+    collector = HostCollector(envs, learner, config, Devices.resolve())
     if collector.normalizer is not None:
         collector.normalizer.load_state_dict(meta["normalizer"])
     acting = state.replace(key=jax.random.key(args.seed))

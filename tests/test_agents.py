@@ -26,6 +26,7 @@ from jaxrl_lander.core.algos.base import Rollout
 from jaxrl_lander.training.compiled import agents_act, agents_value
 from jaxrl_lander.config import make_config
 from jaxrl_lander.config.errors import ConfigError
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.training.evaluate import Policy, evaluate, evaluate_agents
 from jaxrl_lander.storage.files import ExperimentPaths, read_json
 from jaxrl_lander.core.policy import sample_action, state_value
@@ -130,9 +131,10 @@ def test_agents_of_different_step_sizes_share_one_compiled_update_and_each_steps
 def test_stacked_agents_play_the_episodes_each_would_play_alone():
     learner = make_learner(make_config("ppo", {}), obs_dim=8, num_actions=4)
     states = [learner.init(jax.random.key(seed)) for seed in (0, 1)]
-    together = evaluate_agents(learner.network, stack([s.params for s in states]), "LunarLander-v3", 3, [100, 500])
+    together = evaluate_agents(learner.network, stack([s.params for s in states]), EnvChoice("LunarLander-v3"), 3,
+                               [100, 500])
     for state, summary, seed in zip(states, together, (100, 500)):
-        alone = evaluate(Policy(learner.network, state.params), "LunarLander-v3", 3, seed)
+        alone = evaluate(Policy(learner.network, state.params), EnvChoice("LunarLander-v3"), 3, seed)
         assert summary == alone and summary["seeds"] == [seed, seed + 1, seed + 2]
 
 

@@ -61,7 +61,7 @@ def test_keep_checkpoints_retains_newest(tmp_path):
 
 
 SPEC = ModelSpec(algo="ppo", env_id="LunarLander-v3", seed=1, timestep=1000, obs_dim=8, num_actions=4,
-                 hidden_size=64, first_eval_seed=2**31, observation_normalization=None)
+                 hidden_size=64, first_eval_seed=2**31, observation_normalization=None, env_options={})
 
 
 def test_model_round_trip_and_load_policy(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 from gymnasium.envs.box2d.lunar_lander import heuristic
 
 import jaxrl_lander.training.evaluate as evaluate
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.training.evaluate import play_seeds, run_episodes
 
 SEEDS = [3, 11, 42, 1000]
@@ -23,8 +24,8 @@ def heuristic_batch(obs: np.ndarray) -> np.ndarray:
     return np.array([heuristic(_Discrete(), o) for o in obs])
 
 
-def one_at_a_time(seed: int, act) -> dict:
-    env = gym.make("LunarLander-v3")
+def one_at_a_time(seed: int, act, **options) -> dict:
+    env = gym.make("LunarLander-v3", **options)
     obs, _ = env.reset(seed=seed)
     total, length, done = 0.0, 0, False
     while not done:
@@ -35,10 +36,10 @@ def one_at_a_time(seed: int, act) -> dict:
 
 
 def test_episodes_are_gymnasiums_one_env_at_a_time_and_no_env_steps_past_its_end(monkeypatch):
-    steps, make_env = [0], evaluate.make_env
+    steps, make = [0], EnvChoice.make
 
-    def counting_env(env_id):
-        env = make_env(env_id)
+    def counting_env(self, **kwargs):
+        env = make(self, **kwargs)
         step = env.step
 
         def counted(action):
@@ -48,9 +49,10 @@ def test_episodes_are_gymnasiums_one_env_at_a_time_and_no_env_steps_past_its_end
         env.step = counted
         return env
 
-    monkeypatch.setattr(evaluate, "make_env", counting_env)
+    monkeypatch.setattr(EnvChoice, "make", counting_env)
     calls = []
-    played = play_seeds(lambda obs: calls.append(obs.shape) or heuristic_batch(obs), "LunarLander-v3", SEEDS)
+    act = lambda obs: calls.append(obs.shape) or heuristic_batch(obs)  # noqa: E731
+    played = play_seeds(act, EnvChoice("LunarLander-v3"), SEEDS)
     expected = [one_at_a_time(seed, heuristic_batch) for seed in SEEDS]
     assert played == expected  # returns to the last bit, lengths, seeds, in the order given
     assert len({e["length"] for e in expected}) > 1  # episodes of different lengths: the case that matters
@@ -61,6 +63,14 @@ def test_episodes_are_gymnasiums_one_env_at_a_time_and_no_env_steps_past_its_end
 def test_run_episodes_seeds_episode_j_with_seed_plus_j_in_batches(monkeypatch):
     monkeypatch.setattr(evaluate, "MAX_PARALLEL_EPISODES", 3)
     batches = []
-    played = run_episodes(heuristic_batch, "LunarLander-v3", 5, seed=20, played=batches.append)
+    played = run_episodes(heuristic_batch, EnvChoice("LunarLander-v3"), 5, seed=20, played=batches.append)
     assert [e["seed"] for e in played] == [20, 21, 22, 23, 24] and batches == [3, 5]
     assert played == [one_at_a_time(seed, heuristic_batch) for seed in range(20, 25)]
+
+
+def test_evaluation_episodes_play_the_env_options():
+    windy = {"enable_wind": True, "wind_power": 20.0, "turbulence_power": 2.0, "gravity": -11.5}
+    played = play_seeds(heuristic_batch, EnvChoice("LunarLander-v3", windy), SEEDS)
+    assert played == [one_at_a_time(seed, heuristic_batch, **windy) for seed in SEEDS]
+    calm = play_seeds(heuristic_batch, EnvChoice("LunarLander-v3"), SEEDS)
+    assert [e["return"] for e in played] != [e["return"] for e in calm]  # the options changed the episodes

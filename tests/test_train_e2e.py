@@ -12,6 +12,7 @@ from jaxrl_lander import Policy, load_policy, train
 from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.storage.model import load_model
 from jaxrl_lander.config import ConfigError
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.training.evaluate import brief, evaluate, evaluate_experiment
 from jaxrl_lander.storage.metrics import MetricsRecorder
 from jaxrl_lander.training.runtime import Devices
@@ -346,8 +347,8 @@ def test_the_candidates_further_episodes_overturn_their_evaluations_during_train
                           selection_candidates=2, selection_episodes=2)
     store, template, network = CheckpointStore(paths.checkpoints), template_state(config), load_policy(paths.root).network
     seeds = EvalSeeds.of(config)
-    replay = {step: evaluate(checkpoint_policy(store, step, template, network), config.env_id, 2, seeds.selection)
-              for step in (1000, 2000)}
+    replay = {step: evaluate(checkpoint_policy(store, step, template, network), EnvChoice.of(config), 2,
+                             seeds.selection) for step in (1000, 2000)}
     worse, better = sorted(replay, key=lambda step: replay[step]["mean"])
     assert replay[worse]["mean"] < replay[better]["mean"]  # two policies' returns, not a tie
     evaluations = [{"timestep": worse, "mean": 10.0}, {"timestep": better, "mean": 5.0},
@@ -361,7 +362,7 @@ def test_the_candidates_further_episodes_overturn_their_evaluations_during_train
     assert delivery.selected["timestep"] == better and delivery.selected["evaluation_during_training"] == 5.0
     same_params(delivery.policy.params, store.restore(better, template)[0].params)
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, delivery.policy.params, last.params)))
-    final = evaluate(last, config.env_id, config.eval_episodes, seeds.final)
+    final = evaluate(last, EnvChoice.of(config), config.eval_episodes, seeds.final)
     assert delivery.selected["last_parameters_evaluation"] == brief(final)
     store.close()
 
@@ -378,7 +379,7 @@ def test_a_choice_of_the_last_step_reuses_the_last_parameters_evaluation(short_r
     store.close()
     assert delivery.step == SHORT_STEPS and delivery.selected["candidates"] == [
         {"timestep": SHORT_STEPS, "evaluation_during_training": 5.0, "selection_evaluation": None}]
-    final = evaluate(last, config.env_id, config.eval_episodes, EvalSeeds.of(config).final)
+    final = evaluate(last, EnvChoice.of(config), config.eval_episodes, EvalSeeds.of(config).final)
     assert delivery.evaluation["returns"] == final["returns"] and delivery.evaluation["seconds"] > 0
     assert delivery.selected["last_parameters_evaluation"] == brief(final)
 

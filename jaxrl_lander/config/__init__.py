@@ -22,6 +22,9 @@ BACKENDS = ("gymnasium", "envpool")
 # "module:Env" names, so an id read from a file or a command line is never handed to it unless it is on this list.
 # allow_env_id adds an env that the caller's own code registered. tests/test_envs.py checks these against the envs.
 ENV_IDS: dict[str, tuple[int, int | None]] = {"LunarLander-v3": (8, 4), "LunarLanderContinuous-v3": (8, None)}
+# The ids whose env takes LunarLander's options (ENV_OPTIONS), gymnasium's keyword arguments of the same names.
+LANDER_IDS = ("LunarLander-v3", "LunarLanderContinuous-v3")
+ENV_OPTIONS = ("gravity", "enable_wind", "wind_power", "turbulence_power")
 
 
 def allow_env_id(env_id: str, obs_dim: int, num_actions: int) -> None:
@@ -51,6 +54,14 @@ class RunConfig:
     env_backend: str = "gymnasium"
     """Where training episodes are played: "gymnasium" (its Python env, stepped from the host) or "envpool" (its
     C++ port, stepped inside a compiled rollout); every evaluation plays gymnasium's env."""
+    gravity: float = -10.0
+    """LunarLander's gravity, in (-12, 0) (gymnasium's keyword of that name); not with env_backend "envpool"."""
+    enable_wind: bool = False
+    """Wind and turbulence push the lander (gymnasium's enable_wind); not with env_backend "envpool"."""
+    wind_power: float = 15.0
+    """The wind's greatest strength, in [0, 20]; a value other than the default needs enable_wind = true."""
+    turbulence_power: float = 1.5
+    """The turbulence's greatest strength, in [0, 2]; a value other than the default needs enable_wind = true."""
     seed: int = 42
     """The one seed every PRNG key and env seed derives from."""
     total_timesteps: int = 50_000
@@ -126,6 +137,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def env_options(self) -> dict[str, Any]:
+        """The env options (ENV_OPTIONS) that differ from their defaults, as gymnasium's keyword arguments: the one
+        place an env's options are chosen. Training envs, every evaluation, the saved model (hence `evaluate`) and
+        the experiment's name take them from here; {} is LunarLander as gymnasium makes it by default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+        return {name: getattr(self, name) for name in ENV_OPTIONS if getattr(self, name) != defaults[name]}
+
     def differences(self, saved: Mapping[str, Any], ignore=()) -> list[str]:
         """The keys outside `ignore` in which `saved` (a config's to_dict(), where a key added since counts as its
         default) differs from this config, each with both values."""
@@ -156,6 +174,10 @@ class RunConfig:
         "max_grad_norm": (lambda v: v > 0.0, "be > 0 (gradients clipped to 0 learn nothing)"),
         "adam_eps": (lambda v: v > 0.0, "be > 0"),
         "env_backend": (lambda v: v in BACKENDS, f"be one of {', '.join(BACKENDS)}"),
+        # gymnasium's LunarLander asserts the first and warns outside the others
+        "gravity": (lambda v: -12.0 < v < 0.0, "lie in (-12, 0), bounds excluded (gymnasium's LunarLander range)"),
+        "wind_power": (lambda v: 0.0 <= v <= 20.0, "lie in [0, 20] (gymnasium's LunarLander range)"),
+        "turbulence_power": (lambda v: 0.0 <= v <= 2.0, "lie in [0, 2] (gymnasium's LunarLander range)"),
     }
 
     @classmethod
@@ -203,6 +225,17 @@ class RunConfig:
         _require(self.env_backend == "gymnasium" or not (self.normalize_observations or self.normalize_rewards),
                  "normalize_observations and normalize_rewards need env_backend 'gymnasium' (its normaliser runs"
                  " on the host)")
+        # Wind strengths without wind change nothing: refused, so that two configs never describe the same env.
+        idle = [name for name in ("wind_power", "turbulence_power") if name in self.env_options()]
+        _require(self.enable_wind or not idle, f"{' and '.join(idle)} {'needs' if len(idle) == 1 else 'need'}"
+                                               " enable_wind = true (without wind, wind strengths change nothing;"
+                                               " leave them at their defaults)")
+        _require(not self.env_options() or self.env_id in LANDER_IDS,
+                 f"{', '.join(self.env_options())}: only {' and '.join(LANDER_IDS)} take env options, not"
+                 f" {shorten(self.env_id)}")
+        _require(self.env_backend == "gymnasium" or not self.env_options(),
+                 f"env_backend 'envpool' has no {', '.join(self.env_options())} (its LunarLander takes no gravity"
+                 " or wind options): leave them at their defaults, or train on 'gymnasium'")
         _require(not (self.normalize_rewards and self.reward_scale != 1.0),
                  f"normalize_rewards and reward_scale {self.reward_scale} both rescale rewards; use one of them")
 

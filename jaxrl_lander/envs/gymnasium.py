@@ -5,15 +5,16 @@ returns is the first of the next episode, and the true last observation is in in
 transition in a rollout is a real (obs, action, reward) step; no reset-only transition exists to be masked.
 """
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from jaxrl_lander.config import ENV_IDS, check_env_id
+from jaxrl_lander.config import ENV_IDS, RunConfig, check_env_id
 from jaxrl_lander.envs.normalization import Normalizer
 from jaxrl_lander.config.errors import ConfigError, first_line
 
@@ -22,6 +23,26 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
     """gymnasium's env `env_id`, made only when the id is on the allow-list (config.ENV_IDS): the one way this
     package asks gymnasium for an env, so that no id can make it import a module."""
     return gym.make(check_env_id(env_id), **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvChoice:
+    """An env as a run plays it everywhere (its training envs, every evaluation, its saved model's replays):
+    gymnasium's id and the keyword arguments of its options (RunConfig.env_options, {} for the defaults)."""
+
+    env_id: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: RunConfig) -> "EnvChoice":
+        return cls(config.env_id, config.env_options())
+
+    def make(self, **kwargs) -> gym.Env:
+        """One env; `kwargs` add gymnasium's own (render_mode, max_episode_steps)."""
+        return make_env(self.env_id, **self.options, **kwargs)
+
+    def make_vector(self, num_envs: int) -> gym.vector.VectorEnv:
+        return make_vector_env(self.env_id, num_envs, **self.options)
 
 
 def check_env(env_id: str) -> tuple[int, int]:
@@ -41,13 +62,15 @@ def check_env(env_id: str) -> tuple[int, int]:
     return obs_dim, num_actions
 
 
-def make_vector_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """A synchronous vector env with same-step autoreset and per-episode return/length statistics."""
+def make_vector_env(env_id: str, num_envs: int, **options) -> gym.vector.VectorEnv:
+    """A synchronous vector env with same-step autoreset and per-episode return/length statistics; `options` are
+    the env's keyword arguments (EnvChoice.make_vector passes a config's)."""
     envs = gym.make_vec(
         check_env_id(env_id),
         num_envs=num_envs,
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        **options,
     )
     return gym.wrappers.vector.RecordEpisodeStatistics(envs)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from jaxrl_lander.config import check_env_id
-from jaxrl_lander.config.errors import UnreadableModel, first_line
+from jaxrl_lander.config import ENV_OPTIONS, check_env_id, make_config
+from jaxrl_lander.config.errors import ConfigError, UnreadableModel, first_line
 from jaxrl_lander.config.redact import shorten
 from jaxrl_lander.storage.checkpoint import orbax_writes
 
@@ -27,6 +27,7 @@ class ModelSpec:
     hidden_size: int
     first_eval_seed: int  # the final evaluation's first episode seed: `evaluate` replays it by default
     observation_normalization: dict[str, Any] | None  # the observation statistics, when trained with them
+    env_options: dict[str, Any]  # RunConfig.env_options: the options the env is made with, {} for the defaults
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -34,8 +35,10 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> "ModelSpec":
         """The spec saved with a model, each value checked (ValueError naming the first that is not usable): a
-        model's files may have been edited, and its env_id is handed to gymnasium."""
+        model's files may have been edited, and its env_id is handed to gymnasium. A model saved before env options
+        were recorded has none: it plays the default env."""
         names = {f.name for f in dataclasses.fields(cls)}
+        saved = {"env_options": {}, **saved}
         if set(saved) != names:
             raise ValueError(f"model spec keys {sorted(saved)} are not {sorted(names)}")
         for name, least in (("seed", 0), ("timestep", 0), ("first_eval_seed", 0), ("obs_dim", 1),
@@ -46,6 +49,15 @@ class ModelSpec:
         if saved["algo"] not in ("ppo", "a2c"):
             raise ValueError(f"its spec's algo must be ppo or a2c, got {shorten(saved['algo'])}")
         check_env_id(saved["env_id"])
+        options = saved["env_options"]
+        if not isinstance(options, dict) or not set(options) <= set(ENV_OPTIONS):
+            raise ValueError(f"its spec's env_options must be an object of {', '.join(ENV_OPTIONS)}, got"
+                             f" {shorten(options)}")
+        try:  # the config's checks: ranges, types, wind strengths only with wind
+            saved["env_options"] = make_config(saved["algo"], {**options, "env_id": saved["env_id"]},
+                                               source="the model's spec").env_options()
+        except ConfigError as exc:
+            raise ValueError(f"its spec's env_options: {exc}") from None
         if not isinstance(saved["observation_normalization"], (dict, type(None))):
             raise ValueError("its spec's observation_normalization must be an object or null")
         return cls(**saved)

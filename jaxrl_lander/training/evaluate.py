@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxrl_lander.storage.model import ModelSpec, load_model
 from jaxrl_lander.config.errors import UnreadableModel
-from jaxrl_lander.envs.gymnasium import make_env
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.envs.normalization import observation_function
 from jaxrl_lander.storage.files import ExperimentPaths, model_path, replaced_atomically
 from jaxrl_lander.core.policy import ActorCritic, greedy_action, sample_action, state_value
@@ -96,18 +96,24 @@ def _player(path: str | Path, seed: int | None, sample: bool):
     return (policy.sampler(seed) if sample else policy), spec, seed
 
 
+def saved_env(spec: ModelSpec) -> EnvChoice:
+    """The env a saved model was trained and evaluated on, its options included (the default env for a model saved
+    before they were recorded)."""
+    return EnvChoice(spec.env_id, spec.env_options)
+
+
 def load_policy(path: str | Path) -> Policy:
     """Load a trained agent from a model directory, or an experiment directory holding one."""
     return load_agent(path)[0]
 
 
-def play_seeds(act: Callable[[np.ndarray], np.ndarray], env_id: str, seeds: list[int]) -> list[dict]:
+def play_seeds(act: Callable[[np.ndarray], np.ndarray], env: EnvChoice, seeds: list[int]) -> list[dict]:
     """One episode per seed, env i reset with seeds[i]; [{seed, return, length}] in the order of `seeds`.
 
     `act` sees every env's observation at each step, so that its compiled shape never changes; an env whose
     episode has ended is not stepped again (its row repeats its last observation), so a batch costs the env
     steps of its episodes, not its longest episode's length times the batch."""
-    envs = [make_env(env_id) for _ in seeds]
+    envs = [env.make() for _ in seeds]
     try:
         obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(envs, seeds)])
         returns, lengths, first = [0.0] * len(seeds), [0] * len(seeds), [None] * len(seeds)
@@ -122,25 +128,25 @@ def play_seeds(act: Callable[[np.ndarray], np.ndarray], env_id: str, seeds: list
                     first[i] = {"seed": seeds[i], "return": returns[i], "length": lengths[i]}
             playing = [i for i in playing if first[i] is None]
     finally:
-        for env in envs:
-            env.close()
+        for each in envs:
+            each.close()
     return first
 
 
-def run_episodes(act: Callable[[np.ndarray], np.ndarray], env_id: str, num_episodes: int, seed: int,
+def run_episodes(act: Callable[[np.ndarray], np.ndarray], env: EnvChoice, num_episodes: int, seed: int,
                  played: Callable[[int], None] | None = None) -> list[dict]:
     """Play `num_episodes` episodes with `act`; episode j is seeded `seed + j`. Returns [{seed, return, length}].
     `played(n)` hears of each batch of up to MAX_PARALLEL_EPISODES episodes: n of them are done."""
     results = []
     for start in range(0, num_episodes, MAX_PARALLEL_EPISODES):
         n = min(MAX_PARALLEL_EPISODES, num_episodes - start)
-        results.extend(play_seeds(act, env_id, [seed + start + i for i in range(n)]))
+        results.extend(play_seeds(act, env, [seed + start + i for i in range(n)]))
         if played:
             played(len(results))
     return results
 
 
-def evaluate_agents(network: ActorCritic, params, env_id: str, episodes: int, seeds: list[int],
+def evaluate_agents(network: ActorCritic, params, env: EnvChoice, episodes: int, seeds: list[int],
                     timed: bool = False) -> list[dict]:
     """`evaluate` for agents stacked on the leading axis of `params`: agent i plays `episodes` deterministic
     episodes from seeds[i] on, every agent's in the same vector env, with one policy call per step for all.
@@ -150,7 +156,7 @@ def evaluate_agents(network: ActorCritic, params, env_id: str, episodes: int, se
     played: list[list[dict]] = [[] for _ in seeds]
     for start in range(0, episodes, per_batch):
         n = min(per_batch, episodes - start)
-        batch = play_seeds(lambda obs: np.asarray(act(params, obs.reshape(agents, n, -1))).reshape(-1), env_id,
+        batch = play_seeds(lambda obs: np.asarray(act(params, obs.reshape(agents, n, -1))).reshape(-1), env,
                            [seed + start + j for seed in seeds for j in range(n)])  # agent-major
         for i in range(agents):
             played[i].extend(batch[i * n:(i + 1) * n])
@@ -198,10 +204,10 @@ def brief(summary: dict) -> dict:
     return {k: summary[k] for k in ("episodes", "mean", "std", "min", "max")}
 
 
-def evaluate(policy: Policy, env_id: str, episodes: int, seed: int, timed: bool = False) -> dict:
+def evaluate(policy: Policy, env: EnvChoice, episodes: int, seed: int, timed: bool = False) -> dict:
     """The summary of `episodes` deterministic episodes from seed `seed` on; `timed` adds their wall seconds."""
     start = time.perf_counter()
-    summary = summarize(run_episodes(policy, env_id, episodes, seed))
+    summary = summarize(run_episodes(policy, env, episodes, seed))
     return {**summary, "seconds": time.perf_counter() - start} if timed else summary
 
 
@@ -209,7 +215,7 @@ def evaluate_experiment(path: str | Path, num_episodes: int, seed: int | None = 
     """Play an experiment's model: by default on the seeds its final evaluation played, deterministically
     (argmax); with `sample`, actions drawn from the policy with a key seeded by the first episode's seed."""
     act, spec, seed = _player(path, seed, sample)
-    return summarize(run_episodes(act, spec.env_id, num_episodes, seed, progress_lines(num_episodes)))
+    return summarize(run_episodes(act, saved_env(spec), num_episodes, seed, progress_lines(num_episodes)))
 
 
 def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | None = None, sample: bool = False,
@@ -219,7 +225,7 @@ def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | No
     from PIL import Image
 
     act, spec, seed = _player(path, seed, sample)
-    env = make_env(spec.env_id, render_mode="rgb_array", max_episode_steps=max_steps)
+    env = saved_env(spec).make(render_mode="rgb_array", max_episode_steps=max_steps)
     frames, total = [], 0.0
     try:
         obs, _ = env.reset(seed=seed)

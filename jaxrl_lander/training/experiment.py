@@ -13,6 +13,7 @@ from typing import Any
 from jaxrl_lander.config import RunConfig, check_resumable
 from jaxrl_lander.config.errors import ConfigError, Interrupted, ResumeError, TrainingFailed, WriteFailed, first_line
 from jaxrl_lander.core.algos.base import TrainState
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.envs.normalization import Normalizer
 from jaxrl_lander.outputs import Outputs
 from jaxrl_lander.outputs.plotting import plot_learning_curve
@@ -227,7 +228,7 @@ class Experiment:
                 evaluation = delivery.evaluation
             elif delivery.step != progress.timestep or evaluation is None:
                 log.info("%s: final evaluation, %d episodes", self.paths.name, self.config.eval_episodes)
-                evaluation = evaluate(delivery.policy, self.config.env_id, self.config.eval_episodes,
+                evaluation = evaluate(delivery.policy, EnvChoice.of(self.config), self.config.eval_episodes,
                                       self.seeds.final, timed=True)
             outputs.evaluation(progress.timestep, evaluation, final=True)
         outputs.close(progress.timestep)
@@ -281,4 +282,4 @@ class Experiment:
             algo=self.config.algo, env_id=self.config.env_id, seed=self.config.seed, timestep=delivery.step,
             obs_dim=self.obs_dim, num_actions=network.num_actions,
             hidden_size=network.hidden_size, first_eval_seed=self.seeds.final,
-            observation_normalization=delivery.policy.observation_stats))
+            observation_normalization=delivery.policy.observation_stats, env_options=self.config.env_options()))

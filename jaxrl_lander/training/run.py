@@ -27,7 +27,7 @@ from jaxrl_lander.config.variants import check_agents
 from jaxrl_lander.core.algos import make_learner
 from jaxrl_lander.core.algos.base import TrainState
 from jaxrl_lander.envs import check_envs
-from jaxrl_lander.envs.gymnasium import make_vector_env
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.outputs import Outputs, Watch
 from jaxrl_lander.outputs.console import run_sinks
 from jaxrl_lander.outputs.plotting import plot_learning_curve
@@ -239,13 +239,14 @@ class Run:
         self.learners = [make_learner(c, *dims) for c in configs]
         self.learner = self.learners[0] if self.agents == 1 else AgentsLearner(self.learners, devices)
         self.network = self.learners[0].network
+        self.env = EnvChoice.of(self.config)  # every agent's (check_agents): training on gymnasium, evaluations
         if self.config.env_backend == "envpool":
             self.collector = CompiledCollector(self.config, self.learner, devices,
                                                agents=None if self.agents == 1 else self.agents,
                                                gamma=[c.gamma for c in configs],
                                                reward_scale=[c.reward_scale for c in configs])
         else:
-            self.collector = HostCollector(make_vector_env(self.config.env_id, self.config.num_envs), self.learner,
+            self.collector = HostCollector(self.env.make_vector(self.config.num_envs), self.learner,
                                            self.config, devices)
         self.keys = [RunKeys.from_seed(c.seed) for c in configs]
         self.experiments = [Experiment(c, p, dims[0], r, start) for c, p, r in zip(configs, paths, replaces)]
@@ -344,9 +345,9 @@ class Run:
     def evaluate(self, params) -> list[dict]:
         config = self.config
         if self.agents == 1:
-            return [brief(evaluate(self.policy(params), config.env_id, config.eval_interval_episodes,
+            return [brief(evaluate(self.policy(params), self.env, config.eval_interval_episodes,
                                    self.experiments[0].seeds.during_training))]
-        return [brief(s) for s in evaluate_agents(self.network, params, config.env_id, config.eval_interval_episodes,
+        return [brief(s) for s in evaluate_agents(self.network, params, self.env, config.eval_interval_episodes,
                                                   [e.seeds.during_training for e in self.experiments])]
 
     def checkpoint(self, state: TrainState, agents: list[int], training_seconds: float) -> None:
@@ -386,7 +387,7 @@ class Run:
             if self.agents > 1 and not end.stopped and not result.failure and not config.select_best_checkpoint:
                 # The agents' final evaluations played together; an agent whose update failed plays alone, unused.
                 log.info("final evaluation of %d agents: %d episodes each", self.agents, config.eval_episodes)
-                evaluations = evaluate_agents(self.network, final.params, config.env_id, config.eval_episodes,
+                evaluations = evaluate_agents(self.network, final.params, self.env, config.eval_episodes,
                                               [e.seeds.final for e in self.experiments], timed=True)
             finished: list[Results | Exception] = []
             for i, experiment in enumerate(self.experiments):

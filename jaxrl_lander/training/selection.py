@@ -9,6 +9,7 @@ from typing import Any
 from jaxrl_lander.core.algos.base import TrainState
 from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.config import RunConfig
+from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.training.evaluate import Policy, brief, evaluate
 from jaxrl_lander.core.policy import ActorCritic
 from jaxrl_lander.training.seeding import EvalSeeds
@@ -44,13 +45,13 @@ def select_checkpoint(config: RunConfig, store: CheckpointStore, template: Train
     evaluations during training; with several, each plays the same `selection_episodes` further episodes and the
     best mean there wins (the better evaluation during training, on a tie)."""
     seeds = EvalSeeds.of(config)
-    last_evaluation = evaluate(last, config.env_id, config.eval_episodes, seeds.final, timed=True)
+    last_evaluation = evaluate(last, EnvChoice.of(config), config.eval_episodes, seeds.final, timed=True)
     candidates = []
     for evaluation in ranked_evaluations(evaluations, config.selection_candidates):
         policy = checkpoint_policy(store, evaluation["timestep"], template, last.network)
         replay = None
         if config.selection_episodes:
-            replay = brief(evaluate(policy, config.env_id, config.selection_episodes, seeds.selection))
+            replay = brief(evaluate(policy, EnvChoice.of(config), config.selection_episodes, seeds.selection))
             log.info("%s: the checkpoint at step %d (evaluation during training %.1f) plays %.1f",
                      name, evaluation["timestep"], evaluation["mean"], replay["mean"])
         record = {"timestep": evaluation["timestep"], "evaluation_during_training": evaluation["mean"],
