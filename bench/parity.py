@@ -55,7 +55,8 @@ def ours(algo: str, seed: int, episodes: int, workdir: Path, config_path: Path |
     cmd = [sys.executable, "-m", "jaxrl_lander", "train", "--algo", algo, "--seed", str(seed), "--quiet",
            "--config", str(config), "--results-dir", str(workdir)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    return read_json(ExperimentPaths.of(workdir, algo, seed).results)["evaluation"]["mean"]
+    paths = ExperimentPaths.of(workdir, load_config(config, algo, {"seed": seed}))
+    return read_json(paths.results)["evaluation"]["mean"]
 
 
 def sb3(algo: str, seed: int, episodes: int, workdir: Path, config_path: Path | None) -> float:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxrl_lander.config import make_config
 from jaxrl_lander.storage.files import ExperimentPaths, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def ours(algo: str, workdir: Path, checkpoint_interval: int | None = None, cache
         cmd += ["--config", str(config)]
     env = {"JAXRL_LANDER_JAX_CACHE": cache} if cache is not None else None
     outcome = run(cmd, env)
-    results = read_json(ExperimentPaths.of(workdir, algo, 42).results)
+    results = read_json(ExperimentPaths.of(workdir, make_config(algo, {"seed": 42})).results)
     return {
         "wall_seconds": outcome["wall_seconds"],
         "peak_rss_mb": outcome["peak_rss_mb"],

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxrl_lander.config import load_config
 from jaxrl_lander.storage.files import ExperimentPaths, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,8 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "jaxrl_lander", "train", "--algo", "ppo", "--seed", str(args.seed),
                             "--config", str(ROOT / "configs" / "ppo_solve.toml"), "--backend", backend,
                             "--results-dir", tmp], check=True, capture_output=True, cwd=ROOT)
-            results = read_json(ExperimentPaths.of(tmp, "ppo", args.seed).results)
+            config = load_config(ROOT / "configs" / "ppo_solve.toml", "ppo", {"seed": args.seed})
+            results = read_json(ExperimentPaths.of(tmp, config).results)
         ours[backend] = {"solved": results["solved"], "evaluations": results["evaluations_during_training"],
                          "final_evaluation_mean": results["evaluation"]["mean"]}
     out = subprocess.run([str(ROOT / ".venv-bench" / "bin" / "python"), str(ROOT / "bench" / "sb3_solve.py"),

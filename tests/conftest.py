@@ -20,10 +20,10 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
-from helpers import TINY_TOML, Postgres, Run, call_main, postgres_bin, short_config, tmpfs  # noqa: E402
+from helpers import (TINY_TOML, Postgres, Run, call_main, experiment_paths, postgres_bin, short_config,  # noqa: E402
+                     tmpfs)
 
 from jaxrl_lander.config.errors import EXTRAS  # noqa: E402
-from jaxrl_lander.storage.files import ExperimentPaths  # noqa: E402
 from jaxrl_lander.storage.results import Results  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def short_runs(tmp_path_factory) -> dict[str, Run]:
     root = once_per_run(tmp_path_factory, "short_runs", build)
     runs = {}
     for algo in ("ppo", "a2c"):
-        paths = ExperimentPaths.of(root / algo, algo, 42)
+        paths = experiment_paths(root / algo, algo, 42)
         runs[algo] = Run(short_config(algo), Results.load(paths.results), paths)
     return runs
 

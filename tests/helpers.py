@@ -51,6 +51,11 @@ def short_config(algo: str, **overrides) -> RunConfig:
     return make_config(algo, {"total_timesteps": SHORT_STEPS, "eval_episodes": 3, **overrides})
 
 
+def experiment_paths(results_dir: str | Path, algo: str, seed: int, **keys) -> ExperimentPaths:
+    """The paths of the experiment of `algo`'s config with `seed` (and config `keys`) under `results_dir`."""
+    return ExperimentPaths.of(results_dir, make_config(algo, {"seed": seed, **keys}))
+
+
 def load_json(path: Path) -> dict:
     return read_json(path)
 
@@ -72,7 +77,7 @@ def train_run(config: RunConfig, results_dir: Path, **kwargs) -> Run:
     """Train `config` into results_dir as the Python API does; the run's config, results and paths."""
     from jaxrl_lander import train
 
-    return Run(config, train(config, results_dir, **kwargs), ExperimentPaths.of(results_dir, config.algo, config.seed))
+    return Run(config, train(config, results_dir, **kwargs), ExperimentPaths.of(results_dir, config))
 
 
 def validate(instance, schema_name: str) -> None:

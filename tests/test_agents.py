@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import child_env, cli_command
+from helpers import child_env, cli_command, experiment_paths
 
 from jaxrl_lander.training.agents import _by_agent, agent_of, on_host, stack
 from jaxrl_lander.training.run import train_agents
@@ -205,7 +205,7 @@ def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_d
     from jaxrl_lander.training.runtime import Devices
 
     configs = [tiny(0), tiny(1)]
-    paths = [ExperimentPaths.of(tmp_path, "ppo", c.seed) for c in configs]
+    paths = [experiment_paths(tmp_path, "ppo", c.seed) for c in configs]
     (paths[0].checkpoints / "256").mkdir(parents=True)
     agents = Run(configs, paths, [None, None], Devices.resolve(), (8, 4))
     with pytest.raises(ResumeError, match="no checkpoint step in common.*ppo_seed1 has none"):
@@ -229,7 +229,7 @@ def test_an_agent_plays_its_standalone_runs_first_rollout_wherever_it_stands_amo
 
     def first_rollout(seeds: list[int], agent: int) -> dict[str, np.ndarray]:
         configs = [tiny(seed) for seed in seeds]
-        paths = [ExperimentPaths.of(tmp_path / "-".join(map(str, seeds)), "ppo", seed) for seed in seeds]
+        paths = [experiment_paths(tmp_path / "-".join(map(str, seeds)), "ppo", seed) for seed in seeds]
         run = Run(configs, paths, [None] * len(seeds), Devices.resolve(), (8, 4))
         state = run.open(resume=False)
         run.collector.start([train_env_seed(keys.env, 0) for keys in run.keys])
@@ -303,7 +303,7 @@ def test_agents_refused_at_their_common_step_lose_no_checkpoint(tmp_path):
 
     configs = [tiny(0, steps=256), tiny(1, steps=256)]
     train_agents(configs, [tmp_path] * 2, progress_bar=False)
-    ahead, behind = (ExperimentPaths.of(tmp_path, "ppo", seed) for seed in (0, 1))
+    ahead, behind = (experiment_paths(tmp_path, "ppo", seed) for seed in (0, 1))
     for paths in (ahead, behind):
         paths.results.unlink()  # as if killed before it finished
     shutil.rmtree(behind.checkpoints / "256")  # killed before its last checkpoint: the common step is 128
@@ -333,7 +333,7 @@ def test_an_agent_whose_update_is_not_finite_fails_alone(tmp_path):
     results = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
     assert results[0].status == "completed" and results[0].updates == 2
     assert "non-finite" in str(results[1]) and "update 1 (step 256)" in str(results[1])
-    failed = read_json(ExperimentPaths.of(tmp_path, "ppo", 1).results)
+    failed = read_json(experiment_paths(tmp_path, "ppo", 1).results)
     assert failed["status"] == "failed" and failed["updates"] == 1 and failed["failure"] == "numerical"
     assert failed["timestep"] == 256  # where it failed, as a standalone run says, not where the others got to
     again = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
@@ -359,7 +359,7 @@ def test_an_agent_failing_inside_a_program_of_many_updates_fails_alone_at_its_up
     results = train_agents([healthy, diverging], [tmp_path, tmp_path], progress_bar=False)
     assert results[0].status == "completed" and results[0].updates == 50 and results[0].timestep == 2_000
     assert "update 1 (step 40)" in str(results[1])
-    failed = read_json(ExperimentPaths.of(tmp_path, "a2c", 1).results)
+    failed = read_json(experiment_paths(tmp_path, "a2c", 1).results)
     assert failed["status"] == "failed" and failed["updates"] == 1 and failed["timestep"] == 40
 
 
@@ -391,7 +391,7 @@ def test_a_vectorised_sweep_writes_each_seed_as_a_standalone_run_and_repeats_its
     assert again.returncode == 0, again.stderr[-2000:]
     for variant, rate in (("learning_rate=0.0003", 3e-4), ("learning_rate=0.001", 1e-3)):
         for seed in (0,):
-            first, second = (ExperimentPaths.of(tmp_path / "results/sweeps" / name / variant, "ppo", seed)
+            first, second = (experiment_paths(tmp_path / "results/sweeps" / name / variant, "ppo", seed)
                              for name in ("first", "second"))
             results = _complete_run(first, 256)
             assert results["hyperparameters"]["learning_rate"] == rate
@@ -419,7 +419,7 @@ def test_a_vectorised_sweep_stopped_then_killed_resumes_every_agent_each_time(tm
     checkpoint of (an agent that got further drops its later ones) and completes them."""
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     args = ("--seeds", "0", "1", "--steps", "1024")
-    paths = [ExperimentPaths.of(tmp_path / "results/sweeps/tiny", "ppo", seed) for seed in (0, 1)]
+    paths = [experiment_paths(tmp_path / "results/sweeps/tiny", "ppo", seed) for seed in (0, 1)]
     committed = lambda agent: sorted(int(p.name) for p in agent.checkpoints.iterdir() if p.name.isdigit())  # noqa
 
     stopped_run = _sweep(*args, cwd=tmp_path, kill_at="interrupt:256")
@@ -454,7 +454,7 @@ def test_a_vectorised_sweep_refuses_agents_another_process_is_writing(cli, tmp_p
     from jaxrl_lander.storage.claim import ExperimentLock
 
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
-    with ExperimentLock(ExperimentPaths.of(tmp_path / "results/sweeps/tiny", "ppo", 1)):
+    with ExperimentLock(experiment_paths(tmp_path / "results/sweeps/tiny", "ppo", 1)):
         proc = cli("sweep", "--algo", "ppo", "--config", "tiny.toml", "--vectorized", "--seeds", "0", "1", "--steps",
                    "256", cwd=tmp_path)
     assert proc.returncode == 2 and "is in use by" in proc.stderr.splitlines()[-1], proc.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
-from helpers import TINY_TOML as TINY, child_env, cli_command, load_json, run_cli, snapshot
+from helpers import TINY_TOML as TINY, child_env, cli_command, experiment_paths, load_json, run_cli, snapshot
 
 from jaxrl_lander import train
 from jaxrl_lander.storage.checkpoint import CheckpointStore
@@ -53,7 +53,7 @@ def test_overwrite_that_fails_before_a_checkpoint_keeps_the_old_experiment(tmp_p
     healthy = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
                                   "batch_size": 32, "total_timesteps": 128, "checkpoint_interval": 64,
                                   "learning_rate": 1e-9, "eval_episodes": 1})
-    paths = ExperimentPaths.of(tmp_path, "ppo", 42)
+    paths = ExperimentPaths.of(tmp_path, config)
     paths.root.mkdir(parents=True)
     (paths.root / "notes.txt").write_text("an earlier experiment's file\n")
     before = snapshot(paths.root)
@@ -66,7 +66,7 @@ def test_overwrite_that_fails_before_a_checkpoint_keeps_the_old_experiment(tmp_p
 
 
 def test_interrupted_overwrite_swaps_are_finished_or_undone(tmp_path):
-    paths = ExperimentPaths.of(tmp_path, "a2c", 1)
+    paths = experiment_paths(tmp_path, "a2c", 1)
     staged, old = (paths.root.parent / f".a2c_seed1.{s}" for s in ("new", "old"))
 
     def make(directory, text):
@@ -88,7 +88,7 @@ def test_interrupted_overwrite_swaps_are_finished_or_undone(tmp_path):
 
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
-    paths = ExperimentPaths.of(tmp_path, "ppo", 3)
+    paths = experiment_paths(tmp_path, "ppo", 3)
     with ExperimentLock(paths):
         with pytest.raises(ExperimentInUse, match=f"ppo_seed3 is in use by process {os.getpid()} "):
             ExperimentLock(paths).acquire()
@@ -96,7 +96,8 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from jaxrl_lander.storage.claim import ExperimentLock; from jaxrl_lander.storage.files import "
-        f"ExperimentPaths; ExperimentLock(ExperimentPaths.of({str(tmp_path)!r}, 'ppo', 3)).acquire(); "
+        "ExperimentPaths; from jaxrl_lander.config import make_config; ExperimentLock(ExperimentPaths.of("
+        f"{str(tmp_path)!r}, make_config('ppo', {{'seed': 3}}))).acquire(); "
         "print('locked', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(ExperimentInUse, match=f"process {holder.pid} "):
@@ -133,7 +134,7 @@ def test_a_run_stopped_during_its_start_up_blocks_no_re_run(tmp_path):
     """Empty directories (what a Ctrl-C during start-up leaves) are not an experiment to protect."""
     from jaxrl_lander.storage.claim import holds_experiment
 
-    paths = ExperimentPaths.of(tmp_path, "a2c", 42)
+    paths = experiment_paths(tmp_path, "a2c", 42)
     (paths.checkpoints).mkdir(parents=True)
     assert not holds_experiment(paths)
     (paths.checkpoints / "200").mkdir()
@@ -168,7 +169,7 @@ def test_reproduce_keeps_its_experiment_claimed_until_the_verdict_is_written(tmp
 
 def test_a_sweep_whose_seeds_are_still_written_by_orphans_exits_2(cli, tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
-    with ExperimentLock(ExperimentPaths.of(tmp_path / "results/sweeps/s", "a2c", 1)):  # as a killed sweep's seed
+    with ExperimentLock(experiment_paths(tmp_path / "results/sweeps/s", "a2c", 1)):  # as a killed sweep's seed
         proc = cli("sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "400", "--config", "tiny.toml",
                        "--name", "s", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -180,10 +181,11 @@ def test_a_sweep_whose_seeds_are_still_written_by_orphans_exits_2(cli, tmp_path)
 
 
 def test_the_holder_of_a_lock_is_named_without_its_passwords(tmp_path):
-    paths = ExperimentPaths.of(tmp_path, "ppo", 3)
+    paths = experiment_paths(tmp_path, "ppo", 3)
     (tmp_path / "hold.py").write_text(
         "import sys, time; from jaxrl_lander.storage.claim import ExperimentLock; from jaxrl_lander.storage.files import "
-        f"ExperimentPaths; ExperimentLock(ExperimentPaths.of({str(tmp_path)!r}, 'ppo', 3)).acquire(); "
+        "ExperimentPaths; from jaxrl_lander.config import make_config; ExperimentLock(ExperimentPaths.of("
+        f"{str(tmp_path)!r}, make_config('ppo', {{'seed': 3}}))).acquire(); "
         "print('locked', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "hold.py", "--storage", "postgresql://alice:S3cretPW@db/optuna"],
                               cwd=tmp_path, stdout=subprocess.PIPE, text=True)

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from helpers import validate, without_times
+from helpers import experiment_paths, validate, without_times
 
 from jaxrl_lander.storage.files import ExperimentPaths
 from jaxrl_lander.storage.metrics import MetricsRecorder, metrics_file, read_metrics
@@ -178,7 +178,7 @@ def test_an_append_writes_only_what_is_new(tmp_path, history):
 
 
 def test_read_metrics_takes_the_newer_of_the_json_and_the_journal(tmp_path):
-    paths = ExperimentPaths.of(tmp_path, "ppo", 42)
+    paths = experiment_paths(tmp_path, "ppo", 42)
     paths.root.mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no metrics file"):
         metrics_file(paths)
@@ -197,7 +197,7 @@ def test_read_metrics_takes_the_newer_of_the_json_and_the_journal(tmp_path):
 def test_plot_of_a_run_with_only_its_journal(tmp_path):
     from jaxrl_lander.outputs.plotting import plot_experiments
 
-    paths = ExperimentPaths.of(tmp_path, "ppo", 42)
+    paths = experiment_paths(tmp_path, "ppo", 42)
     paths.root.mkdir(parents=True)
     _journaled(paths.metrics_journal, [200, 400, 600])
     copy = tmp_path / "copy of a killed run"  # named after the experiment its journal belongs to

@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from jaxrl_lander.config import make_config
 from jaxrl_lander.storage.files import is_partial_write, replaced_atomically, write_json_atomic
 from jaxrl_lander.storage.metrics import MetricsRecorder
 
@@ -89,7 +90,7 @@ def test_replaced_atomically_and_partial_write_names(tmp_path):
 def test_experiment_paths_of_a_run_and_of_a_renamed_copy(tmp_path):
     from jaxrl_lander.storage.files import ExperimentPaths
 
-    paths = ExperimentPaths.of(tmp_path, "ppo", 7)
+    paths = ExperimentPaths.of(tmp_path, make_config("ppo", {"seed": 7}))
     assert paths.root == tmp_path / "experiments" / "ppo_seed7" and paths.name == "ppo_seed7"
     assert paths.results.name == "ppo_seed7_results.json" and paths.model.name == "ppo_seed7_model"
     copy = tmp_path / "my copy"

@@ -14,7 +14,7 @@ runs it, and `make soak` runs it alone.
 import random
 
 import pytest
-from helpers import load_json, run_cli, template_state
+from helpers import experiment_paths, load_json, run_cli, template_state
 
 from jaxrl_lander.storage.checkpoint import CheckpointStore
 from jaxrl_lander.config import make_config
@@ -76,7 +76,7 @@ def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(tmp_pat
     whole = train("whole")
     assert whole.returncode == 0, whole.stderr
 
-    paths = ExperimentPaths.of(tmp_path / "killed", "a2c", 42)
+    paths = experiment_paths(tmp_path / "killed", "a2c", 42)
     draw = random.Random(0)
     points = []
     for i in range(KILLS):

@@ -9,7 +9,7 @@ import time
 import jax
 import probe_envs  # noqa: F401  (registers the probe envs)
 import pytest
-from helpers import child_env, cli_command, load_json, run_cli, validate, wait_for
+from helpers import child_env, cli_command, experiment_paths, load_json, run_cli, validate, wait_for
 
 from jaxrl_lander import train
 from jaxrl_lander.core.algos import make_learner
@@ -71,7 +71,7 @@ def test_a_running_experiment_refuses_a_second_command_and_sigterm_stops_it_resu
 def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     config = make_config("ppo", {"env_id": "JaxrlLanderTest/NanReward-v0", "num_envs": 8, "n_steps": 16,
                                  "batch_size": 32, "total_timesteps": 1024, "checkpoint_interval": 64})
-    paths = ExperimentPaths.of(tmp_path, "ppo", 42)
+    paths = ExperimentPaths.of(tmp_path, config)
     with pytest.raises(TrainingFailed, match="non-finite loss nan at update 1 \\(step 128\\)"):
         train(config, tmp_path)
     results = load_json(paths.results)
@@ -107,7 +107,7 @@ def test_out_of_memory_is_one_line_and_blocks_no_re_run(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("jaxrl_lander: out of memory: ") and "hidden_size" in lines[0]
     fits = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert fits.returncode == 0, fits.stderr
-    results = load_json(ExperimentPaths.of(tmp_path / "results", "a2c", 42).results)
+    results = load_json(experiment_paths(tmp_path / "results", "a2c", 42).results)
     assert results["hyperparameters"]["hidden_size"] == 64
 
 
@@ -120,7 +120,7 @@ def test_a_write_that_fails_names_what_it_was_writing(tmp_path):
     def full_disk():
         raise OSError(28, "No space left on device")
 
-    run = SimpleNamespace(paths=ExperimentPaths.of(tmp_path, "ppo", 1), write_failed=False)
+    run = SimpleNamespace(paths=experiment_paths(tmp_path, "ppo", 1), write_failed=False)
     status, reason = Experiment._failed_write(run, "completed", None, full_disk, "the model")
     assert (status, reason) == ("failed", f"could not write the model in {tmp_path}/experiments/ppo_seed1"
                                           " (No space left on device)")

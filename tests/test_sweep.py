@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import load_json, run_cli, train_run, wait_for
+from helpers import experiment_paths, load_json, run_cli, train_run, wait_for
 
 from jaxrl_lander.config import load_config, make_config
 from jaxrl_lander.studies.sweep import BOOTSTRAP_SAMPLES, bootstrap_ci, iqm, learning_curves, summarize_returns, summarize_sweep
@@ -68,7 +68,7 @@ def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values
     settings = {"total_timesteps": 1_000, "checkpoint_interval": 1_000, "eval_episodes": 2}
     runs = [train_run(make_config("a2c", {**settings, "seed": seed}), tmp_path, progress_bar=False) for seed in (0, 1)]
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where the plot extra is not installed
-    summary = summarize_sweep("a2c", [1], tmp_path)
+    summary = summarize_sweep(runs[1].config, [1], tmp_path)
     assert not (tmp_path / "learning_curves.png").exists()  # the summary stands without its picture
     assert "no learning_curves.png: matplotlib (the plot extra) is not installed" in caplog.text
     assert summary["seeds"] == [0, 1] and load_json(tmp_path / "summary.json")["seeds"] == [0, 1]
@@ -91,7 +91,7 @@ def test_a_summary_covers_every_finished_seed_of_its_directory_with_their_values
 
     monkeypatch.undo()  # matplotlib back, where it is installed: the same summary, and its picture
     pytest.importorskip("matplotlib", reason="the summary's picture needs the plot extra")
-    assert summarize_sweep("a2c", [1], tmp_path) == summary
+    assert summarize_sweep(runs[1].config, [1], tmp_path) == summary
     assert (tmp_path / "learning_curves.png").read_bytes()[:8] == PNG
 
 
@@ -138,7 +138,6 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     import sys
 
     from jaxrl_lander.storage.claim import ExperimentLock
-    from jaxrl_lander.storage.files import ExperimentPaths
 
     (tmp_path / "tiny.toml").write_text("checkpoint_interval = 200\neval_episodes = 2\n")
     args = ["sweep", "--algo", "a2c", "--seeds", "0", "1", "--steps", "3000", "--config", "tiny.toml", "--set",
@@ -154,13 +153,13 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     assert err.strip().splitlines()[-1] == ("jaxrl_lander: sweep tiny_gamma=0.95 stopped by SIGTERM; its seeds saved"
                                             " where they were: run it again to continue")
     for seed in (0, 1):
-        paths = ExperimentPaths.of(out, "a2c", seed)
+        paths = experiment_paths(out, "a2c", seed)
         ExperimentLock(paths).acquire().release()  # no seed's process is left running
         assert json.loads(paths.results.read_text())["status"] == "interrupted"
 
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    per_seed = [json.loads(ExperimentPaths.of(out, "a2c", seed).results.read_text()) for seed in (0, 1)]
+    per_seed = [json.loads(experiment_paths(out, "a2c", seed).results.read_text()) for seed in (0, 1)]
     assert all(r["status"] == "completed" and r["resumed_from_timestep"] >= 200 for r in per_seed)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["final_evaluation"]["n"] == 2

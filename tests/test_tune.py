@@ -9,11 +9,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-from helpers import (SPACE, Postgres, child_env, load_json, one_error, postgres_bin, run_cli, study_json, tune_args,
-                     wait_for)
+from helpers import (SPACE, Postgres, child_env, experiment_paths, load_json, one_error, postgres_bin, run_cli,
+                     study_json, tune_args, wait_for)
 
 from jaxrl_lander.config import ConfigError, load_config, make_config
-from jaxrl_lander.storage.files import ExperimentPaths
 from jaxrl_lander.studies.tune_space import read_space
 
 # What a test needs beyond the package's own dependencies (tune_space, which reads and checks a space, needs none):
@@ -160,7 +159,7 @@ def test_a_pruned_trial_stops_at_the_evaluation_it_was_judged_on(tmp_path):
     assert results.status == "interrupted" and results.reason == "pruned by the study at step 256"
     assert results.stop == "watch"  # what the study reads to call the trial pruned
     assert results.timestep == 256 and results.evaluation is None
-    assert (ExperimentPaths.of(tmp_path / "doomed", "a2c", 42).checkpoints / "256").is_dir()  # a stop checkpoint
+    assert (experiment_paths(tmp_path / "doomed", "a2c", 42).checkpoints / "256").is_dir()  # a stop checkpoint
 
 
 @pytest.mark.slow

@@ -13,11 +13,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import SPACE, Postgres, load_json, run_cli, study_json, tmpfs, tune_args, wait_for
+from helpers import SPACE, Postgres, experiment_paths, load_json, run_cli, study_json, tmpfs, tune_args, wait_for
 
 from jaxrl_lander.config import load_config
 from jaxrl_lander.config.errors import ExperimentInUse
-from jaxrl_lander.storage.files import ExperimentPaths
 from jaxrl_lander.studies.tune_space import read_space
 
 PASSWORD = Postgres.PASSWORD
@@ -42,7 +41,7 @@ def space_file(tmp_path: Path, vf_high: float = 1.0) -> Path:
 
 
 def checkpointed(root: Path, trial: int, study: str) -> bool:
-    checkpoints = ExperimentPaths.of(root / "results/tuning" / study / f"trial_{trial:04d}", "a2c", 42).checkpoints
+    checkpoints = experiment_paths(root / "results/tuning" / study / f"trial_{trial:04d}", "a2c", 42).checkpoints
     return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
 
 
@@ -113,7 +112,7 @@ def test_three_failed_trials_in_a_row_stop_the_study_naming_the_last_cause(tmp_p
     first = run_cli(*tune_args(1), cwd=tmp_path)  # the study, and its trial 0
     assert first.returncode == 0, first.stderr
     for number in range(1, 7):  # each later trial finds a file where its experiment's checkpoints directory goes
-        paths = ExperimentPaths.of(tmp_path / f"results/tuning/space/trial_{number:04d}", "a2c", 42)
+        paths = experiment_paths(tmp_path / f"results/tuning/space/trial_{number:04d}", "a2c", 42)
         paths.root.mkdir(parents=True)
         paths.checkpoints.write_text("in the way\n")
     proc = run_cli(*tune_args(5, "--timeout", "150"), cwd=tmp_path)

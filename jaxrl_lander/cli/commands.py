@@ -1,6 +1,7 @@
 """What each command of the command line does, once its arguments are parsed (cli.py parses and reports)."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -36,7 +37,7 @@ def _run_config(args, seed: int | None, resume: bool = False):
     from jaxrl_lander.envs import check_envs
 
     check_envs(config)
-    paths = ExperimentPaths.of(args.results_dir, config.algo, config.seed)
+    paths = ExperimentPaths.of(args.results_dir, config)
     check_writable(paths.root, f"experiment {paths.root}")
     ExperimentLock(paths).check()  # another process writing it: say so now (train() takes the lock for good)
     check_rerun(paths, resume, args.overwrite, can_resume=args.command == "train")
@@ -64,7 +65,7 @@ def _train(args) -> int:
     else:
         speed = f"{results.steps_per_second or 0:.0f} steps/s" + (f" since the resume at step {resumed}"
                                                                  if resumed else "")
-    where = ExperimentPaths.of(args.results_dir, config.algo, config.seed).root
+    where = ExperimentPaths.of(args.results_dir, config).root
     say(f"{results.experiment_id}: {results.timestep} steps in {results.training_time_seconds:.1f} s of training"
         f" ({speed}) | evaluation over {ev['episodes']} episodes: {ev['mean']:.1f} +/- {ev['std']:.1f}"
         f" | artifacts in {where}")
@@ -130,9 +131,10 @@ def _sweep(args) -> int:
     out_dir = args.results_dir / "sweeps" / name
     from jaxrl_lander.storage.claim import ExperimentLock
 
-    for variant in variants:  # a seed still written by a process of an earlier sweep (orphaned by a kill)
-        for seed in args.seeds:
-            ExperimentLock(ExperimentPaths.of(out_dir / variant if variant else out_dir, args.algo, seed)).check()
+    for variant, config in variants.items():  # a seed still written by a process of an earlier sweep (orphaned
+        for seed in args.seeds:  # by a kill)
+            ExperimentLock(ExperimentPaths.of(out_dir / variant if variant else out_dir,
+                                              dataclasses.replace(config, seed=seed))).check()
     jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
     summaries = run_sweep(args.algo, args.seeds, variants, out_dir, jobs, vectorized=args.vectorized)
     for variant, summary in summaries.items():

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jaxrl_lander.config import RunConfig
 from jaxrl_lander.config.errors import ConfigError, UnreadableModel
 from jaxrl_lander.config.redact import shorten
 
@@ -18,16 +20,47 @@ from jaxrl_lander.config.redact import shorten
 ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"
 
 
+def env_name(config: RunConfig) -> str:
+    """The env's part of an experiment's name (experiment_stem): "" for LunarLander-v3 with the default options,
+    else "_" and then, each where it differs from the default, "continuous" (LunarLanderContinuous-v3) or
+    "env=<id, / as +>" (another id), "gravity<g>", "wind<power>-turb<power>" (enable_wind), each number as
+    Python's repr writes it (exact: distinct values, distinct names). A name that would be longer than MAX_NAME
+    or not plain takes "env-<16 hex digits of a SHA-256 of the id and options>" instead."""
+    options = config.env_options()
+    number = lambda x: repr(float(x) + 0.0)  # noqa: E731  (+ 0.0: -0.0 and 0.0 are one env, one name)
+    parts = [] if config.env_id == "LunarLander-v3" else [
+        "continuous" if config.env_id == "LunarLanderContinuous-v3" else f"env={config.env_id.replace('/', '+')}"]
+    if "gravity" in options:
+        parts.append(f"gravity{number(config.gravity)}")
+    if config.enable_wind:
+        parts.append(f"wind{number(config.wind_power)}-turb{number(config.turbulence_power)}")
+    part = "".join(f"_{p}" for p in parts)
+    longest = f"{config.algo}{part}_seed{2**32 - 1}"  # so that every seed of a config shares the env's part
+    if len(longest) > MAX_NAME or not NAME_PATTERN.fullmatch(longest):
+        text = json.dumps([config.env_id, {k: float(v) + 0.0 for k, v in options.items()}], sort_keys=True)
+        part = f"_env-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return part
+
+
+def experiment_stem(config: RunConfig) -> str:
+    """An experiment's name without its seed: the algorithm and the env (env_name); the name adds "_seed<seed>"."""
+    return f"{config.algo}{env_name(config)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentPaths:
-    """RESULTS_DIR/experiments/{algo}_seed{seed}/ and the files in it: the one place their names are made."""
+    """RESULTS_DIR/experiments/{algo}{env}_seed{seed}/ and the files in it: the one place their names are made.
+    {env} (env_name) is empty for LunarLander-v3 with the default options: ppo_seed42, ppo_continuous_seed42,
+    ppo_wind15.0-turb1.5_seed42, ppo_continuous_gravity-9.5_seed42."""
 
     root: Path
     name: str
 
     @classmethod
-    def of(cls, results_dir: str | Path, algo: str, seed: int) -> "ExperimentPaths":
-        name = f"{algo}_seed{seed}"
+    def of(cls, results_dir: str | Path, config: RunConfig) -> "ExperimentPaths":
+        """The experiment `config` trains into under `results_dir`; two configs of another algorithm, seed, env id
+        or env option never share one."""
+        name = f"{experiment_stem(config)}_seed{config.seed}"
         return cls(root=Path(results_dir) / "experiments" / name, name=name)
 
     @classmethod

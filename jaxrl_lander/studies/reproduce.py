@@ -45,7 +45,7 @@ def reproduce(config: RunConfig, results_dir: str | Path = "results", overwrite:
     run to the verdict's write: no other command changes it in between.
     """
     check_results_dir(results_dir)
-    with ExperimentLock(ExperimentPaths.of(results_dir, config.algo, config.seed)) as claim:
+    with ExperimentLock(ExperimentPaths.of(results_dir, config)) as claim:
         first = _completed(train(config, results_dir, overwrite=overwrite, claim=claim))
         with tempfile.TemporaryDirectory(dir=results_dir, prefix=".reproduce-") as scratch:
             log.info("second run of %s for the reproducibility check", first.experiment_id)

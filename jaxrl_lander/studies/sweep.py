@@ -25,7 +25,8 @@ from scipy import stats
 from jaxrl_lander.storage.claim import ExperimentLock
 from jaxrl_lander.config import RunConfig, config_to_toml
 from jaxrl_lander.config.errors import ConfigError, Interrupted, SweepFailed
-from jaxrl_lander.storage.files import ExperimentPaths, read_json, replaced_atomically, write_json_atomic
+from jaxrl_lander.storage.files import (ExperimentPaths, experiment_stem, read_json, replaced_atomically,
+                                        write_json_atomic)
 from jaxrl_lander.outputs.plotting import plot_sweep_curves
 
 log = logging.getLogger("jaxrl_lander")
@@ -174,7 +175,7 @@ def _run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], dirs
             failures.update({(name, seed): error for seed, error in _train_processes(algo, seeds, dirs[name],
                                                                                      jobs).items()})
     whole = [name for name in variants if not any(n == name for n, _ in failures)]
-    summaries = {name: summarize_sweep(algo, seeds, dirs[name]) for name in whole}  # the variants that finished
+    summaries = {name: summarize_sweep(variants[name], seeds, dirs[name]) for name in whole}  # those that finished
     if list(variants) != [""] and summaries:
         covered = sorted({seed for summary in summaries.values() for seed in summary["seeds"]})
         write_json_atomic(out_dir / "summary.json", {"algorithm": algo, "seeds": covered, "variants": summaries})
@@ -230,22 +231,24 @@ def _train_agents(seeds: list[int], variants: dict[str, RunConfig], dirs: dict[s
     return {run: str(r) for run, r in zip(runs, results) if isinstance(r, Exception)}
 
 
-def _summarized_seeds(algo: str, seeds: list[int], out_dir: Path) -> list[int]:
+def _summarized_seeds(config: RunConfig, seeds: list[int], out_dir: Path) -> list[int]:
     """`seeds`, and every other seed of the directory whose run completed (they all trained from its one
-    config.toml): a sweep run again for fewer seeds, or after a kill before its summary, adds to its summary."""
-    done = []
-    for results in (out_dir / "experiments").glob(f"{algo}_seed*/{algo}_seed*_results.json"):
-        seed = results.parent.name.removeprefix(f"{algo}_seed")
-        if seed.isdigit() and results.name == f"{algo}_seed{seed}_results.json":
+    config.toml, `config` but for the seed): a sweep run again for fewer seeds, or after a kill before its
+    summary, adds to its summary."""
+    done, stem = [], experiment_stem(config)
+    for results in (out_dir / "experiments").glob(f"{stem}_seed*/{stem}_seed*_results.json"):
+        seed = results.parent.name.removeprefix(f"{stem}_seed")
+        if seed.isdigit() and results.name == f"{stem}_seed{seed}_results.json":
             with contextlib.suppress(OSError, ValueError):
                 if read_json(results).get("status") == "completed":
                     done.append(int(seed))
     return sorted(set(seeds) | set(done))
 
 
-def summarize_sweep(algo: str, seeds: list[int], out_dir: Path) -> dict[str, Any]:
-    seeds = _summarized_seeds(algo, seeds, out_dir)
-    experiments = [ExperimentPaths.of(out_dir, algo, seed) for seed in seeds]
+def summarize_sweep(config: RunConfig, seeds: list[int], out_dir: Path) -> dict[str, Any]:
+    """The summary of the sweep in `out_dir` of `config` (its seed aside) over `seeds`, written with its plot."""
+    algo, seeds = config.algo, _summarized_seeds(config, seeds, out_dir)
+    experiments = [ExperimentPaths.of(out_dir, dataclasses.replace(config, seed=seed)) for seed in seeds]
     results = [read_json(paths.results) for paths in experiments]
     metrics = [read_json(paths.metrics) for paths in experiments]
     threshold = results[0]["hyperparameters"]["solve_threshold"]

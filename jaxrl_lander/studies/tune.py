@@ -367,7 +367,7 @@ class Study:
         directory = self.out_dir / f"trial_{trial.number if retry_of is None else retry_of:04d}"
         configs = [make_config(config.algo, {**config.to_dict(), "seed": seed}) for seed in self.seeds]
         trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("experiments", [str(ExperimentPaths.of(directory, c.algo, c.seed).root) for c in configs])
+        trial.set_user_attr("experiments", [str(ExperimentPaths.of(directory, c).root) for c in configs])
         watch = None if unprunable(config) else Pruning(trial)  # scored by the final evaluation: nothing to judge
         try:  # several seeds train as vectorised agents, one per seed
             runs = train_agents(configs, [directory] * len(configs), progress_bar=False, watch=watch)

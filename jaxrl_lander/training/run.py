@@ -55,9 +55,10 @@ def train(config: RunConfig, results_dir: str | Path = "results", *, resume: boo
           device: str = "auto", act_device: str = "auto", tensorboard: bool = False,
           progress_bar: bool | None = None, watch: Watch | None = None, init_from: str | Path | None = None,
           claim: ExperimentLock | None = None) -> Results:
-    """Train `config` into results_dir/experiments/{algo}_seed{seed}/, as `python -m jaxrl_lander train` does.
+    """Train `config` into results_dir/experiments/{algo}{env}_seed{seed}/ (ExperimentPaths.of), as `python -m
+    jaxrl_lander train` does.
 
-    An existing experiment of the same algorithm and seed is continued from its latest complete checkpoint with
+    An existing experiment of the same algorithm, env and seed is continued from its latest complete checkpoint with
     `resume` (a finished run's results are returned untouched), replaced with `overwrite` (once the new run has
     committed its first checkpoint; until then the old one stays whole), and otherwise refused. `device` runs the
     update, `act_device` the per-step action sampling (auto: JAX's default device, and the host CPU).
@@ -84,7 +85,7 @@ def train_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, ov
                  progress_bar: bool | None = None, watch: Watch | None = None,
                  init_from: str | Path | None = None) -> list[Results | Exception]:
     """Train `configs` (one program: check_agents) together, config i into results_dirs[i]/experiments/
-    {algo}_seed{seed}/, each resumed from its checkpoints (an agent whose experiment has completed already is
+    {algo}{env}_seed{seed}/, each resumed from its checkpoints (an agent whose experiment has completed already is
     returned as it is), or, with `overwrite` or `init_from`, each a new experiment (one that exists is replaced
     with `overwrite`, else refused). The options are train()'s; a `watch` sees every agent's events and may stop
     all of them.
@@ -112,7 +113,7 @@ def run_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, resu
     the TrainingFailed or Interrupted its experiment ended with; and, when a signal stopped the run, which and
     where. Every check is made here, once, before anything is written."""
     check_agents(configs)
-    paths = [ExperimentPaths.of(d, c.algo, c.seed) for c, d in zip(configs, results_dirs)]
+    paths = [ExperimentPaths.of(d, c) for c, d in zip(configs, results_dirs)]
     if len({p.root.resolve() for p in paths}) < len(paths):
         raise ConfigError("two agents would write the same experiment directory")
     if init_from is not None and resume:
