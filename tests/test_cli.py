@@ -105,6 +105,11 @@ def _experiment_a_file(root):
     (root / EXP).write_text("a file where the experiment was\n")
 
 
+def _windy_experiment(root):
+    """The experiment of the finished one's config with wind, its own directory beside it."""
+    shutil.copytree(root / EXP, root / "results/experiments/a2c_wind15.0-turb1.5_seed42")
+
+
 def _model_spec_names_evil_module(root):
     _evil_module(root)
     _edit_json("a2c_seed42_model/policy/metadata", env_id="evilmod:LunarLander-v3")(root)
@@ -166,6 +171,26 @@ BAD = [
      " LunarLanderContinuous-v3, got 'Nope-v0'", None),
     (["train", "--algo", "a2c", "--set", "env_id=LunarLanderContinuous-v3"], "has Box actions", None),
     (["sweep", "--algo", "a2c", "--seeds", "0", "--set", 'env_id="Nope-v0"'], "env_id must be one of", None),
+    # LunarLander's options: gymnasium's ranges, wind strengths only with wind, none on envpool.
+    (["train", "--algo", "ppo", "--set", "gravity=-12"], "gravity must lie in (-12, 0), bounds excluded", None),
+    (["train", "--algo", "ppo", "--set", "gravity=0"], "gravity must lie in (-12, 0)", None),
+    (["train", "--algo", "a2c", "--set", "enable_wind=true", "--set", "wind_power=20.5"],
+     "wind_power must lie in [0, 20]", None),
+    (["train", "--algo", "a2c", "--set", "enable_wind=true", "--set", "turbulence_power=-1"],
+     "turbulence_power must lie in [0, 2]", None),
+    (["train", "--algo", "a2c", "--set", "wind_power=5"], "wind_power needs enable_wind = true", None),
+    (["sweep", "--algo", "a2c", "--seeds", "0", "--set", "turbulence_power=[0.5,1.0]"],
+     "turbulence_power needs enable_wind = true", None),
+    (["train", "--algo", "ppo", "--backend", "envpool", "--set", "enable_wind=true"],
+     "env_backend 'envpool' has no enable_wind", None),
+    (["train", "--algo", "ppo", "--backend", "envpool", "--set", "gravity=-5"], "env_backend 'envpool' has no gravity",
+     None),
+    (["train", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml", "--set", "enable_wind=true"],
+     "experiments/a2c_wind15.0-turb1.5_seed42 already holds an experiment", _windy_experiment),
+    (["evaluate", EXP], "its spec's env_options: gravity must lie in (-12, 0)",
+     _edit_json("a2c_seed42_model/policy/metadata", env_options={"gravity": 4.0})),
+    (["evaluate", EXP], "its spec's env_options must be an object of gravity, enable_wind, wind_power,"
+     " turbulence_power", _edit_json("a2c_seed42_model/policy/metadata", env_options={"num_envs": 2})),
     # A re-run that would have replaced the experiment, or run with it.
     (RESUME[:-1], "already holds an experiment: add --resume to continue it or --overwrite to replace it", None),
     (["reproduce", "--algo", "a2c", "--steps", "400", "--config", "tiny.toml"], "already holds an experiment",
