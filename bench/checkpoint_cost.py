@@ -57,7 +57,7 @@ STEP_INTERVAL = 1_000
 def real_sized_checkpoint():
     """(state, metadata, rollout) as a PPO run of the default config saves them at a checkpoint inside a rollout."""
     config = make_config("ppo")
-    state = make_learner(config, obs_dim=8, num_actions=4).init(jax.random.key(0))
+    state = make_learner(config, obs_dim=8, action_size=4).init(jax.random.key(0))
     n, b = config.n_steps, config.num_envs
     rng = np.random.default_rng(0)
     rollout = {"obs": rng.normal(size=(n, b, 8)).astype(np.float32),

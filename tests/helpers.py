@@ -64,7 +64,7 @@ def template_state(config: RunConfig):
     """A train state of `config`'s structure on LunarLander (8 observations, 4 actions): what checkpoints restore into."""
     from jaxrl_lander.core.algos import make_learner
 
-    return make_learner(config, obs_dim=8, num_actions=4).init(jax.random.key(0))
+    return make_learner(config, obs_dim=8, action_size=4).init(jax.random.key(0))
 
 
 class Run(NamedTuple):

@@ -74,7 +74,7 @@ for _cls, _limit in ((Countdown, 3), (OneStep, None), (TwoStep, None), (MatchSig
     _id = f"JaxrlLanderTest/{_cls.__name__}-v0"
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls, max_episode_steps=_limit)
-    allow_env_id(_id, obs_dim=1, num_actions=2)
+    allow_env_id(_id, obs_dim=1, action_size=2)
 
 
 class NanReward(gym.Env):
@@ -93,4 +93,4 @@ class NanReward(gym.Env):
 
 if "JaxrlLanderTest/NanReward-v0" not in gym.registry:
     gym.register(id="JaxrlLanderTest/NanReward-v0", entry_point=NanReward)
-allow_env_id("JaxrlLanderTest/NanReward-v0", obs_dim=1, num_actions=2)
+allow_env_id("JaxrlLanderTest/NanReward-v0", obs_dim=1, action_size=2)

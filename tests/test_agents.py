@@ -24,7 +24,7 @@ from jaxrl_lander.training.run import train_agents
 from jaxrl_lander.core.algos import ALGORITHMS, make_learner
 from jaxrl_lander.core.algos.base import Rollout
 from jaxrl_lander.training.compiled import agents_act, agents_value
-from jaxrl_lander.config import make_config
+from jaxrl_lander.config import EnvShape, make_config
 from jaxrl_lander.config.errors import ConfigError
 from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.training.evaluate import Policy, evaluate, evaluate_agents
@@ -60,7 +60,7 @@ def test_a_rollout_of_all_agents_splits_into_each_agents_columns():
 class TestStackedAgents(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_act_and_value_as_each_would_alone(self):
-        learner = make_learner(make_config("ppo", {}), obs_dim=8, num_actions=4)
+        learner = make_learner(make_config("ppo", {}), obs_dim=8, action_size=4)
         states = [learner.init(jax.random.key(seed)) for seed in (3, 4)]
         params, keys = stack([s.params for s in states]), jnp.stack([s.key for s in states])
         obs = jax.random.normal(jax.random.key(0), (2 * 5, 8))
@@ -112,7 +112,7 @@ def test_agents_of_different_step_sizes_share_one_compiled_update_and_each_steps
     from jaxrl_lander.training.runtime import Devices
 
     configs = [tiny(0, learning_rate=1e-12), tiny(1, learning_rate=1e-3)]
-    learners = [make_learner(c, obs_dim=8, num_actions=4) for c in configs]
+    learners = [make_learner(c, obs_dim=8, action_size=4) for c in configs]
     agents = AgentsLearner(learners, Devices.resolve())
     state = agents.place(stack([learner.init(jax.random.key(i)) for i, learner in enumerate(learners)]))
     t, width = configs[0].n_steps, 2 * configs[0].num_envs
@@ -129,7 +129,7 @@ def test_agents_of_different_step_sizes_share_one_compiled_update_and_each_steps
 
 
 def test_stacked_agents_play_the_episodes_each_would_play_alone():
-    learner = make_learner(make_config("ppo", {}), obs_dim=8, num_actions=4)
+    learner = make_learner(make_config("ppo", {}), obs_dim=8, action_size=4)
     states = [learner.init(jax.random.key(seed)) for seed in (0, 1)]
     together = evaluate_agents(learner.network, stack([s.params for s in states]), EnvChoice("LunarLander-v3"), 3,
                                [100, 500])
@@ -139,7 +139,7 @@ def test_stacked_agents_play_the_episodes_each_would_play_alone():
 
 
 def test_train_states_sliced_on_the_host_are_each_agents_own():
-    learner = make_learner(make_config("ppo", {}), obs_dim=8, num_actions=4)
+    learner = make_learner(make_config("ppo", {}), obs_dim=8, action_size=4)
     states = [learner.init(jax.random.key(seed)) for seed in (5, 6)]
     host = on_host(stack(states))
     for i, state in enumerate(states):
@@ -207,13 +207,13 @@ def test_agents_without_a_checkpoint_step_in_common_are_refused_and_nothing_is_d
     configs = [tiny(0), tiny(1)]
     paths = [experiment_paths(tmp_path, "ppo", c.seed) for c in configs]
     (paths[0].checkpoints / "256").mkdir(parents=True)
-    agents = Run(configs, paths, [None, None], Devices.resolve(), (8, 4))
+    agents = Run(configs, paths, [None, None], Devices.resolve(), EnvShape(8, 4))
     with pytest.raises(ResumeError, match="no checkpoint step in common.*ppo_seed1 has none"):
         agents.open(resume=True)
     assert (paths[0].checkpoints / "256").is_dir()
     shutil.rmtree(paths[0].checkpoints / "256")  # a kill during the first round of checkpoints: all afresh
     (paths[0].checkpoints / "128").mkdir(parents=True)
-    agents = Run(configs, paths, [None, None], Devices.resolve(), (8, 4))
+    agents = Run(configs, paths, [None, None], Devices.resolve(), EnvShape(8, 4))
     agents.open(resume=True)
     assert [p.timestep for p in agents.progress] == [0, 0] and not (paths[0].checkpoints / "128").exists()
     agents.close()
@@ -230,7 +230,7 @@ def test_an_agent_plays_its_standalone_runs_first_rollout_wherever_it_stands_amo
     def first_rollout(seeds: list[int], agent: int) -> dict[str, np.ndarray]:
         configs = [tiny(seed) for seed in seeds]
         paths = [experiment_paths(tmp_path / "-".join(map(str, seeds)), "ppo", seed) for seed in seeds]
-        run = Run(configs, paths, [None] * len(seeds), Devices.resolve(), (8, 4))
+        run = Run(configs, paths, [None] * len(seeds), Devices.resolve(), EnvShape(8, 4))
         state = run.open(resume=False)
         run.collector.start([train_env_seed(keys.env, 0) for keys in run.keys])
         run.collector.advance(state, 0, configs[0].rollout_size, [True] * len(seeds), lambda: False)

@@ -20,7 +20,7 @@ from jaxrl_lander.core.policy import sample_action
 
 
 def _state(seed=0):
-    learner = make_learner(make_config("ppo"), obs_dim=8, num_actions=4)
+    learner = make_learner(make_config("ppo"), obs_dim=8, action_size=4)
     state = learner.init(jax.random.key(seed))
     # Perturb so the test cannot pass on freshly initialised (deterministic) parameters alone.
     state = state.replace(params=jax.tree.map(lambda p: p + 0.01 * jnp.sin(jnp.arange(p.size).reshape(p.shape)),
@@ -71,7 +71,7 @@ def test_model_round_trip_and_load_policy(tmp_path):
     assert spec == SPEC
     jax.tree.map(np.testing.assert_array_equal, params, state.params)
     obs = np.random.default_rng(1).normal(size=(64, 8)).astype(np.float32)
-    expected = np.argmax(np.asarray(learner.network.apply(state.params, obs)[0]), axis=-1)
+    expected = np.argmax(np.asarray(learner.network.apply(state.params, obs)[0].logits), axis=-1)
     for path in (tmp_path / "ppo_seed1" / "ppo_seed1_model", tmp_path / "ppo_seed1"):  # model, or its experiment
         actions = load_policy(path)(obs)
         assert actions.shape == (64,) and actions.dtype == np.int32
@@ -115,7 +115,7 @@ def test_restore_into_another_architecture_is_refused(tmp_path):
     store = CheckpointStore(tmp_path / "ckpt")
     store.save(1000, state, {"timestep": 1000})
     store.close()
-    wider = make_learner(make_config("ppo", {"hidden_size": 32}), obs_dim=8, num_actions=4)
+    wider = make_learner(make_config("ppo", {"hidden_size": 32}), obs_dim=8, action_size=4)
     template = wider.init(jax.random.key(0))
     with pytest.raises(ValueError, match="does not match the structure"):
         CheckpointStore(tmp_path / "ckpt").restore(1000, template)

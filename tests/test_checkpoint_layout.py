@@ -14,7 +14,7 @@ from jaxrl_lander.storage.checkpoint import CheckpointStore, _per_dtype_tree
 
 
 def _state(seed=0, hidden_size=64):
-    learner = make_learner(make_config("ppo", {"hidden_size": hidden_size}), obs_dim=8, num_actions=4)
+    learner = make_learner(make_config("ppo", {"hidden_size": hidden_size}), obs_dim=8, action_size=4)
     state = learner.init(jax.random.key(seed))
     # Distinct values in every leaf, the optimiser's counts too: a shuffled or shifted split cannot pass.
     bump = lambda x: x + (jnp.arange(x.size).reshape(x.shape) % 7 + seed).astype(x.dtype)  # noqa: E731

@@ -26,7 +26,7 @@ from jaxrl_lander.storage.checkpoint import CheckpointStore, _to_tree, committed
 
 
 def _state(seed=0):
-    return make_learner(make_config("ppo"), obs_dim=8, num_actions=4).init(jax.random.key(seed))
+    return make_learner(make_config("ppo"), obs_dim=8, action_size=4).init(jax.random.key(seed))
 
 
 def _rollout(value=0.0):
@@ -258,7 +258,7 @@ SAVE_UNTIL_KILLED = textwrap.dedent("""
     from jaxrl_lander.core.algos import make_learner
     from jaxrl_lander.storage.checkpoint import CheckpointStore
 
-    state = make_learner(make_config("ppo"), obs_dim=8, num_actions=4).init(jax.random.key(0))
+    state = make_learner(make_config("ppo"), obs_dim=8, action_size=4).init(jax.random.key(0))
     store = CheckpointStore(sys.argv[1])
     step = 0
     while True:

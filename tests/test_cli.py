@@ -169,7 +169,6 @@ BAD = [
     (["train", "--algo", "ppo", "--set", "max_grad_norm=0"], "max_grad_norm must be > 0", None),
     (["train", "--algo", "a2c", "--set", "env_id=Nope-v0"], "env_id must be one of LunarLander-v3,"
      " LunarLanderContinuous-v3, got 'Nope-v0'", None),
-    (["train", "--algo", "a2c", "--set", "env_id=LunarLanderContinuous-v3"], "has Box actions", None),
     (["sweep", "--algo", "a2c", "--seeds", "0", "--set", 'env_id="Nope-v0"'], "env_id must be one of", None),
     # LunarLander's options: gymnasium's ranges, wind strengths only with wind, none on envpool.
     (["train", "--algo", "ppo", "--set", "gravity=-12"], "gravity must lie in (-12, 0), bounds excluded", None),

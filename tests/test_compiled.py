@@ -199,7 +199,7 @@ def test_a_stop_inside_a_compiled_rollout_stops_at_the_step_reached():
     from jaxrl_lander.training.runtime import Devices
 
     config = make_config("ppo", {**ENVPOOL, "total_timesteps": 2_000})
-    learner = make_learner(config, obs_dim=8, num_actions=4)
+    learner = make_learner(config, obs_dim=8, action_size=4)
     collector = CompiledCollector(config, learner, Devices.resolve())
     collector.start(env_seeds=[0])
     progress = Progress()
@@ -264,7 +264,7 @@ def test_a_stop_far_from_any_due_point_waits_for_one_program_call_at_most(monkey
 
     monkeypatch.setattr(compiled, "MAX_STEPS_PER_CALL", 400)
     config = make_config("a2c", {"env_backend": "envpool", "total_timesteps": 4_000, "checkpoint_interval": 10**9})
-    learner = make_learner(config, obs_dim=8, num_actions=4)
+    learner = make_learner(config, obs_dim=8, action_size=4)
     collector = compiled.CompiledCollector(config, learner, Devices.resolve(), update_inside=True)
     assert collector.length == 10
     collector.start(env_seeds=[0])

@@ -116,13 +116,16 @@ def test_the_allow_list_knows_each_envs_shape_as_gymnasium_makes_it():
 
     for env_id in ("LunarLander-v3", "LunarLanderContinuous-v3", "JaxrlLanderTest/Countdown-v0"):
         env = gym.make(env_id)
-        obs_dim, num_actions = ENV_IDS[env_id]
-        assert env.observation_space.shape == (obs_dim,), env_id
-        if num_actions is None:
+        shape = ENV_IDS[env_id]
+        assert env.observation_space.shape == (shape.obs_dim,), env_id
+        if shape.continuous:
             assert isinstance(env.action_space, gym.spaces.Box), env_id
+            assert env.action_space.shape == (shape.action_size,), env_id
+            np.testing.assert_array_equal(env.action_space.low, -1.0)  # what policy.env_action clips to
+            np.testing.assert_array_equal(env.action_space.high, 1.0)
         else:
-            assert env.action_space.n == num_actions, env_id
-            assert check_env(env_id) == (obs_dim, num_actions)
+            assert env.action_space.n == shape.action_size, env_id
+        assert check_env(env_id) == shape
         env.close()
 
 
@@ -136,7 +139,7 @@ def test_checking_an_env_makes_none(monkeypatch):
 
     monkeypatch.setattr(gym, "make", no_make)
     monkeypatch.setattr(gym, "make_vec", no_make)
-    assert check_env("LunarLander-v3") == (8, 4)
+    assert check_env("LunarLander-v3") == (8, 4, False)
 
 
 @pytest.mark.needs("envpool")

@@ -16,7 +16,7 @@ N, OBS_DIM, ACTIONS = 16, 8, 4
 
 @pytest.fixture
 def setup():
-    policy = ActorCritic(num_actions=ACTIONS)
+    policy = ActorCritic(action_size=ACTIONS)
     rng = np.random.default_rng(0)
     params = policy.init(jax.random.key(0), jnp.zeros((1, OBS_DIM)))
     batch = Batch(
@@ -27,7 +27,8 @@ def setup():
         advantages=jnp.asarray(rng.normal(size=N), jnp.float32),
         returns=jnp.asarray(rng.normal(size=N), jnp.float32),
     )
-    logits, values = (np.asarray(x, np.float64) for x in policy.apply(params, batch.obs))
+    dist, values = policy.apply(params, batch.obs)
+    logits, values = np.asarray(dist.logits, np.float64), np.asarray(values, np.float64)
     return policy, params, batch, logits, values
 
 
@@ -141,7 +142,7 @@ def test_gradient_clipping_is_by_global_norm():
 
 def test_update_changes_params_and_threads_key():
     config = make_config("ppo")
-    policy = ActorCritic(num_actions=ACTIONS)
+    policy = ActorCritic(action_size=ACTIONS)
     tx = ppo.make_optimizer(config)
     state = init_state(policy=policy, tx=tx, key=jax.random.key(1), obs_dim=OBS_DIM)
     rng = np.random.default_rng(1)
@@ -193,7 +194,7 @@ def test_an_update_takes_in_its_state_only_when_finite_and_alive(algo):
 
     small = {"batch_size": 16, "n_epochs": 1} if algo == "ppo" else {}
     config = make_config(algo, {"n_steps": 8, "num_envs": 2, **small})
-    learner = make_learner(config, obs_dim=8, num_actions=4)
+    learner = make_learner(config, obs_dim=8, action_size=4)
     state = learner.init(jax.random.key(0))
     rng = np.random.default_rng(0)
     rollout = Rollout(rng.normal(size=(8, 2, 8)).astype(np.float32), rng.integers(0, 4, (8, 2)).astype(np.int32),
@@ -209,3 +210,47 @@ def test_an_update_takes_in_its_state_only_when_finite_and_alive(algo):
     assert not np.isfinite(metrics["loss"]) and kept(frozen)
     failed_before, metrics = learner.update(state, rollout, alive=np.bool_(False))
     assert np.isfinite(metrics["loss"]) and kept(failed_before)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_continuous_losses_match_numpy(algo):
+    """The same losses over a Gaussian policy: log-probs of unclipped actions (some beyond the bounds) summed
+    over the action's two dimensions, the entropy of a diagonal Gaussian, by numpy in float64."""
+    policy = ActorCritic(action_size=2, continuous=True)
+    rng = np.random.default_rng(3)
+    params = policy.init(jax.random.key(0), jnp.zeros((1, OBS_DIM)))
+    params = {"params": {**params["params"], "log_std": jnp.array([-0.3, 0.4], jnp.float32)}}
+    batch = Batch(
+        obs=jnp.asarray(rng.normal(size=(N, OBS_DIM)), jnp.float32),
+        actions=jnp.asarray(rng.normal(scale=1.5, size=(N, 2)), jnp.float32),
+        old_log_probs=jnp.asarray(rng.normal(-2.5, 0.5, size=N), jnp.float32),
+        old_values=jnp.zeros(N),
+        advantages=jnp.asarray(rng.normal(size=N), jnp.float32),
+        returns=jnp.asarray(rng.normal(size=N), jnp.float32),
+    )
+    assert np.abs(np.asarray(batch.actions)).max() > 1.0  # learned from as sampled, not clipped
+    dist, values = policy.apply(params, batch.obs)
+    mean, values = np.asarray(dist.mean, np.float64), np.asarray(values, np.float64)
+    sigma = np.exp(np.array([-0.3, 0.4]))
+    new_logp = (-0.5 * ((np.asarray(batch.actions) - mean) / sigma) ** 2 - np.log(sigma)
+                - 0.5 * np.log(2 * np.pi)).sum(-1)
+    ent = (np.log(sigma) + 0.5 * (1 + np.log(2 * np.pi))).sum()
+    adv = np.asarray(batch.advantages, np.float64)
+    adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+    value_loss = ((np.asarray(batch.returns) - values) ** 2).mean()
+    if algo == "ppo":
+        hp = ppo.HParams(gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5,
+                         normalize_advantage=True)
+        ratio = np.exp(new_logp - np.asarray(batch.old_log_probs))
+        pg = -np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv).mean()
+        loss = ppo.loss
+    else:
+        hp = a2c.HParams(gamma=0.99, gae_lambda=1.0, ent_coef=0.01, vf_coef=0.5, normalize_advantage=True)
+        pg, loss = -(adv * new_logp).mean(), a2c.loss
+    for fn in (loss, jax.jit(loss, static_argnums=1)):
+        total, info = fn(params, policy, batch, hp)
+        np.testing.assert_allclose(info["policy_loss"], pg, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(info["entropy"], ent, rtol=1e-6)
+        np.testing.assert_allclose(total, pg + 0.5 * value_loss - 0.01 * ent, rtol=1e-4, atol=1e-6)
+    grads = jax.grad(lambda p: loss(p, policy, batch, hp)[0])(params)
+    assert float(jnp.abs(grads["params"]["log_std"]).max()) > 0  # the log-std learns

@@ -28,7 +28,7 @@ def test_act_and_update_trace_once(algo, n_steps):
     chex.clear_trace_counter()
     config = make_config(algo, {"num_envs": 4, "n_steps": n_steps, "batch_size": 16} if algo == "ppo"
                          else {"num_envs": 4})
-    learner = make_learner(config, obs_dim=8, num_actions=4, wrap=partial(chex.assert_max_traces, n=1))
+    learner = make_learner(config, obs_dim=8, action_size=4, wrap=partial(chex.assert_max_traces, n=1))
 
     def act_fn(params, obs, key):
         return sample_action(learner.network, params, obs, key)
@@ -72,7 +72,7 @@ def test_act_and_update_compiled_once_over_a_whole_loop(algo, backend):
     small = {"n_steps": 64} if algo == "ppo" else {}
     config = make_config(algo, {"total_timesteps": 2048, "checkpoint_interval": 500, "eval_interval": 700,
                                 "env_backend": backend, **small})
-    learner = make_learner(config, obs_dim=8, num_actions=4)
+    learner = make_learner(config, obs_dim=8, action_size=4)
     devices = Devices.resolve()
     if backend == "envpool":
         collector = CompiledCollector(config, learner, devices, update_inside=fused)

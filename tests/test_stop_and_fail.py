@@ -84,7 +84,7 @@ def test_non_finite_loss_fails_with_reason_and_keeps_good_checkpoints(tmp_path):
     # Only checkpoints taken before the bad update exist, and they restore.
     store = CheckpointStore(paths.checkpoints)
     assert store.all_steps() == [64]
-    template = make_learner(config, obs_dim=1, num_actions=2).init(jax.random.key(0))
+    template = make_learner(config, obs_dim=1, action_size=2).init(jax.random.key(0))
     restored, meta = store.restore(64, template)
     assert meta["timestep"] == 64 and meta["updates"] == 0
 

@@ -102,19 +102,19 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--results-dir", "qq?x"], "results directory"),
     (["--space", "nan.toml"], "nan.toml: space.gamma.choices[1] is nan"),
     (["--space", "huge.toml"], "'n_steps' range must lie within +-2**53"),
-    (["--space", "continuous.toml"], "continuous.toml: env_id choice 'LunarLanderContinuous-v3': "),
+    (["--space", "cartpole.toml"], "cartpole.toml [space]: 'env_id' choice 'CartPole-v1' is refused: env_id must be one of"),
 ])
 def test_bad_tune_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     (tmp_path / "space.toml").write_text(SPACE)
     (tmp_path / "nan.toml").write_text('[space]\ngamma = { type = "categorical", choices = [0.99, nan] }\n')
     (tmp_path / "huge.toml").write_text('[space]\nn_steps = { type = "int", low = 5, high = 9223372036854775807 }\n')
-    (tmp_path / "continuous.toml").write_text(SPACE.replace("[space]", '[space]\nenv_id = { type = "categorical",'
-                                                             ' choices = ["LunarLander-v3", "LunarLanderContinuous-v3"] }'))
+    (tmp_path / "cartpole.toml").write_text(SPACE.replace("[space]", '[space]\nenv_id = { type = "categorical",'
+                                                           ' choices = ["LunarLander-v3", "CartPole-v1"] }'))
     proc = cli(*tune_args(2), *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert "S3cretPW" not in proc.stderr and "S3c" not in proc.stderr and "retPW" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["continuous.toml", "huge.toml", "nan.toml",
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cartpole.toml", "huge.toml", "nan.toml",
                                                           "space.toml"]  # nothing written
 
 

@@ -10,29 +10,39 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jaxrl_lander.config.errors import ConfigError
 from jaxrl_lander.config.redact import shorten
 
 BACKENDS = ("gymnasium", "envpool")
-# The env ids a config, a search space or a saved model may name (gymnasium's LunarLander family), with what the
-# policy needs to know of each: its observation size and its number of discrete actions (None: continuous
-# actions), so that checking a config builds no env. gymnasium imports the module that an id of the form
+
+
+class EnvShape(NamedTuple):
+    """What the policy needs to know of an env: its observation size and its actions."""
+
+    obs_dim: int
+    action_size: int  # the number of discrete actions, or the dimension of a continuous action
+    continuous: bool = False  # actions are real vectors in [-1, 1]^action_size (a Box), not integers
+
+
+# The env ids a config, a search space or a saved model may name (gymnasium's LunarLander family), with their
+# shapes, so that checking a config builds no env. gymnasium imports the module that an id of the form
 # "module:Env" names, so an id read from a file or a command line is never handed to it unless it is on this list.
 # allow_env_id adds an env that the caller's own code registered. tests/test_envs.py checks these against the envs.
-ENV_IDS: dict[str, tuple[int, int | None]] = {"LunarLander-v3": (8, 4), "LunarLanderContinuous-v3": (8, None)}
+ENV_IDS: dict[str, EnvShape] = {"LunarLander-v3": EnvShape(8, 4), "LunarLanderContinuous-v3": EnvShape(8, 2, True)}
 # The ids whose env takes LunarLander's options (ENV_OPTIONS), gymnasium's keyword arguments of the same names.
 LANDER_IDS = ("LunarLander-v3", "LunarLanderContinuous-v3")
 ENV_OPTIONS = ("gravity", "enable_wind", "wind_power", "turbulence_power")
 
 
-def allow_env_id(env_id: str, obs_dim: int, num_actions: int) -> None:
+def allow_env_id(env_id: str, obs_dim: int, action_size: int, continuous: bool = False) -> None:
     """Let configs name `env_id`, an env registered with gymnasium by the calling program (a test's probe env),
-    with flat observations of `obs_dim` and `num_actions` discrete actions."""
+    with flat observations of `obs_dim` and `action_size` discrete actions (or continuous ones in [-1, 1] of that
+    dimension)."""
     if ":" in env_id:
         raise ConfigError(f"env_id {shorten(env_id)}: an id with a module part would make gymnasium import it")
-    ENV_IDS[env_id] = (obs_dim, num_actions)
+    ENV_IDS[env_id] = EnvShape(obs_dim, action_size, continuous)
 
 
 def check_env_id(env_id: str) -> str:
@@ -49,8 +59,8 @@ class RunConfig:
     algo: str = ""
     """Which algorithm the config is for; a file for the other one is refused."""
     env_id: str = "LunarLander-v3"
-    """Gymnasium environment id: LunarLander-v3 (LunarLanderContinuous-v3 is refused: PPO and A2C here need discrete
-    actions)."""
+    """Gymnasium environment id: LunarLander-v3 (4 discrete actions) or LunarLanderContinuous-v3 (two engine
+    throttles in [-1, 1], learned with a Gaussian policy)."""
     env_backend: str = "gymnasium"
     """Where training episodes are played: "gymnasium" (its Python env, stepped from the host) or "envpool" (its
     C++ port, stepped inside a compiled rollout); every evaluation plays gymnasium's env."""

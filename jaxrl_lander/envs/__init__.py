@@ -8,12 +8,12 @@ from jaxrl_lander.config.errors import ConfigError, install_hint
 
 # envpool's port of it (its -v2 is refused by gymnasium's, which every evaluation plays): the terminal rule of
 # envs.envpool.episode_ends is LunarLander's
-ENVPOOL_ENVS = ("LunarLander-v3",)
+ENVPOOL_ENVS = ("LunarLander-v3", "LunarLanderContinuous-v3")
 
 
-def check_envs(config) -> tuple[int, int]:
-    """(observation size, number of actions) of config.env_id, or a ConfigError: gymnasium must drive it (every
-    evaluation plays gymnasium's env), and envpool too when it plays the training episodes."""
+def check_envs(config):
+    """The shape (config.EnvShape) of config.env_id, or a ConfigError: gymnasium must drive it (every evaluation
+    plays gymnasium's env), and envpool too when it plays the training episodes."""
     from jaxrl_lander.envs.gymnasium import check_env
 
     dims = check_env(config.env_id)

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from jaxrl_lander.config import ENV_IDS, RunConfig, check_env_id
+from jaxrl_lander.config import ENV_IDS, EnvShape, RunConfig, check_env_id
 from jaxrl_lander.envs.normalization import Normalizer
 from jaxrl_lander.config.errors import ConfigError, first_line
 
@@ -45,13 +45,11 @@ class EnvChoice:
         return make_vector_env(self.env_id, num_envs, **self.options)
 
 
-def check_env(env_id: str) -> tuple[int, int]:
-    """(observation size, number of actions) of `env_id`, or a ConfigError when it is not an env the policy can
-    drive: on the allow-list with discrete actions, registered with gymnasium, its Box2D physics installed. It
-    builds no env: the allow-list knows the shape of each (config.ENV_IDS)."""
-    obs_dim, num_actions = ENV_IDS[check_env_id(env_id)]
-    if num_actions is None:
-        raise ConfigError(f"env_id '{env_id}' has Box actions; PPO and A2C here need Discrete")
+def check_env(env_id: str) -> EnvShape:
+    """The shape of `env_id`, or a ConfigError when it is not an env the policy can drive: on the allow-list,
+    registered with gymnasium, its Box2D physics installed. It builds no env: the allow-list knows the shape of
+    each (config.ENV_IDS)."""
+    shape = ENV_IDS[check_env_id(env_id)]
     try:
         spec = gym.spec(env_id)
     except Exception as exc:  # gymnasium's NameNotFound, VersionNotFound
@@ -59,7 +57,7 @@ def check_env(env_id: str) -> tuple[int, int]:
     if ".box2d." in str(spec.entry_point) and importlib.util.find_spec("Box2D") is None:
         raise ConfigError(f"env_id '{env_id}' cannot be made: its physics, Box2D, is not installed"
                           " (pip install 'gymnasium[box2d]'; make installs it)")
-    return obs_dim, num_actions
+    return shape
 
 
 def make_vector_env(env_id: str, num_envs: int, **options) -> gym.vector.VectorEnv:

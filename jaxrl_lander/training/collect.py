@@ -15,10 +15,10 @@ import jax
 import numpy as np
 
 from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState
-from jaxrl_lander.config import RunConfig
+from jaxrl_lander.config import EnvShape, RunConfig
 from jaxrl_lander.envs.gymnasium import reset_envs, step_envs
 from jaxrl_lander.envs.normalization import Normalizer
-from jaxrl_lander.core.policy import sample_action, state_value
+from jaxrl_lander.core.policy import env_action, sample_action, state_value
 from jaxrl_lander.training.runtime import Devices
 
 
@@ -77,9 +77,10 @@ class Collector(Protocol):
 class RolloutBuffer:
     """Preallocated numpy arrays filled one vector step at a time."""
 
-    def __init__(self, n_steps: int, num_envs: int, obs_dim: int):
+    def __init__(self, n_steps: int, num_envs: int, obs_dim: int, action_shape: tuple[int, ...] = (),
+                 action_dtype=np.int32):
         self.obs = np.zeros((n_steps, num_envs, obs_dim), np.float32)
-        self.actions = np.zeros((n_steps, num_envs), np.int32)
+        self.actions = np.zeros((n_steps, num_envs, *action_shape), action_dtype)
         self.rewards = np.zeros((n_steps, num_envs), np.float32)
         self.dones = np.zeros((n_steps, num_envs), np.float32)
         self.n_steps = n_steps
@@ -114,9 +115,12 @@ class RolloutBuffer:
         return Rollout(*jax.device_put((self.obs, self.actions, self.rewards, self.dones, last_obs), device))
 
 
-def env_dims(envs: gym.vector.VectorEnv) -> tuple[int, int]:
-    """(observation size, number of discrete actions) of a vector env's sub-envs."""
-    return int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
+def env_dims(envs: gym.vector.VectorEnv) -> EnvShape:
+    """The shape of a vector env's sub-envs: their observation size and actions (discrete, or a Box)."""
+    obs_dim, space = int(np.prod(envs.single_observation_space.shape)), envs.single_action_space
+    if isinstance(space, gym.spaces.Box):
+        return EnvShape(obs_dim, int(np.prod(space.shape)), continuous=True)
+    return EnvShape(obs_dim, int(space.n))
 
 
 def bootstrap_cut(arrays: dict[str, np.ndarray], filled: int, value_fn, gamma: float) -> None:
@@ -138,12 +142,13 @@ class HostCollector:
         self.envs, self.learner, self.config, self.devices = envs, learner, config, devices
         network = learner.network
         self.num_envs = config.num_envs
-        obs_dim, _ = env_dims(envs)
+        obs_dim = env_dims(envs).obs_dim
         self.normalizer = None
         if config.normalize_observations or config.normalize_rewards:
             self.normalizer = Normalizer(obs_dim, config.num_envs, config.gamma,
                                          observations=config.normalize_observations, rewards=config.normalize_rewards)
-        self.buffer = RolloutBuffer(config.n_steps, config.num_envs, obs_dim)
+        self.buffer = RolloutBuffer(config.n_steps, config.num_envs, obs_dim, network.action_shape,
+                                    network.action_dtype)
         self.act = jax.jit(partial(sample_action, network))
         self.value = jax.jit(partial(state_value, network))
         self.obs = np.zeros((config.num_envs, obs_dim), np.float32)  # until start() resets the envs
@@ -185,8 +190,9 @@ class HostCollector:
         taken, episodes = 0, []
         while not buffer.full and taken < max_steps and not should_stop():
             actions, key = self.act(params, self.obs, key)
+            played = np.asarray(env_action(self.learner.network, actions))  # clipped to the bounds, if continuous
             actions = np.asarray(actions)
-            out = step_envs(self.envs, actions, value_fn, config.gamma, config.reward_scale, self.normalizer)
+            out = step_envs(self.envs, played, value_fn, config.gamma, config.reward_scale, self.normalizer)
             buffer.add(self.obs, actions, out.rewards, out.dones)
             self.obs = out.obs
             taken += self.num_envs

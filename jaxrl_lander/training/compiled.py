@@ -27,7 +27,7 @@ from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState
 from jaxrl_lander.training.collect import Episode, Stretch, bootstrap_cut
 from jaxrl_lander.config import RunConfig
 from jaxrl_lander.envs.envpool import episode_ends, make_pool
-from jaxrl_lander.core.policy import ActorCritic, sample_action, state_value
+from jaxrl_lander.core.policy import ActorCritic, env_action, sample_action, state_value
 from jaxrl_lander.training.runtime import Devices
 
 ROLLOUT_KEYS = ("obs", "actions", "rewards", "dones", "valid")  # a checkpoint's pending rollout, with next_obs
@@ -79,7 +79,7 @@ def next_step_targets(rewards: jax.Array, terminated: jax.Array, truncated: jax.
 def agents_act(network: ActorCritic, agents: int, params, obs: jax.Array, key: jax.Array):
     """sample_action for `agents` stacked parameters and keys; obs (agents * B, obs_dim), agent-major."""
     actions, key = jax.vmap(partial(sample_action, network))(params, obs.reshape(agents, -1, obs.shape[-1]), key)
-    return actions.reshape(-1), key
+    return actions.reshape(-1, *network.action_shape), key
 
 
 def agents_value(network: ActorCritic, agents: int, params, obs: jax.Array) -> jax.Array:
@@ -226,8 +226,9 @@ class CompiledCollector:
 
     def _zeros(self) -> dict[str, np.ndarray]:
         n, b = self.n_steps, self.width
-        shapes = {"obs": (n, b, self.learner.obs_dim), "actions": (n, b)}
-        return {name: np.zeros(shapes.get(name, (n, b)), np.int32 if name == "actions" else np.float32)
+        network = self.learner.network
+        shapes = {"obs": (n, b, self.learner.obs_dim), "actions": (n, b, *network.action_shape)}
+        return {name: np.zeros(shapes.get(name, (n, b)), network.action_dtype if name == "actions" else np.float32)
                 for name in ROLLOUT_KEYS}
 
     def start(self, env_seeds: list[int]) -> None:
@@ -236,7 +237,9 @@ class CompiledCollector:
         self.pool = make_pool(config.env_id, [seed + i for seed in env_seeds for i in range(self.num_envs)])
         self.env = jax.device_put(EnvCarry(self.pool.handle, self.pool.first_obs, np.zeros(b, bool),
                                            np.zeros(b, np.float32), np.zeros(b, np.int32)), self.devices.act)
-        play_rollout = partial(play, act=self.act, value=self.value, env_step=self.pool.step)
+        network, pool_step = self.learner.network, self.pool.step
+        env_step = lambda handle, actions: pool_step(handle, env_action(network, actions))  # noqa: E731
+        play_rollout = partial(play, act=self.act, value=self.value, env_step=env_step)
         self.program = jax.jit(partial(stretch, play_rollout=play_rollout, length=self.length if self.update_inside
                                        else 1, update=self.learner.traced_update if self.update_inside else None))
         # Committed to the act device from the first call on, as the programs' own outputs are: an argument that

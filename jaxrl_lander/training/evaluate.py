@@ -15,7 +15,8 @@ from jaxrl_lander.config.errors import UnreadableModel
 from jaxrl_lander.envs.gymnasium import EnvChoice
 from jaxrl_lander.envs.normalization import observation_function
 from jaxrl_lander.storage.files import ExperimentPaths, model_path, replaced_atomically
-from jaxrl_lander.core.policy import ActorCritic, greedy_action, sample_action, state_value
+from jaxrl_lander.config import ENV_IDS
+from jaxrl_lander.core.policy import ActorCritic, greedy_action, sample_env_action, state_value
 
 MAX_PARALLEL_EPISODES = 64
 MAX_AGENT_EPISODES = 256  # sub-envs of one vectorised agents' evaluation batch
@@ -30,10 +31,11 @@ def _compiled(action_fn: Callable, network: ActorCritic):
 
 
 class Policy:
-    """A trained agent: raw observations (N, obs_dim) in, actions (N,) int32 out.
+    """A trained agent: raw observations (N, obs_dim) in, actions out as the env takes them: (N,) int32 for
+    discrete actions, (N, action_dim) float32 in [-1, 1] for continuous ones.
 
-    `policy(obs)` takes the argmax of the logits; `policy(obs, deterministic=False, seed=0)` (or key=...)
-    samples from the policy's distribution. A policy trained with observation normalisation standardises its
+    `policy(obs)` takes the most likely action (argmax of the logits, or the Gaussian's mean clipped to the
+    bounds); `policy(obs, deterministic=False, seed=0)` (or key=...) samples from the policy's distribution. A policy trained with observation normalisation standardises its
     inputs with the statistics it was saved with.
     """
 
@@ -53,13 +55,13 @@ class Policy:
         if (key is None) == (seed is None):
             raise ValueError("sampling actions needs exactly one of key= or seed=")
         key = jax.random.key(seed) if key is None else key
-        actions, _ = _compiled(sample_action, self.network)(self.params, self._inputs(obs), key)
+        actions, _ = _compiled(sample_env_action, self.network)(self.params, self._inputs(obs), key)
         return np.asarray(actions)
 
     def sampler(self, seed: int) -> Callable[[np.ndarray], np.ndarray]:
         """A function drawing actions with a key chain from jax.random.key(seed), for playing episodes; its first
         call gives what policy(obs, deterministic=False, seed=seed) gives."""
-        act, key = _compiled(sample_action, self.network), jax.random.key(seed)
+        act, key = _compiled(sample_env_action, self.network), jax.random.key(seed)
 
         def sample(obs) -> np.ndarray:
             nonlocal key
@@ -78,7 +80,8 @@ def load_agent(path: str | Path) -> tuple[Policy, ModelSpec]:
     not those of the network its spec describes (an edited spec)."""
     model = model_path(path)
     params, spec = load_model(model)
-    network = ActorCritic(num_actions=spec.num_actions, hidden_size=spec.hidden_size)
+    network = ActorCritic(action_size=spec.num_actions, hidden_size=spec.hidden_size,
+                          continuous=ENV_IDS[spec.env_id].continuous)
     expected = jax.eval_shape(network.init, jax.random.key(0), jax.ShapeDtypeStruct((1, spec.obs_dim), np.float32))
     shape = lambda tree: jax.tree.map(lambda x: (tuple(np.shape(x)), np.dtype(x.dtype).name), tree)  # noqa: E731
     if shape(expected) != shape(params):
@@ -156,12 +159,18 @@ def evaluate_agents(network: ActorCritic, params, env: EnvChoice, episodes: int,
     played: list[list[dict]] = [[] for _ in seeds]
     for start in range(0, episodes, per_batch):
         n = min(per_batch, episodes - start)
-        batch = play_seeds(lambda obs: np.asarray(act(params, obs.reshape(agents, n, -1))).reshape(-1), env,
+        batch = play_seeds(lambda obs: _agent_major(act(params, obs.reshape(agents, n, -1))), env,
                            [seed + start + j for seed in seeds for j in range(n)])  # agent-major
         for i in range(agents):
             played[i].extend(batch[i * n:(i + 1) * n])
     seconds = {"seconds": time.perf_counter() - started} if timed else {}
     return [{**summarize(agent_episodes), **seconds} for agent_episodes in played]
+
+
+def _agent_major(actions: jax.Array) -> np.ndarray:
+    """Actions (agents, n, ...) as one batch (agents * n, ...), agent-major."""
+    actions = np.asarray(actions)
+    return actions.reshape(-1, *actions.shape[2:])
 
 
 def agents_greedy_action(network: ActorCritic, params, obs: jax.Array) -> jax.Array:
@@ -232,7 +241,8 @@ def render_episode_gif(path: str | Path, out: Path | None = None, seed: int | No
         for t in range(max_steps + 1):
             if t % frame_every == 0:
                 frames.append(Image.fromarray(env.render()))
-            obs, reward, terminated, truncated, _ = env.step(int(act(np.asarray(obs)[None])[0]))
+            action = act(np.asarray(obs)[None])[0]
+            obs, reward, terminated, truncated, _ = env.step(int(action) if action.ndim == 0 else action)
             total += float(reward)
             if terminated or truncated:
                 frames.append(Image.fromarray(env.render()))

@@ -280,6 +280,6 @@ class Experiment:
         network = delivery.policy.network
         save_model(self.paths.model, delivery.policy.params, ModelSpec(
             algo=self.config.algo, env_id=self.config.env_id, seed=self.config.seed, timestep=delivery.step,
-            obs_dim=self.obs_dim, num_actions=network.num_actions,
+            obs_dim=self.obs_dim, num_actions=network.action_size,
             hidden_size=network.hidden_size, first_eval_seed=self.seeds.final,
             observation_normalization=delivery.policy.observation_stats, env_options=self.config.env_options()))

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jaxrl_lander.config import RESUMABLE_CHANGES, RunConfig, check_resumable
+from jaxrl_lander.config import RESUMABLE_CHANGES, EnvShape, RunConfig, check_resumable
 from jaxrl_lander.config.errors import ConfigError, Interrupted, ResumeError, TrainingFailed
 from jaxrl_lander.config.variants import check_agents
 from jaxrl_lander.core.algos import make_learner
@@ -146,7 +146,7 @@ def run_agents(configs: list[RunConfig], results_dirs: list[str | Path], *, resu
     for i in todo:
         check_writable(paths[i].root, f"experiment {paths[i].root}")
     dims = check_envs(configs[todo[0]])  # one program: one env for all
-    start = load_starting_point(init_from, configs[todo[0]], *dims) if init_from is not None else None
+    start = load_starting_point(init_from, configs[todo[0]], dims) if init_from is not None else None
     if start is not None and any(Path(start.record["model"]).resolve().parent == paths[i].root.resolve()
                                  for i in todo):
         raise ConfigError(f"--init-from {start.record['model']}: that is the model of the experiment this run"
@@ -234,7 +234,7 @@ class Run:
     vmapped), an Experiment per agent for its directory, and the loop's evaluation and checkpoint hooks."""
 
     def __init__(self, configs: list[RunConfig], paths: list[ExperimentPaths], replaces: list[Overwrite | None],
-                 devices: Devices, dims: tuple[int, int], start: StartingPoint | None = None):
+                 devices: Devices, dims: EnvShape, start: StartingPoint | None = None):
         self.config, self.devices, self.start = configs[0], devices, start
         self.agents = len(configs)
         self.learners = [make_learner(c, *dims) for c in configs]
@@ -250,7 +250,7 @@ class Run:
             self.collector = HostCollector(self.env.make_vector(self.config.num_envs), self.learner,
                                            self.config, devices)
         self.keys = [RunKeys.from_seed(c.seed) for c in configs]
-        self.experiments = [Experiment(c, p, dims[0], r, start) for c, p, r in zip(configs, paths, replaces)]
+        self.experiments = [Experiment(c, p, dims.obs_dim, r, start) for c, p, r in zip(configs, paths, replaces)]
         self.progress: list[Progress] = []
         self.stopped_by: signal.Signals | None = None  # the signal that stopped the run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxrl_lander.storage.checkpoint import CheckpointStore
-from jaxrl_lander.config import RunConfig
+from jaxrl_lander.config import EnvShape, RunConfig
 from jaxrl_lander.config.errors import ConfigError, ResumeError, first_line
 from jaxrl_lander.training.evaluate import load_agent
 from jaxrl_lander.storage.files import ExperimentPaths, model_path
@@ -26,15 +26,17 @@ class StartingPoint:
     record: dict[str, Any]  # model, algorithm, seed, timestep, env_id of the source
 
 
-def load_starting_point(path: str | Path, config: RunConfig, obs_dim: int, num_actions: int) -> StartingPoint:
-    """The starting point in the model or experiment directory `path` for a run of `config` on an env of `obs_dim`
-    observations and `num_actions` actions; ConfigError when it cannot start that run (another network, inputs
-    the config would not standardise), UnreadableModel when it cannot be read."""
+def load_starting_point(path: str | Path, config: RunConfig, shape: EnvShape) -> StartingPoint:
+    """The starting point in the model or experiment directory `path` for a run of `config` on an env of `shape`;
+    ConfigError when it cannot start that run (another network, inputs the config would not standardise),
+    UnreadableModel when it cannot be read."""
     model = model_path(path).absolute()
     policy, spec = load_agent(model)
-    if (spec.obs_dim, spec.num_actions) != (obs_dim, num_actions):
+    if (spec.obs_dim, spec.num_actions, policy.network.continuous) != tuple(shape):
+        kind = lambda continuous: "continuous" if continuous else "discrete"  # noqa: E731
         raise ConfigError(f"--init-from {model}: its policy takes {spec.obs_dim} observations and {spec.num_actions}"
-                          f" actions, {config.env_id} has {obs_dim} and {num_actions}")
+                          f" {kind(policy.network.continuous)} actions, {config.env_id} has {shape.obs_dim} and"
+                          f" {shape.action_size} {kind(shape.continuous)}")
     if spec.hidden_size != config.hidden_size:
         raise ConfigError(f"--init-from {model}: its network has hidden_size {spec.hidden_size}, the config"
                           f" {config.hidden_size}; set hidden_size = {spec.hidden_size}")

@@ -6,9 +6,10 @@ from jaxrl_lander.core.algos.base import Learner, Rollout, TrainState, build_lea
 ALGORITHMS = {"ppo": ppo, "a2c": a2c}
 
 
-def make_learner(config, obs_dim: int, num_actions: int, wrap=None) -> Learner:
-    """The Learner of config.algo for an env with `obs_dim` observations and `num_actions` actions."""
-    return build_learner(ALGORITHMS[config.algo], config, obs_dim, num_actions, wrap)
+def make_learner(config, obs_dim: int, action_size: int, continuous: bool = False, wrap=None) -> Learner:
+    """The Learner of config.algo for an env with `obs_dim` observations and `action_size` discrete actions (or
+    continuous ones of that dimension: config.EnvShape)."""
+    return build_learner(ALGORITHMS[config.algo], config, obs_dim, action_size, continuous, wrap)
 
 
 __all__ = ["ALGORITHMS", "Learner", "Rollout", "TrainState", "make_learner"]

@@ -16,7 +16,7 @@ from jaxrl_lander.core.algos.base import (
     normalize,
     step_size,
 )
-from jaxrl_lander.core.policy import ActorCritic, entropy, log_prob
+from jaxrl_lander.core.policy import ActorCritic
 
 
 @flax.struct.dataclass
@@ -49,13 +49,14 @@ def static_args(config) -> dict:
 
 def loss(params, policy: ActorCritic, batch: Batch, hp: HParams) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L = -E[A log pi(a|s)] + vf_coef * E[(R - V)^2] - ent_coef * E[H[pi]], A standardised if asked."""
-    chex.assert_rank([batch.actions, batch.advantages, batch.returns], 1)
-    logits, values = policy.apply(params, batch.obs)
+    chex.assert_rank([batch.advantages, batch.returns], 1)
+    chex.assert_equal_shape_prefix([batch.actions, batch.advantages], 1)
+    dist, values = policy.apply(params, batch.obs)
     valid = batch.valid  # every E is over the transitions to learn from
     advantages = normalize(batch.advantages, hp.normalize_advantage, valid)
-    policy_loss = -mean(advantages * log_prob(logits, batch.actions), valid)
+    policy_loss = -mean(advantages * dist.log_prob(batch.actions), valid)
     value_loss = mean((batch.returns - values) ** 2, valid)
-    entropy_mean = mean(entropy(logits), valid)
+    entropy_mean = mean(dist.entropy(), valid)
     total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy_mean
     return total, {"loss": total, "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy_mean}
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrl_lander.core.policy import ActorCritic, log_prob
+from jaxrl_lander.core.policy import ActorCritic
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -27,7 +27,7 @@ class Rollout(NamedTuple):
     """One rollout of T vector steps over B sub-envs, as fed to an update."""
 
     obs: jax.Array  # (T, B, obs_dim) observation each action was taken in
-    actions: jax.Array  # (T, B) int32
+    actions: jax.Array  # (T, B) int32, or (T, B, action_dim) float32 as sampled (before clipping)
     rewards: jax.Array  # (T, B) float32, time-limit bootstrap already added
     dones: jax.Array  # (T, B) float32, 1.0 where the episode ended after this step
     last_obs: jax.Array  # (B, obs_dim) observation after the last step, for the bootstrap value
@@ -38,7 +38,7 @@ class Batch(NamedTuple):
     """Flattened transitions with their targets; every field has leading dimension N = T * B."""
 
     obs: jax.Array  # (N, obs_dim)
-    actions: jax.Array  # (N,)
+    actions: jax.Array  # (N,) or (N, action_dim)
     old_log_probs: jax.Array  # (N,) under the parameters that collected the rollout
     old_values: jax.Array  # (N,)
     advantages: jax.Array  # (N,)
@@ -78,15 +78,16 @@ def make_batch(policy: ActorCritic, params, rollout: Rollout, gamma, gae_lambda)
     The parameters are those that collected the rollout, so these log-probs and values are the ones seen
     during collection; recomputing them here keeps the per-step host traffic to actions alone.
     """
-    chex.assert_rank([rollout.obs, rollout.actions], [3, 2])
-    logits, values = policy.apply(params, rollout.obs)
+    chex.assert_rank(rollout.obs, 3)
+    chex.assert_equal_shape_prefix([rollout.obs, rollout.actions], 2)
+    dist, values = policy.apply(params, rollout.obs)
     last_value = policy.apply(params, rollout.last_obs, method=ActorCritic.value)
     advantages, returns = gae(rollout.rewards, values, rollout.dones, last_value, gamma, gae_lambda)
     flat = lambda x: x.reshape((-1, *x.shape[2:]))  # noqa: E731  (T, B, ...) -> (T * B, ...)
     batch = Batch(
         obs=rollout.obs,
         actions=rollout.actions,
-        old_log_probs=log_prob(logits, rollout.actions),
+        old_log_probs=dist.log_prob(rollout.actions),
         old_values=values,
         advantages=advantages,
         returns=returns,
@@ -209,7 +210,8 @@ class Learner:
         return float(config.learning_rate * (1 - min(update, total_updates) / total_updates))
 
 
-def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Callable | None = None) -> Learner:
+def build_learner(algorithm, config, obs_dim: int, action_size: int, continuous: bool = False,
+                  wrap: Callable | None = None) -> Learner:
     """`algorithm` (a module with HParams, make_optimizer, static_args and update) made concrete for `config`.
 
     The jitted update `update(state, rollout, alive=True)` also reports whether the new parameters are all
@@ -218,7 +220,7 @@ def build_learner(algorithm, config, obs_dim: int, num_actions: int, wrap: Calla
     last good state in a program that runs several updates in a row. `taken_in` says which: the agent is alive
     after it. `wrap` (tests) wraps the pure update before jit, e.g. with chex.assert_max_traces.
     """
-    network = ActorCritic(num_actions=num_actions, hidden_size=config.hidden_size)
+    network = ActorCritic(action_size=action_size, hidden_size=config.hidden_size, continuous=continuous)
     tx = algorithm.make_optimizer(config)
     hparams = algorithm.HParams.from_config(config)
     static = algorithm.static_args(config)

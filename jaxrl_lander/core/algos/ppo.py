@@ -17,7 +17,7 @@ from jaxrl_lander.core.algos.base import (
     normalize,
     step_size,
 )
-from jaxrl_lander.core.policy import ActorCritic, entropy, log_prob
+from jaxrl_lander.core.policy import ActorCritic
 
 
 @flax.struct.dataclass
@@ -55,16 +55,17 @@ def loss(params, policy: ActorCritic, batch: Batch, hp: HParams) -> tuple[jax.Ar
     r = pi(a|s) / pi_old(a|s); A standardised over the minibatch when hp.normalize_advantage. Every E is over
     the transitions to learn from (batch.valid).
     """
-    chex.assert_rank([batch.actions, batch.advantages, batch.returns], 1)
-    logits, values = policy.apply(params, batch.obs)
-    log_ratio = log_prob(logits, batch.actions) - batch.old_log_probs
+    chex.assert_rank([batch.advantages, batch.returns], 1)
+    chex.assert_equal_shape_prefix([batch.actions, batch.advantages], 1)
+    dist, values = policy.apply(params, batch.obs)
+    log_ratio = dist.log_prob(batch.actions) - batch.old_log_probs
     ratio = jnp.exp(log_ratio)
     valid = batch.valid
     advantages = normalize(batch.advantages, hp.normalize_advantage, valid)
     surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1.0 - hp.clip_range, 1.0 + hp.clip_range) * advantages)
     policy_loss = -mean(surrogate, valid)
     value_loss = mean((batch.returns - values) ** 2, valid)
-    entropy_mean = mean(entropy(logits), valid)
+    entropy_mean = mean(dist.entropy(), valid)
     total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy_mean
     info = {
         "loss": total,
