@@ -69,10 +69,11 @@ def test_a_bad_space_is_refused_naming_the_problem(tmp_path, space, message):
 
 def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for algo in ("ppo", "a2c"):
-        space = read_space(root / f"tune_{algo}.toml", algo)
+    for algo, name in (("ppo", "tune_ppo"), ("a2c", "tune_a2c"), ("ppo", "tune_ppo_continuous")):
+        space = read_space(root / f"{name}.toml", algo)
         base = load_config(None, algo, space.settings)
         assert base.eval_interval > 0 and len(space.ranges) >= 5
+        assert base.env_id == ("LunarLanderContinuous-v3" if name.endswith("continuous") else "LunarLander-v3")
 
 
 # In this process (the cli fixture): each case ends in main() before any trial trains, and what only a whole process
