@@ -1,5 +1,9 @@
 """Run configuration: every hyperparameter with its default in frozen dataclasses validated at construction,
-and TOML files of them. The field docstrings are the one source of `--help` and of the README's config table."""
+and TOML files of them. The field docstrings are the one source of `--help` and of the README's config table.
+
+One job: what a run may be asked to do, and whether it can be, before anything loads: the fields, their ranges
+and how they fit together, the envs a config may name (and their shapes and options), and reading and writing
+them as TOML; how a run does it lives in the layers above."""
 
 import dataclasses
 import functools
