@@ -131,8 +131,9 @@ def _sweep(args) -> int:
     out_dir = args.results_dir / "sweeps" / name
     from jaxrl_lander.storage.claim import ExperimentLock
 
-    for variant, config in variants.items():  # a seed still written by a process of an earlier sweep (orphaned
-        for seed in args.seeds:  # by a kill)
+    # A seed still written by a process of an earlier sweep (orphaned by a kill).
+    for variant, config in variants.items():
+        for seed in args.seeds:
             ExperimentLock(ExperimentPaths.of(out_dir / variant if variant else out_dir,
                                               dataclasses.replace(config, seed=seed))).check()
     jobs = min(args.jobs or os.cpu_count() or 1, len(args.seeds))
