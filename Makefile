@@ -18,6 +18,10 @@ VECTORIZED ?=
 EPISODES ?= 10
 
 SET_ARGS := $(foreach item,$(SET),--set $(item))
+# make eval and make plot: the experiment of ALGO and SEED on the default env, unless EXPERIMENT names one (a run
+# on another env or env options has those in its name: results/experiments/ppo_continuous_seed1)
+EXPERIMENT ?=
+EXPERIMENT_DIR := $(or $(EXPERIMENT),results/experiments/$(ALGO)_seed$(SEED))
 ifneq ($(and $(SET),$(filter parity,$(MAKECMDGOALS))),)
 $(error make parity takes CONFIG only, not SET: write the changed keys into a config file)
 endif
@@ -69,10 +73,10 @@ tune: $(STAMP)
 	$(PY) -m jaxrl_lander tune --algo $(ALGO) --space $(SPACE) --trials $(TRIALS) $(filter-out --algo $(ALGO) --resume --tensorboard --overwrite,$(TRAIN_ARGS)) $(if $(STUDY),--study $(STUDY)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 plot: $(STAMP)
-	$(PY) -m jaxrl_lander plot results/experiments/$(ALGO)_seed$(SEED)
+	$(PY) -m jaxrl_lander plot $(EXPERIMENT_DIR)
 
 eval: $(STAMP)
-	$(PY) -m jaxrl_lander evaluate results/experiments/$(ALGO)_seed$(SEED) --episodes $(EPISODES) $(if $(filter 1 yes true,$(SAMPLE)),--sample) $(if $(filter 1 yes true,$(RENDER)),--render)
+	$(PY) -m jaxrl_lander evaluate $(EXPERIMENT_DIR) --episodes $(EPISODES) $(if $(filter 1 yes true,$(SAMPLE)),--sample) $(if $(filter 1 yes true,$(RENDER)),--render)
 
 # Both tiers run one test process per CPU (pytest-xdist). The fast tier leaves out the tests marked slow: whole
 # processes, kills, sweeps, tuning studies, the soak (tests/conftest.py says which are).

@@ -74,3 +74,23 @@ def test_evaluation_episodes_play_the_env_options():
     assert played == [one_at_a_time(seed, heuristic_batch, **windy) for seed in SEEDS]
     calm = play_seeds(heuristic_batch, EnvChoice("LunarLander-v3"), SEEDS)
     assert [e["return"] for e in played] != [e["return"] for e in calm]  # the options changed the episodes
+
+
+def test_a_missing_default_env_experiment_points_at_the_same_run_on_other_envs(tmp_path):
+    """`make eval ALGO=ppo SEED=3` names ppo_seed3: when only runs of other envs exist, the error names them (the
+    same algorithm and seed only)."""
+    import pytest
+
+    from jaxrl_lander.config.errors import UnreadableModel
+    from jaxrl_lander.storage.files import model_path
+
+    experiments = tmp_path / "experiments"
+    for name in ("ppo_continuous_seed3", "ppo_wind15.0-turb1.5_seed3", "a2c_continuous_seed3", "ppo_continuous_seed31"):
+        (experiments / name).mkdir(parents=True)
+    with pytest.raises(UnreadableModel) as caught:
+        model_path(experiments / "ppo_seed3")
+    assert str(caught.value).endswith("(expected ppo_seed3_model); on other envs: ppo_continuous_seed3,"
+                                      " ppo_wind15.0-turb1.5_seed3")
+    with pytest.raises(UnreadableModel) as caught:
+        model_path(experiments / "a2c_seed4")
+    assert str(caught.value).endswith("(expected a2c_seed4_model)")

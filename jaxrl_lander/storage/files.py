@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -124,7 +125,12 @@ def model_path(path: str | Path) -> Path:
     if models:
         raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(m.name for m in models)}): give the one"
                               f" to use, e.g. {models[0]}, or rename one to {model.name}")
-    raise UnreadableModel(f"no trained model in {path} (expected {model.name})")
+    # `make eval ALGO=ppo SEED=1` names the default env's experiment: point at the same run on another env
+    prefix, seed = path.name.partition("_seed")[::2]
+    others = sorted(p.name for p in path.parent.glob(f"{glob.escape(prefix)}_*_seed{glob.escape(seed)}")
+                    if p.is_dir()) if seed and not path.exists() else []
+    hint = f"; on other envs: {', '.join(others)}" if others else ""
+    raise UnreadableModel(f"no trained model in {path} (expected {model.name}){hint}")
 
 
 # Orbax reads the directory it writes a checkpoint into as a glob pattern when it merges the checkpoint's parts,
