@@ -65,7 +65,8 @@ def sb3(algo: str, seed: int, episodes: int, workdir: Path, config_path: Path | 
     if config_path:
         config = load_config(config_path, algo)
         cmd += ["--steps", str(config.total_timesteps), "--num-envs", str(config.num_envs), "--checkpoint-interval",
-                "0", "--hyperparameters", json.dumps(sb3_hyperparameters(config))]
+                "0", "--hyperparameters", json.dumps(sb3_hyperparameters(config)), "--env-id", config.env_id,
+                "--env-options", json.dumps(config.env_options())]
     else:
         cmd += ["--steps", "50000"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout

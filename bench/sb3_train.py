@@ -5,7 +5,8 @@ Prints one JSON line: {"algo", "steps", "learn_seconds", "steps_per_second", "ch
 --hyperparameters takes the keyword arguments of SB3's PPO or A2C as JSON instead of the seed document's
 (bench/parity.py writes them from a jaxrl_lander config); "linear_lr": true there decays learning_rate to 0, and
 "normalize": {"norm_obs": ..., "norm_reward": ...} wraps the training env in VecNormalize (its observation
-statistics then also apply to the evaluation episodes).
+statistics then also apply to the evaluation episodes). --env-id and --env-options (gymnasium's keyword arguments
+as JSON) choose the env, the continuous lander and the windy one included, for training and evaluation alike.
 """
 
 import argparse
@@ -40,12 +41,15 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=2**31)
     parser.add_argument("--hyperparameters", type=json.loads, default=None,
                         help="JSON keyword arguments for the SB3 class, replacing the seed's hyperparameters")
+    parser.add_argument("--env-id", default="LunarLander-v3")
+    parser.add_argument("--env-options", type=json.loads, default={},
+                        help="JSON keyword arguments of the env (gravity, enable_wind, ...)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="PyTorch intra-op threads; 1 was as fast as 2 here, and does not fight a second job")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
 
-    env = make_vec_env("LunarLander-v3", n_envs=args.num_envs, seed=args.seed)
+    env = make_vec_env(args.env_id, n_envs=args.num_envs, seed=args.seed, env_kwargs=args.env_options)
     cls = {"ppo": PPO, "a2c": A2C}[args.algo]
     kwargs = dict(args.hyperparameters if args.hyperparameters is not None else HYPERPARAMETERS[args.algo])
     normalize = kwargs.pop("normalize", None)
@@ -70,19 +74,20 @@ def main() -> None:
     if args.eval_episodes:
         env.training = False  # evaluation reads the statistics and leaves them as training left them
         standardize = env.normalize_obs if normalize and normalize["norm_obs"] else (lambda obs: obs)
-        report["evaluation"] = evaluate(model, args.eval_episodes, args.eval_seed, standardize)
+        report["evaluation"] = evaluate(model, gym.make(args.env_id, **args.env_options), args.eval_episodes,
+                                        args.eval_seed, standardize)
     print(json.dumps(report))
 
 
-def evaluate(model, episodes: int, seed: int, standardize) -> list[float]:
-    env = gym.make("LunarLander-v3")
+def evaluate(model, env: gym.Env, episodes: int, seed: int, standardize) -> list[float]:
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
     returns = []
     for j in range(episodes):
         obs, _ = env.reset(seed=seed + j)
         done, total = False, 0.0
         while not done:
             action, _ = model.predict(standardize(obs), deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(int(action))
+            obs, reward, terminated, truncated, _ = env.step(int(action) if discrete else action)
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
