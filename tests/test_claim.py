@@ -230,3 +230,24 @@ def test_one_sweep_of_a_name_at_a_time(cli, tmp_path):
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"jaxrl_lander: error: results/sweeps/s is in use by process {os.getpid()}"), lines
     assert not (out / "experiments").exists()
+
+
+def test_a_resume_of_a_run_on_another_env_is_refused_and_names_it(tmp_path):
+    """The env and its options name the experiment: --resume that leaves out or changes one finds no experiment.
+    Where the same algorithm and seed ran on another env it is one line naming that run, not a fresh start."""
+    from jaxrl_lander.config import ConfigError, make_config
+    from jaxrl_lander.storage.claim import check_rerun
+    from jaxrl_lander.storage.files import ExperimentPaths
+
+    continuous = ExperimentPaths.of(tmp_path, make_config("ppo", {"seed": 7, "env_id": "LunarLanderContinuous-v3"}))
+    continuous.root.mkdir(parents=True)
+    (continuous.root / "ppo_continuous_seed7_metrics.jsonl").write_text("{}\n")
+    (tmp_path / "experiments" / "a2c_seed7").mkdir()  # another algorithm: not named
+    default = ExperimentPaths.of(tmp_path, make_config("ppo", {"seed": 7}))
+    with pytest.raises(ConfigError) as caught:
+        check_rerun(default, resume=True, overwrite=False)
+    assert str(caught.value).startswith("--resume: no experiment ppo_seed7 to continue in ")
+    assert "another env: ppo_continuous_seed7; give that run's env_id and env options" in str(caught.value)
+    check_rerun(default, resume=False, overwrite=False)  # a new run of the default env: fine
+    check_rerun(ExperimentPaths.of(tmp_path, make_config("ppo", {"seed": 8})), resume=True, overwrite=False)
+    check_rerun(continuous, resume=True, overwrite=False)  # it exists: resumed as always

@@ -457,3 +457,23 @@ def test_a_command_whose_optional_extra_is_missing_says_which_to_install(cli, fi
         f"jaxrl_lander: error: this needs {module}, which is not installed: pip install 'jaxrl_lander[plot]'"
         " (make installs it)"]), proc.stderr
     assert snapshot(finished_copy) == before
+
+
+def test_the_hint_after_a_run_that_does_not_land_names_the_config_that_lands_on_its_env():
+    from types import SimpleNamespace
+
+    from jaxrl_lander.cli.commands import _not_solved
+    from jaxrl_lander.config import make_config
+
+    def hint(algo, **values):
+        config = make_config(algo, values)
+        return _not_solved(SimpleNamespace(config=config, evaluation={"mean": -100.0}), None)
+
+    assert hint("ppo").endswith("Parity); configs/ppo_solve.toml lands")
+    assert hint("a2c").endswith("Parity); configs/a2c_solve.toml lands")
+    continuous = hint("ppo", env_id="LunarLanderContinuous-v3")
+    assert continuous.endswith("; 50,000 steps are too few to land; configs/ppo_continuous_solve.toml lands")
+    assert "-600 and -400" not in continuous  # the seed experiment's range is the discrete lander's
+    for quiet in (hint("a2c", env_id="LunarLanderContinuous-v3"), hint("ppo", enable_wind=True),
+                  hint("ppo", total_timesteps=500_000)):
+        assert quiet == "SC-006 not met: -100.0 is not above solve_threshold 200"

@@ -170,3 +170,32 @@ def test_sigterm_to_a_sweep_stops_every_seed_resumably_and_a_rerun_finishes(tmp_
     kept = load_config(out / "config.toml", "a2c", {"seed": 0})
     assert kept == load_config(tmp_path / "tiny.toml", "a2c", {"seed": 0, "total_timesteps": 3000, "gamma": 0.95})
     assert all(r["hyperparameters"] == {**kept.to_dict(), "seed": r["seed"]} for r in per_seed)
+
+
+def test_a_sweep_or_study_made_before_a_config_key_existed_goes_on(tmp_path):
+    """A sweep's config.toml or a study's stored base config without a key added since (the env options) counts
+    that key as its default: the same command continues it; a config that really differs is still refused."""
+    import optuna
+
+    from jaxrl_lander.config import ConfigError, config_to_toml
+    from jaxrl_lander.studies.sweep import _config_text
+    from jaxrl_lander.studies.tune_storage import claim_identity, open_storage
+
+    config = make_config("ppo", {"total_timesteps": 2048})
+    text = config_to_toml(config, omit=("seed",))
+    new_keys = ("gravity", "enable_wind", "wind_power", "turbulence_power")
+    (tmp_path / "config.toml").write_text("".join(line + "\n" for line in text.splitlines()
+                                                  if not line.startswith(new_keys)))
+    assert _config_text(config, tmp_path) == text
+    with pytest.raises(ConfigError, match="exists with another config"):
+        _config_text(make_config("ppo", {"total_timesteps": 2048, "enable_wind": True}), tmp_path)
+
+    storage = open_storage(None, tmp_path / "study.db", 30)
+    optuna.create_study(study_name="s", storage=storage)
+    study_id = storage.get_study_id_from_name("s")
+    held = {k: v for k, v in config.to_dict().items() if k not in new_keys}
+    assert claim_identity(storage, study_id, {"base_config": held, "seeds": [0]}) == []  # made by the old code
+    windy = make_config("ppo", {"total_timesteps": 2048, "enable_wind": True})
+    for now, differs in ((config, []), (windy, ["base_config"])):
+        same = {"base_config": lambda saved, now=now: not now.differences(saved)}
+        assert claim_identity(storage, study_id, {"base_config": now.to_dict(), "seeds": [0]}, same) == differs

@@ -104,6 +104,9 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--space", "nan.toml"], "nan.toml: space.gamma.choices[1] is nan"),
     (["--space", "huge.toml"], "'n_steps' range must lie within +-2**53"),
     (["--space", "cartpole.toml"], "cartpole.toml [space]: 'env_id' choice 'CartPole-v1' is refused: env_id must be one of"),
+    (["--space", "wind.toml"], "wind.toml: wind_power low 5.0: wind_power needs enable_wind = true"),
+    (["--space", "gravity.toml", "--backend", "envpool"], "gravity.toml: gravity low -11.0: env_backend 'envpool' has"
+                                                          " no gravity"),
 ])
 def test_bad_tune_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     (tmp_path / "space.toml").write_text(SPACE)
@@ -111,12 +114,17 @@ def test_bad_tune_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     (tmp_path / "huge.toml").write_text('[space]\nn_steps = { type = "int", low = 5, high = 9223372036854775807 }\n')
     (tmp_path / "cartpole.toml").write_text(SPACE.replace("[space]", '[space]\nenv_id = { type = "categorical",'
                                                            ' choices = ["LunarLander-v3", "CartPole-v1"] }'))
+    # env options a trial may draw that no trial could train with: refused before the study is written
+    (tmp_path / "wind.toml").write_text(SPACE.replace("[space]", '[space]\nwind_power = { type = "float", low = 5.0,'
+                                                        ' high = 15.0 }'))
+    (tmp_path / "gravity.toml").write_text(SPACE.replace("[space]", '[space]\ngravity = { type = "float",'
+                                                           ' low = -11.0, high = -5.0 }'))
     proc = cli(*tune_args(2), *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert "S3cretPW" not in proc.stderr and "S3c" not in proc.stderr and "retPW" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cartpole.toml", "huge.toml", "nan.toml",
-                                                          "space.toml"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cartpole.toml", "gravity.toml", "huge.toml", "nan.toml",
+                                                          "space.toml", "wind.toml"]  # nothing written
 
 
 # A process of its own: what a driver, a connection pool or a late thread writes as the interpreter exits reaches a

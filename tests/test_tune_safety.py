@@ -63,7 +63,7 @@ def test_workers_joining_at_once_with_different_spaces_let_exactly_one_space_in(
     for round in range(rounds):
         start, claiming, outcomes = threading.Barrier(workers), threading.Barrier(workers, timeout=60), [""] * workers
         # every worker has its study open and claims at the same moment: the window of a read-then-write race
-        monkeypatch.setattr(tune, "claim_identity", lambda *a: claiming.wait() is None or claim(*a))
+        monkeypatch.setattr(tune, "claim_identity", lambda *a, **k: claiming.wait() is None or claim(*a, **k))
 
         def join(i: int) -> None:
             start.wait()

@@ -1,6 +1,7 @@
 """Learning-curve PNGs (matplotlib, from the `plot` extra): one experiment, several side by side, or a sweep."""
 
 import logging
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def plot_experiments(experiment_dirs: list[Path], out: Path | None = None, thres
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     names = [paths.name for paths in experiments]
-    ax.set_title(" vs ".join(names))
+    ax.set_title(textwrap.fill(" vs ".join(names), 70))  # a long name (an env's options) wraps, as it fits
     # Below the axes, so that no entry hides the last evaluation at the right end of the curve.
     legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False,
                        markerscale=3)

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from jaxrl_lander.config.errors import ConfigError, ExperimentInUse, ResumeError
-from jaxrl_lander.storage.files import ExperimentPaths
+from jaxrl_lander.storage.files import ExperimentPaths, same_run_on_other_envs
 from jaxrl_lander.config.redact import redact
 from jaxrl_lander.storage.results import previous_results
 
@@ -51,6 +51,11 @@ def check_rerun(paths: ExperimentPaths, resume: bool, overwrite: bool, can_resum
     `overwrite` where the command cannot resume, as `reproduce`)."""
     if resume and overwrite:
         raise ConfigError("--resume continues an experiment and --overwrite replaces it: give one of them")
+    if resume and not holds_experiment(paths) and (others := same_run_on_other_envs(paths.root)):
+        # the env and its options name the experiment: a resume that leaves out or changes one would start afresh
+        raise ConfigError(f"--resume: no experiment {paths.root.name} to continue in {paths.root.parent}, but the"
+                          f" same algorithm and seed on another env: {', '.join(others)}; give that run's env_id and"
+                          " env options to continue it, or leave out --resume to start this one")
     if not (resume or overwrite) and holds_experiment(paths):
         if not can_resume:
             raise ConfigError(f"{paths.root} already holds an experiment: add --overwrite to replace it (make:"

@@ -126,11 +126,20 @@ def model_path(path: str | Path) -> Path:
         raise UnreadableModel(f"{path} holds {len(models)} models ({', '.join(m.name for m in models)}): give the one"
                               f" to use, e.g. {models[0]}, or rename one to {model.name}")
     # `make eval ALGO=ppo SEED=1` names the default env's experiment: point at the same run on another env
-    prefix, seed = path.name.partition("_seed")[::2]
-    others = sorted(p.name for p in path.parent.glob(f"{glob.escape(prefix)}_*_seed{glob.escape(seed)}")
-                    if p.is_dir()) if seed and not path.exists() else []
+    others = same_run_on_other_envs(path) if not path.exists() else []
     hint = f"; on other envs: {', '.join(others)}" if others else ""
     raise UnreadableModel(f"no trained model in {path} (expected {model.name}){hint}")
+
+
+def same_run_on_other_envs(root: Path) -> list[str]:
+    """The experiment directories beside `root` (named {algo}{env}_seed{seed}, ExperimentPaths.of) of the same
+    algorithm and seed on another env or other env options, by name."""
+    algo, _, rest = root.name.partition("_")
+    seed = root.name.rpartition("_seed")[2]
+    if not algo or not rest or not seed.isdigit():
+        return []
+    names = {f"{algo}_seed{seed}", *(p.name for p in root.parent.glob(f"{glob.escape(algo)}_*_seed{seed}"))}
+    return sorted(n for n in names - {root.name} if (root.parent / n).is_dir())
 
 
 # Orbax reads the directory it writes a checkpoint into as a glob pattern when it merges the checkpoint's parts,

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from jaxrl_lander.storage.claim import ExperimentLock
-from jaxrl_lander.config import RunConfig, config_to_toml
+from jaxrl_lander.config import RunConfig, config_to_toml, read_toml
 from jaxrl_lander.config.errors import ConfigError, Interrupted, SweepFailed
 from jaxrl_lander.storage.files import (ExperimentPaths, experiment_stem, read_json, replaced_atomically,
                                         write_json_atomic)
@@ -189,10 +189,16 @@ def _run_sweep(algo: str, seeds: list[int], variants: dict[str, RunConfig], dirs
 
 
 def _config_text(config: RunConfig, directory: Path) -> str:
-    """The config.toml a sweep writes into `directory`; ConfigError when one there holds another config."""
+    """The config.toml a sweep writes into `directory`; ConfigError when one there holds another config (a key
+    added to the package since it was written counts as its default)."""
     config_file, text = directory / "config.toml", config_to_toml(config, omit=("seed",))
     if config_file.is_file() and config_file.read_text() != text:
-        raise ConfigError(f"sweep {directory} exists with another config: give another --name, or delete it")
+        try:
+            differs = config.differences(read_toml(config_file), ignore=("seed",))
+        except ConfigError:  # not a config any more
+            differs = ["config.toml"]
+        if differs:
+            raise ConfigError(f"sweep {directory} exists with another config: give another --name, or delete it")
     return text
 
 

@@ -181,7 +181,8 @@ class Study:
             self.study = optuna.create_study(study_name=name, storage=self.storage, sampler=sampler,
                                              pruner=_pruner(pruner, base), direction="maximize", load_if_exists=True)
             differs = claim_identity(self.storage, self.storage.get_study_id_from_name(name),
-                                     _identity(base, space, self.seeds))
+                                     _identity(base, space, self.seeds),  # a key added since: its default
+                                     same={"base_config": lambda held: not base.differences(held)})
         except STORAGE_ERRORS as exc:  # it opens, but cannot be written (read-only, full)
             raise ConfigError(f"cannot write the study storage: {redact(first_line(exc))}") from None
         if differs:

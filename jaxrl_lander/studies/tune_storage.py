@@ -8,6 +8,7 @@ import fcntl
 import json
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,12 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=False)
 
 
-def claim_identity(storage: RDBStorage, study_id: int, identity: dict[str, Any]) -> list[str]:
+def claim_identity(storage: RDBStorage, study_id: int, identity: dict[str, Any],
+                   same: dict[str, Callable[[Any], bool]] | None = None) -> list[str]:
     """Make `identity` the study's, or compare it with the one the study has: the keys in which they differ (none:
     this worker may join). One INSERT under the table's UNIQUE(study_id, key): of workers claiming at once, on any
-    RDB, exactly one writes its identity, and each other reads that one and compares canonical texts."""
+    RDB, exactly one writes its identity, and each other reads that one and compares canonical texts, or, for a
+    key of `same`, asks same[key](the value held) whether it is this identity's."""
     table, text = models.StudyUserAttributeModel.__table__, canonical(identity)
     try:
         with storage.engine.begin() as db:
@@ -126,7 +129,9 @@ def claim_identity(storage: RDBStorage, study_id: int, identity: dict[str, Any])
     if held == text:
         return []
     held = json.loads(held)
-    return [key for key in identity if key not in held or canonical(held[key]) != canonical(identity[key])]
+    same = same or {}
+    return [key for key in identity if key not in held or not (
+        same[key](held[key]) if key in same else canonical(held[key]) == canonical(identity[key]))]
 
 
 def storage_failure(exc: BaseException) -> BaseException | None:
