@@ -4,8 +4,9 @@ medians (each ratio the median of the rounds' own ratios); then the fidelity of 
 Measures, for the seed experiment (50,000 steps, seed 42, a checkpoint every 1,000 steps):
 training-loop env steps/s, whole-process wall time, JIT time (ours), peak RSS, and our/SB3 ratios, for PPO
 and A2C on gymnasium's env and on envpool's; the raw env-step rate of gymnasium's vector env; and the cost of our
-checkpoints (on vs off, PPO on envpool). Then bench/fidelity.py: episode returns of gymnasium's heuristic and of
-random actions on both envs, with a two-sample KS test. Writes results/bench/bench.json and prints a table.
+checkpoints (on vs off, PPO on envpool). Then bench/fidelity.py, for the discrete and the continuous lander:
+episode returns of gymnasium's heuristic and of random actions on both envs, with a two-sample KS test. Writes
+results/bench/bench.json and prints a table.
 """
 
 import argparse
@@ -108,8 +109,11 @@ def raw_env() -> dict:
     return json.loads(outcome["stdout"].strip().splitlines()[-1])
 
 
-def fidelity(episodes: int) -> dict:
-    outcome = run(OURS + [str(ROOT / "bench" / "fidelity.py"), "--episodes", str(episodes)])
+FIDELITY_ENVS = ("LunarLander-v3", "LunarLanderContinuous-v3")  # envpool's ports of them that training plays
+
+
+def fidelity(episodes: int, env_id: str) -> dict:
+    outcome = run(OURS + [str(ROOT / "bench" / "fidelity.py"), "--episodes", str(episodes), "--env-id", env_id])
     return json.loads(outcome["stdout"].strip().splitlines()[-1])
 
 
@@ -173,7 +177,7 @@ def main() -> int:
             summary[f"{label}_rss_ratio_vs_sb3"] = ratio(ours_case, f"sb3_{algo}", "peak_rss_mb")
     targets = verdicts(summary)
     print("fidelity of envpool's env (bench/fidelity.py) ...", file=sys.stderr, flush=True)
-    env_fidelity = fidelity(args.fidelity_episodes)
+    env_fidelity = {env_id: fidelity(args.fidelity_episodes, env_id) for env_id in FIDELITY_ENVS}
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
@@ -188,7 +192,8 @@ def main() -> int:
     (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(m, summary, first_run, args.runs))
     print(targets_table(targets))
-    print(fidelity_table(env_fidelity))
+    for env_id, report in env_fidelity.items():
+        print(fidelity_table(report, env_id))
     print(f"\nfull report: {args.out / 'bench.json'}")
     return 0
 
@@ -230,8 +235,8 @@ def table(m: dict, summary: dict, first_run: dict, runs: int) -> str:
     return "\n".join(lines)
 
 
-def fidelity_table(report: dict) -> str:
-    lines = [f"\nenvpool's env against gymnasium's, {report['episodes']} episodes per policy and env:", "",
+def fidelity_table(report: dict, env_id: str) -> str:
+    lines = [f"\nenvpool's {env_id} against gymnasium's, {report['episodes']} episodes per policy and env:", "",
              "| policy | gymnasium return | envpool return | gymnasium length | envpool length | KS D | KS p |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for policy in ("heuristic", "random"):
