@@ -74,6 +74,13 @@ class Collector(Protocol):
     def close(self) -> None: ...
 
 
+def sample_to_play(network, params, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """sample_action's actions (what the update learns from), the same as the env takes them (env_action: clipped
+    to the bounds, if continuous), and the key to use next: one program per vector step."""
+    actions, key = sample_action(network, params, obs, key)
+    return actions, env_action(network, actions), key
+
+
 class RolloutBuffer:
     """Preallocated numpy arrays filled one vector step at a time."""
 
@@ -149,7 +156,7 @@ class HostCollector:
                                          observations=config.normalize_observations, rewards=config.normalize_rewards)
         self.buffer = RolloutBuffer(config.n_steps, config.num_envs, obs_dim, network.action_shape,
                                     network.action_dtype)
-        self.act = jax.jit(partial(sample_action, network))
+        self.act = jax.jit(partial(sample_to_play, network))
         self.value = jax.jit(partial(state_value, network))
         self.obs = np.zeros((config.num_envs, obs_dim), np.float32)  # until start() resets the envs
         self._params, self._params_of = None, None  # the acting copy, and the parameters it is a copy of
@@ -189,9 +196,8 @@ class HostCollector:
         value_fn = lambda o: self.value(params, o)  # noqa: E731
         taken, episodes = 0, []
         while not buffer.full and taken < max_steps and not should_stop():
-            actions, key = self.act(params, self.obs, key)
-            played = np.asarray(env_action(self.learner.network, actions))  # clipped to the bounds, if continuous
-            actions = np.asarray(actions)
+            actions, played, key = self.act(params, self.obs, key)
+            actions, played = np.asarray(actions), np.asarray(played)
             out = step_envs(self.envs, played, value_fn, config.gamma, config.reward_scale, self.normalizer)
             buffer.add(self.obs, actions, out.rewards, out.dones)
             self.obs = out.obs

@@ -35,8 +35,8 @@ class Policy:
     discrete actions, (N, action_dim) float32 in [-1, 1] for continuous ones.
 
     `policy(obs)` takes the most likely action (argmax of the logits, or the Gaussian's mean clipped to the
-    bounds); `policy(obs, deterministic=False, seed=0)` (or key=...) samples from the policy's distribution. A policy trained with observation normalisation standardises its
-    inputs with the statistics it was saved with.
+    bounds); `policy(obs, deterministic=False, seed=0)` (or key=...) samples from the policy's distribution. A
+    policy trained with observation normalisation standardises its inputs with the statistics it was saved with.
     """
 
     def __init__(self, network: ActorCritic, params, observation_stats: dict[str, Any] | None = None):
