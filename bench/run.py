@@ -3,10 +3,10 @@ medians (each ratio the median of the rounds' own ratios); then the fidelity of 
 
 Measures, for the seed experiment (50,000 steps, seed 42, a checkpoint every 1,000 steps):
 training-loop env steps/s, whole-process wall time, JIT time (ours), peak RSS, and our/SB3 ratios, for PPO
-and A2C on gymnasium's env and on envpool's; the raw env-step rate of gymnasium's vector env; and the cost of our
-checkpoints (on vs off, PPO on envpool). Then bench/fidelity.py, for the discrete and the continuous lander:
-episode returns of gymnasium's heuristic and of random actions on both envs, with a two-sample KS test. Writes
-results/bench/bench.json and prints a table.
+and A2C on gymnasium's env and on envpool's, and on the continuous lander (ours on envpool); the raw env-step
+rate of gymnasium's vector env; and the cost of our checkpoints (on vs off, PPO on envpool). Then
+bench/fidelity.py, for the discrete and the continuous lander: episode returns of gymnasium's heuristic and of
+random actions on both envs, with a two-sample KS test. Writes results/bench/bench.json and prints a table.
 """
 
 import argparse
@@ -75,16 +75,18 @@ def run(cmd: list[str], env: dict | None = None) -> dict:
 
 
 def ours(algo: str, workdir: Path, checkpoint_interval: int | None = None, cache: str | None = None,
-         backend: str = "gymnasium") -> dict:
+         backend: str = "gymnasium", env_id: str | None = None) -> dict:
     cmd = OURS + ["-m", "jaxrl_lander", "train", "--algo", algo, "--seed", "42", "--results-dir", str(workdir),
                   "--backend", backend]
-    if checkpoint_interval is not None:
+    keys = {"checkpoint_interval": checkpoint_interval, "env_id": env_id}
+    keys = {name: value for name, value in keys.items() if value is not None}
+    if keys:
         config = workdir / "bench.toml"
-        config.write_text(f"checkpoint_interval = {checkpoint_interval}\n")
+        config.write_text("".join(f"{name} = {json.dumps(value)}\n" for name, value in keys.items()))
         cmd += ["--config", str(config)]
     env = {"JAXRL_LANDER_JAX_CACHE": cache} if cache is not None else None
     outcome = run(cmd, env)
-    results = read_json(ExperimentPaths.of(workdir, make_config(algo, {"seed": 42})).results)
+    results = read_json(ExperimentPaths.of(workdir, make_config(algo, {"seed": 42, **keys})).results)
     return {
         "wall_seconds": outcome["wall_seconds"],
         "peak_rss_mb": outcome["peak_rss_mb"],
@@ -96,8 +98,9 @@ def ours(algo: str, workdir: Path, checkpoint_interval: int | None = None, cache
     }
 
 
-def sb3(algo: str, workdir: Path) -> dict:
-    outcome = run(SB3 + ["--algo", algo, "--steps", "50000", "--seed", "42", "--out", str(workdir)])
+def sb3(algo: str, workdir: Path, env_id: str = "LunarLander-v3") -> dict:
+    outcome = run(SB3 + ["--algo", algo, "--steps", "50000", "--seed", "42", "--out", str(workdir),
+                         "--env-id", env_id])
     report = json.loads(outcome["stdout"].strip().splitlines()[-1])
     return {"wall_seconds": outcome["wall_seconds"], "peak_rss_mb": outcome["peak_rss_mb"],
             "loop_seconds": report["learn_seconds"], "steps_per_second": report["steps_per_second"],
@@ -109,7 +112,8 @@ def raw_env() -> dict:
     return json.loads(outcome["stdout"].strip().splitlines()[-1])
 
 
-FIDELITY_ENVS = ("LunarLander-v3", "LunarLanderContinuous-v3")  # envpool's ports of them that training plays
+CONTINUOUS = "LunarLanderContinuous-v3"
+FIDELITY_ENVS = ("LunarLander-v3", CONTINUOUS)  # envpool's ports of them that training plays
 
 
 def fidelity(episodes: int, env_id: str) -> dict:
@@ -154,6 +158,10 @@ def main() -> int:
             "sb3_a2c": lambda d: sb3("a2c", d),
             "raw_env": lambda d: raw_env(),
         }
+        for algo in ("ppo", "a2c"):  # the continuous lander: envpool's compiled path, the fast one, against SB3
+            cases[f"ours_{algo}_continuous_envpool"] = functools.partial(
+                ours, algo, cache=cache, backend="envpool", env_id=CONTINUOUS)
+            cases[f"sb3_{algo}_continuous"] = functools.partial(sb3, algo, env_id=CONTINUOUS)
         samples: dict[str, list[dict]] = {name: [] for name in cases}
         for i in range(args.runs):
             for name, case in cases.items():  # A B C ... A B C: drifts in machine load hit every case alike
@@ -171,10 +179,13 @@ def main() -> int:
                "checkpoint_share_of_loop": 1 - ratio("ours_ppo_envpool_no_checkpoints", "ours_ppo_envpool",
                                                      "loop_seconds")}
     for algo in ("ppo", "a2c"):
-        for ours_case, label in ((f"ours_{algo}", algo), (f"ours_{algo}_envpool", f"{algo}_envpool")):
-            summary[f"{label}_loop_speedup_vs_sb3"] = ratio(ours_case, f"sb3_{algo}", "steps_per_second")
-            summary[f"{label}_wall_speedup_vs_sb3"] = ratio(f"sb3_{algo}", ours_case, "wall_seconds")
-            summary[f"{label}_rss_ratio_vs_sb3"] = ratio(ours_case, f"sb3_{algo}", "peak_rss_mb")
+        for ours_case, label, theirs in ((f"ours_{algo}", algo, f"sb3_{algo}"),
+                                         (f"ours_{algo}_envpool", f"{algo}_envpool", f"sb3_{algo}"),
+                                         (f"ours_{algo}_continuous_envpool", f"{algo}_continuous_envpool",
+                                          f"sb3_{algo}_continuous")):
+            summary[f"{label}_loop_speedup_vs_sb3"] = ratio(ours_case, theirs, "steps_per_second")
+            summary[f"{label}_wall_speedup_vs_sb3"] = ratio(theirs, ours_case, "wall_seconds")
+            summary[f"{label}_rss_ratio_vs_sb3"] = ratio(ours_case, theirs, "peak_rss_mb")
     targets = verdicts(summary)
     print("fidelity of envpool's env (bench/fidelity.py) ...", file=sys.stderr, flush=True)
     env_fidelity = {env_id: fidelity(args.fidelity_episodes, env_id) for env_id in FIDELITY_ENVS}
@@ -221,11 +232,17 @@ def table(m: dict, summary: dict, first_run: dict, runs: int) -> str:
         row("ours_a2c", "jaxrl_lander A2C, gymnasium"),
         row("ours_a2c_envpool", "jaxrl_lander A2C, envpool"),
         row("sb3_a2c", "Stable-Baselines3 A2C"),
+        row("ours_ppo_continuous_envpool", "jaxrl_lander PPO, continuous, envpool"),
+        row("sb3_ppo_continuous", "Stable-Baselines3 PPO, continuous"),
+        row("ours_a2c_continuous_envpool", "jaxrl_lander A2C, continuous, envpool"),
+        row("sb3_a2c_continuous", "Stable-Baselines3 A2C, continuous"),
         "",
         f"raw env.step of gymnasium's vector env, random actions: {m['raw_env']['steps_per_second']:,.0f} steps/s;"
         f" PPO on gymnasium reaches {summary['ppo_fraction_of_raw_env']:.0%} of it",
         ratios("PPO, gymnasium", "ppo"), ratios("PPO, envpool", "ppo_envpool"),
         ratios("A2C, gymnasium", "a2c"), ratios("A2C, envpool", "a2c_envpool"),
+        ratios("PPO, continuous, envpool", "ppo_continuous_envpool"),
+        ratios("A2C, continuous, envpool", "a2c_continuous_envpool"),
         f"checkpoints (PPO, envpool): {summary['checkpoint_share_of_loop']:.1%} of the loop, "
         f"{summary['checkpoint_overhead']:.1%} of the whole process's wall time",
         "first run on a cold compilation cache, whole process (JIT): " + ", ".join(

@@ -98,3 +98,17 @@ def test_a_continuous_run_killed_after_a_checkpoint_resumes_to_the_same_updates(
         outcomes.append((without_times(load_json(paths.metrics)), load_model(paths.model)[0]))
     assert outcomes[0][0] == outcomes[1][0]
     same_params(outcomes[0][1], outcomes[1][1])
+
+
+def test_log_std_init_sets_the_starting_log_std_and_nothing_else():
+    from jaxrl_lander.core.algos import make_learner
+
+    def fresh(**keys):
+        config = make_config("a2c", {"env_id": "LunarLanderContinuous-v3", **keys})
+        return make_learner(config, 8, 2, continuous=True).init(jax.random.key(3)).params["params"]
+
+    default, lowered = fresh(), fresh(log_std_init=-2.0)
+    np.testing.assert_array_equal(default["log_std"], np.zeros(2, np.float32))
+    np.testing.assert_array_equal(lowered["log_std"], np.full(2, -2.0, np.float32))
+    same_params({k: v for k, v in default.items() if k != "log_std"},
+                {k: v for k, v in lowered.items() if k != "log_std"})

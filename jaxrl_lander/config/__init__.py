@@ -112,6 +112,9 @@ class RunConfig:
     """Standardise advantages (per minibatch for PPO, per rollout for A2C)."""
     hidden_size: int = 64
     """Width of each of the two tanh hidden layers of the actor and of the critic."""
+    log_std_init: float = 0.0
+    """A continuous policy's log-std before training, in [-5, 2] (0: std 1, Stable-Baselines3's default); only
+    with a continuous env_id."""
     checkpoint_interval: int = 1_000
     """Save an orbax checkpoint every this many env steps (and at the last step)."""
     keep_checkpoints: int = 0
@@ -192,6 +195,7 @@ class RunConfig:
         "gravity": (lambda v: -12.0 < v < 0.0, "lie in (-12, 0), bounds excluded (gymnasium's LunarLander range)"),
         "wind_power": (lambda v: 0.0 <= v <= 20.0, "lie in [0, 20] (gymnasium's LunarLander range)"),
         "turbulence_power": (lambda v: 0.0 <= v <= 2.0, "lie in [0, 2] (gymnasium's LunarLander range)"),
+        "log_std_init": (lambda v: -5.0 <= v <= 2.0, "lie in [-5, 2]"),
     }
 
     @classmethod
@@ -250,6 +254,9 @@ class RunConfig:
         _require(self.env_backend == "gymnasium" or not self.env_options(),
                  f"env_backend 'envpool' has no {', '.join(self.env_options())} (its LunarLander takes no gravity"
                  " or wind options): leave them at their defaults, or train on 'gymnasium'")
+        _require(self.log_std_init == 0.0 or ENV_IDS[self.env_id].continuous,
+                 f"log_std_init {self.log_std_init} needs a continuous env_id ({shorten(self.env_id)} has discrete"
+                 " actions, no log-std)")
         _require(not (self.normalize_rewards and self.reward_scale != 1.0),
                  f"normalize_rewards and reward_scale {self.reward_scale} both rescale rewards; use one of them")
 

@@ -88,17 +88,18 @@ class ActorCritic(nn.Module):
     """Maps observations (..., obs_dim) to an action distribution and values (...).
 
     `action_size` is the number of discrete actions, or the dimension of a continuous action (`continuous`); a
-    continuous policy's log-std starts at 0 (std 1), as Stable-Baselines3's does."""
+    continuous policy's log-std starts at `log_std_init` (0, std 1, as Stable-Baselines3's by default)."""
 
     action_size: int
     hidden_size: int = 64
     continuous: bool = False
+    log_std_init: float = 0.0
 
     def setup(self):
         self.actor = MLP(self.hidden_size, self.action_size, head_gain=0.01)
         self.critic = MLP(self.hidden_size, 1, head_gain=1.0)
         if self.continuous:
-            self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_size,))
+            self.log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_size,))
 
     @property
     def action_shape(self) -> tuple[int, ...]:

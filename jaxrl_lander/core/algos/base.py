@@ -220,7 +220,8 @@ def build_learner(algorithm, config, obs_dim: int, action_size: int, continuous:
     last good state in a program that runs several updates in a row. `taken_in` says which: the agent is alive
     after it. `wrap` (tests) wraps the pure update before jit, e.g. with chex.assert_max_traces.
     """
-    network = ActorCritic(action_size=action_size, hidden_size=config.hidden_size, continuous=continuous)
+    network = ActorCritic(action_size=action_size, hidden_size=config.hidden_size, continuous=continuous,
+                          log_std_init=config.log_std_init)
     tx = algorithm.make_optimizer(config)
     hparams = algorithm.HParams.from_config(config)
     static = algorithm.static_args(config)
