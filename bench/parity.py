@@ -31,6 +31,8 @@ def sb3_hyperparameters(config: RunConfig) -> dict:
                   gamma=config.gamma, gae_lambda=config.gae_lambda, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
                   max_grad_norm=config.max_grad_norm, normalize_advantage=config.normalize_advantage,
                   policy_kwargs={"net_arch": [config.hidden_size] * 2})
+    if config.log_std_init != 0.0:  # SB3's default start is 0 too
+        kwargs["policy_kwargs"]["log_std_init"] = config.log_std_init
     if config.normalize_observations or config.normalize_rewards:  # VecNormalize, clipping both at 10 as ours
         kwargs.update(normalize={"norm_obs": config.normalize_observations,
                                  "norm_reward": config.normalize_rewards})

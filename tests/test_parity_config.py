@@ -45,6 +45,13 @@ def test_normalisation_translates_to_vecnormalize(sb3_hyperparameters):
     assert "normalize" not in sb3_hyperparameters(load_config(ROOT / "configs" / "a2c_long.toml"))
 
 
+def test_the_continuous_policys_starting_log_std_translates(sb3_hyperparameters):
+    config = load_config(ROOT / "configs" / "ppo_continuous_solve.toml")
+    assert "log_std_init" not in sb3_hyperparameters(config)["policy_kwargs"]  # 0: SB3's default
+    lowered = make_config("a2c", {"env_id": "LunarLanderContinuous-v3", "log_std_init": -2.0})
+    assert sb3_hyperparameters(lowered)["policy_kwargs"] == {"net_arch": [64, 64], "log_std_init": -2.0}
+
+
 @pytest.mark.parametrize("values,named", [({"reward_scale": 0.01}, "reward_scale"), ({"rms_decay": 0.9}, "rms_decay")])
 def test_settings_sb3_lacks_are_refused(sb3_hyperparameters, values, named):
     with pytest.raises(ConfigError, match=named):
