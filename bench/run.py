@@ -81,6 +81,7 @@ def ours(algo: str, workdir: Path, checkpoint_interval: int | None = None, cache
     keys = {"checkpoint_interval": checkpoint_interval, "env_id": env_id}
     keys = {name: value for name, value in keys.items() if value is not None}
     if keys:
+        workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "bench.toml"
         config.write_text("".join(f"{name} = {json.dumps(value)}\n" for name, value in keys.items()))
         cmd += ["--config", str(config)]
@@ -146,6 +147,9 @@ def main() -> int:
         first_run = {f"{algo}_{backend}": ours(algo, tmp / f"first_{algo}_{backend}", cache=cold_cache,
                                                backend=backend)
                      for algo in ("ppo", "a2c") for backend in ("gymnasium", "envpool")}
+        first_run.update({f"{algo}_continuous_envpool": ours(algo, tmp / f"first_{algo}_continuous", cache=cold_cache,
+                                                             backend="envpool", env_id=CONTINUOUS)
+                          for algo in ("ppo", "a2c")})
         cache = cold_cache  # warm from here on
         cases = {
             "ours_ppo": lambda d: ours("ppo", d, cache=cache),
