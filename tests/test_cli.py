@@ -477,6 +477,7 @@ def test_the_hint_after_a_run_that_does_not_land_names_the_config_that_lands_on_
     continuous = hint("ppo", env_id="LunarLanderContinuous-v3")
     assert continuous.endswith("; 50,000 steps are too few to land; configs/ppo_continuous_solve.toml lands")
     assert "-600 and -400" not in continuous  # the seed experiment's range is the discrete lander's
-    for quiet in (hint("a2c", env_id="LunarLanderContinuous-v3"), hint("ppo", enable_wind=True),
-                  hint("ppo", total_timesteps=500_000)):
+    assert hint("ppo", enable_wind=True).endswith("; 50,000 steps are too few to land; configs/ppo_windy.toml lands")
+    for quiet in (hint("a2c", env_id="LunarLanderContinuous-v3"), hint("a2c", enable_wind=True),
+                  hint("ppo", enable_wind=True, wind_power=5.0), hint("ppo", total_timesteps=500_000)):
         assert quiet == "SC-006 not met: -100.0 is not above solve_threshold 200"
