@@ -112,3 +112,15 @@ def test_log_std_init_sets_the_starting_log_std_and_nothing_else():
     np.testing.assert_array_equal(lowered["log_std"], np.full(2, -2.0, np.float32))
     same_params({k: v for k, v in default.items() if k != "log_std"},
                 {k: v for k, v in lowered.items() if k != "log_std"})
+
+
+def test_a_run_started_from_a_model_refuses_a_log_std_init_it_would_not_use(continuous_runs):
+    from jaxrl_lander.config import ENV_IDS, ConfigError
+    from jaxrl_lander.training.starting_point import load_starting_point
+
+    config = continuous_config("a2c", "gymnasium")
+    source = _paths(continuous_runs["a2c", "gymnasium"], config).root
+    assert load_starting_point(source, config, ENV_IDS[config.env_id]).params is not None
+    lowered = make_config("a2c", {**config.to_dict(), "log_std_init": -2.0})
+    with pytest.raises(ConfigError, match="starts where the model's is, not at log_std_init -2.0"):
+        load_starting_point(source, lowered, ENV_IDS[config.env_id])

@@ -107,6 +107,7 @@ def test_the_shipped_spaces_are_valid_and_their_settings_make_configs():
     (["--space", "wind.toml"], "wind.toml: wind_power low 5.0: wind_power needs enable_wind = true"),
     (["--space", "gravity.toml", "--backend", "envpool"], "gravity.toml: gravity low -11.0: env_backend 'envpool' has"
                                                           " no gravity"),
+    (["--space", "logstd.toml"], "logstd.toml: log_std_init choice -1.0: log_std_init -1.0 needs a continuous env_id"),
 ])
 def test_bad_tune_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
     (tmp_path / "space.toml").write_text(SPACE)
@@ -119,12 +120,14 @@ def test_bad_tune_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
                                                         ' high = 15.0 }'))
     (tmp_path / "gravity.toml").write_text(SPACE.replace("[space]", '[space]\ngravity = { type = "float",'
                                                            ' low = -11.0, high = -5.0 }'))
+    (tmp_path / "logstd.toml").write_text(SPACE.replace("[space]", '[space]\nlog_std_init = { type = "categorical",'
+                                                          ' choices = [0.0, -1.0] }'))  # discrete actions: no log-std
     proc = cli(*tune_args(2), *args, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert "S3cretPW" not in proc.stderr and "S3c" not in proc.stderr and "retPW" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cartpole.toml", "gravity.toml", "huge.toml", "nan.toml",
-                                                          "space.toml", "wind.toml"]  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cartpole.toml", "gravity.toml", "huge.toml", "logstd.toml",
+                                                          "nan.toml", "space.toml", "wind.toml"]  # nothing written
 
 
 # A process of its own: what a driver, a connection pool or a late thread writes as the interpreter exits reaches a

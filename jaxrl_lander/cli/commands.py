@@ -185,7 +185,8 @@ def _tune(args) -> int:
     from jaxrl_lander.envs import check_envs
 
     check_envs(base)
-    for key in ("env_id", "env_backend", *ENV_OPTIONS):  # every env a trial may draw, before any trains
+    # every env a trial may draw, and values whose check involves them, before any trial trains
+    for key in ("env_id", "env_backend", *ENV_OPTIONS, "log_std_init"):
         spec = space.ranges.get(key, {})
         for what, value in [("choice", c) for c in spec.get("choices", ())] + [
                 (bound, spec[bound]) for bound in ("low", "high") if bound in spec]:

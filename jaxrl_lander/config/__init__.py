@@ -114,7 +114,7 @@ class RunConfig:
     """Width of each of the two tanh hidden layers of the actor and of the critic."""
     log_std_init: float = 0.0
     """A continuous policy's log-std before training, in [-5, 2] (0: std 1, Stable-Baselines3's default); only
-    with a continuous env_id."""
+    with a continuous env_id, and not with --init-from (the model's log-std is the start)."""
     checkpoint_interval: int = 1_000
     """Save an orbax checkpoint every this many env steps (and at the last step)."""
     keep_checkpoints: int = 0

@@ -40,6 +40,9 @@ def load_starting_point(path: str | Path, config: RunConfig, shape: EnvShape) ->
     if spec.hidden_size != config.hidden_size:
         raise ConfigError(f"--init-from {model}: its network has hidden_size {spec.hidden_size}, the config"
                           f" {config.hidden_size}; set hidden_size = {spec.hidden_size}")
+    if config.log_std_init != 0.0:  # a start value, and the start is the model's: the config's would be a false record
+        raise ConfigError(f"--init-from {model}: the policy's log-std starts where the model's is, not at log_std_init"
+                          f" {config.log_std_init}; leave log_std_init at 0")
     if spec.observation_normalization is not None and not config.normalize_observations:
         raise ConfigError(f"--init-from {model}: its policy standardises its observations; set"
                           " normalize_observations = true to train it on")
