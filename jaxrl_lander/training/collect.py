@@ -197,7 +197,7 @@ class HostCollector:
         taken, episodes = 0, []
         while not buffer.full and taken < max_steps and not should_stop():
             actions, played, key = self.act(params, self.obs, key)
-            actions, played = np.asarray(actions), np.asarray(played)
+            actions, played = jax.device_get((actions, played))  # one read for both
             out = step_envs(self.envs, played, value_fn, config.gamma, config.reward_scale, self.normalizer)
             buffer.add(self.obs, actions, out.rewards, out.dones)
             self.obs = out.obs
